@@ -1,0 +1,86 @@
+//! The blob store contract: immutable objects named by content hash.
+
+use async_trait::async_trait;
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use tokio::io::AsyncRead;
+
+/// A readable blob, positioned where the caller asked.
+pub type BlobReader = Pin<Box<dyn AsyncRead + Send + Unpin>>;
+
+/// Errors of a blob store.
+#[derive(Debug, thiserror::Error)]
+pub enum BlobError {
+    /// No blob has this hash.
+    #[error("blob {0} not found")]
+    NotFound(String),
+    /// The hash is not a lowercase hex digest (never used to build a path).
+    #[error("invalid blob hash {0:?}")]
+    InvalidHash(String),
+    /// The backend failed.
+    #[error("blob store I/O on {path}: {source}")]
+    Io {
+        /// What was being accessed.
+        path: PathBuf,
+        /// The underlying error.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// A fully written, fsynced file in the store's staging area, with its hash, ready to be
+/// moved into place by [`BlobStore::put`].
+#[derive(Debug, Clone)]
+pub struct StagedBlob {
+    /// Path of the staged file (inside [`BlobStore::staging_dir`]).
+    pub path: PathBuf,
+    /// Lowercase hex content hash (BLAKE3) of the file's bytes.
+    pub hash: String,
+    /// Size in bytes.
+    pub size: u64,
+}
+
+/// Where the bytes of instances rest: immutable, content-addressed objects.
+///
+/// Contract: `put` is idempotent (the same hash twice keeps one object) and durable when it
+/// returns (the object survives a crash or power loss); objects are never modified in place.
+#[async_trait]
+pub trait BlobStore: Send + Sync + 'static {
+    /// A local directory where writers stage files before [`BlobStore::put`]; on the same
+    /// file system as the store when the store is local, so that `put` is a rename.
+    fn staging_dir(&self) -> &Path;
+
+    /// Moves a staged file into the store under its hash, durably. If an object with this
+    /// hash exists already, the staged file is removed and the existing object kept.
+    async fn put(&self, staged: StagedBlob) -> Result<(), BlobError>;
+
+    /// Opens a blob for reading from byte `offset`.
+    async fn open(&self, hash: &str, offset: u64) -> Result<BlobReader, BlobError>;
+
+    /// The size of a blob, or `NotFound`.
+    async fn size(&self, hash: &str) -> Result<u64, BlobError>;
+
+    /// Whether a blob exists.
+    async fn exists(&self, hash: &str) -> Result<bool, BlobError> {
+        match self.size(hash).await {
+            Ok(_) => Ok(true),
+            Err(BlobError::NotFound(_)) => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Removes a blob (absent is not an error).
+    async fn delete(&self, hash: &str) -> Result<(), BlobError>;
+
+    /// Every hash in the store, for consistency checks and repair.
+    async fn list(&self) -> Result<Vec<String>, BlobError>;
+
+    /// A local path to the blob if the backend keeps it as a file (lets the archive parse
+    /// headers without copying); `None` for remote backends.
+    fn local_path(&self, hash: &str) -> Option<PathBuf>;
+}
+
+/// Whether a string is a well-formed content hash (64 lowercase hex digits).
+pub fn is_valid_hash(hash: &str) -> bool {
+    hash.len() == 64 && hash.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+}

@@ -1,0 +1,72 @@
+//! The index contract: attributes, holders, quarantine and the change feed.
+
+use crate::model::*;
+use async_trait::async_trait;
+use pacsgrid_dicom::Query;
+
+/// Errors of an index backend.
+#[derive(Debug, thiserror::Error)]
+pub enum IndexError {
+    /// The database failed (I/O, corruption, constraint); the message says which.
+    #[error("index database: {0}")]
+    Database(String),
+    /// A blocking task running the database work panicked or was cancelled.
+    #[error("index task failed: {0}")]
+    Task(String),
+}
+
+/// What [`Index::insert`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum InsertOutcome {
+    /// A new instance was recorded, with this change-feed sequence number.
+    Inserted {
+        /// The feed entry's sequence number.
+        seq: i64,
+    },
+    /// The same SOP Instance UID with the same hash is already recorded: nothing changed.
+    Duplicate,
+    /// The same SOP Instance UID is recorded with another hash: nothing changed in the
+    /// instance tables; the caller decides (quarantine).
+    Conflict {
+        /// Hash of the instance already recorded.
+        existing_hash: String,
+    },
+}
+
+/// The metadata index of a node.
+///
+/// Contract: every method is atomic; `insert` records the patient/study/series/instance rows,
+/// the holder row for `site` and the feed entry in one transaction, durable when it returns.
+/// Patients are keyed by (patient_id, issuer) and never merged across issuers.
+#[async_trait]
+pub trait Index: Send + Sync + 'static {
+    /// Records a stored instance held by `site` (unless its UID is already recorded).
+    async fn insert(&self, record: &InstanceRecord, site: &str) -> Result<InsertOutcome, IndexError>;
+
+    /// Records a quarantined object and its feed entry.
+    async fn quarantine(&self, entry: &QuarantineEntry) -> Result<i64, IndexError>;
+
+    /// The quarantined objects, newest first.
+    async fn quarantined(&self, limit: u32) -> Result<Vec<QuarantineEntry>, IndexError>;
+
+    /// Answers a query: one [`AttrValues`] per matched entity at `query.level`, with every
+    /// stored and computed attribute of that level and the levels above. `limit` caps the
+    /// answers (0 = no cap); `offset` skips the first ones in a stable order.
+    async fn find(&self, query: &Query, limit: u32, offset: u32) -> Result<Vec<AttrValues>, IndexError>;
+
+    /// Every instance under the entities the query matches, for retrieval, ordered by
+    /// study, series, instance number.
+    async fn locate(&self, query: &Query) -> Result<Vec<StoredInstance>, IndexError>;
+
+    /// One instance by SOP Instance UID.
+    async fn instance(&self, sop_instance_uid: &str) -> Result<Option<StoredInstance>, IndexError>;
+
+    /// Change-feed entries with `seq > since`, oldest first, at most `limit`.
+    async fn changes(&self, since: i64, limit: u32) -> Result<Vec<Change>, IndexError>;
+
+    /// Every content hash the index references (instances and quarantine), for checks.
+    async fn all_hashes(&self) -> Result<Vec<String>, IndexError>;
+
+    /// Counts for status and metrics.
+    async fn stats(&self) -> Result<IndexStats, IndexError>;
+}

@@ -1,0 +1,18 @@
+//! The fabric layer: where bytes rest and what the node knows about them.
+//!
+//! [`BlobStore`] keeps immutable objects addressed by their content hash; [`Index`] keeps the
+//! patient / study / series / instance attributes, holders, quarantine and the change feed.
+//! Each trait has an embedded backend (a local folder, SQLite) and one conformance suite
+//! that every backend must pass.
+
+pub mod blob;
+pub mod folder;
+pub mod index;
+pub mod model;
+pub mod sqlite;
+
+pub use blob::{BlobError, BlobReader, BlobStore, StagedBlob};
+pub use folder::FolderBlobStore;
+pub use index::{Index, IndexError, InsertOutcome};
+pub use model::*;
+pub use sqlite::SqliteIndex;
