@@ -6,6 +6,8 @@
 //! that every backend must pass.
 
 pub mod blob;
+#[cfg(test)]
+mod conformance;
 pub mod folder;
 pub mod index;
 pub mod model;

@@ -1,0 +1,573 @@
+//! The archive service: the one way into and out of a node's fabric.
+
+use crate::error::{ArchiveError, StoreError};
+use crate::header;
+use crate::incoming::{Incoming, IncomingMeta, StoreOutcome};
+use crate::part10;
+use pacsgrid_dicom::{uid, Query};
+use pacsgrid_store::{
+    AttrValues, BlobReader, BlobStore, Change, FolderBlobStore, Index, IndexStats, InsertOutcome,
+    QuarantineEntry, SqliteIndex, StagedBlob, StoredInstance,
+};
+use serde::Serialize;
+use std::collections::HashSet;
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+use tokio::io::{AsyncReadExt, AsyncWriteExt, BufWriter};
+
+/// How an archive is set up.
+#[derive(Debug, Clone)]
+pub struct ArchiveConfig {
+    /// The data directory: index database, blobs, staging area.
+    pub data_dir: PathBuf,
+    /// This node's site name, recorded as origin and holder of what it receives.
+    pub site: String,
+    /// The issuer recorded for patients whose sender gave no IssuerOfPatientID.
+    pub default_issuer: String,
+}
+
+/// What a consistency check found (see [`Archive::check`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct ConsistencyReport {
+    /// Instances in the index.
+    pub instances: u64,
+    /// Objects in the blob store.
+    pub blobs: u64,
+    /// Blobs no index row references.
+    pub orphan_blobs: u64,
+    /// Index rows whose blob is missing.
+    pub missing_blobs: u64,
+    /// Blobs whose content no longer matches their hash (only when re-hashing).
+    pub corrupt_blobs: u64,
+}
+
+impl ConsistencyReport {
+    /// Whether the index and the blob store agree.
+    pub fn is_clean(&self) -> bool {
+        self.orphan_blobs == 0 && self.missing_blobs == 0 && self.corrupt_blobs == 0
+    }
+}
+
+/// A node's archive: stores, queries and opens instances.
+pub struct Archive {
+    cfg: ArchiveConfig,
+    blobs: Arc<dyn BlobStore>,
+    index: Arc<dyn Index>,
+    next_staging: AtomicU64,
+    /// Held for the archive's lifetime so that two processes never share a data directory.
+    _lock: Option<File>,
+}
+
+const RUNNING_MARKER: &str = "RUNNING";
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+impl Archive {
+    /// Opens the embedded archive in `cfg.data_dir` (SQLite index, folder blob store),
+    /// creating it if needed. After an unclean stop (a crash, `kill -9`) it first re-indexes
+    /// or removes blobs the index does not know, so the two agree again.
+    pub async fn open(cfg: ArchiveConfig) -> Result<Arc<Archive>, ArchiveError> {
+        Archive::open_with(cfg, true).await
+    }
+
+    /// Opens the embedded archive for inspection: no reconciliation, and the run marker is
+    /// left as found (so `pacsgrid check` reports what a crash left, without repairing it).
+    pub async fn open_for_check(cfg: ArchiveConfig) -> Result<Arc<Archive>, ArchiveError> {
+        Archive::open_with(cfg, false).await
+    }
+
+    async fn open_with(cfg: ArchiveConfig, serve: bool) -> Result<Arc<Archive>, ArchiveError> {
+        std::fs::create_dir_all(&cfg.data_dir)?;
+        let lock = File::create(cfg.data_dir.join("LOCK"))?;
+        if lock.try_lock().is_err() {
+            return Err(ArchiveError::Io(std::io::Error::other(format!(
+                "data directory {} is in use by another pacsgrid process",
+                cfg.data_dir.display()
+            ))));
+        }
+        let blobs = Arc::new(FolderBlobStore::open(&cfg.data_dir)?);
+        let index = Arc::new(SqliteIndex::open(&cfg.data_dir.join("index.sqlite"))?);
+        let mut archive = Archive::with_backends(cfg, blobs, index);
+        archive._lock = Some(lock);
+        let marker = archive.cfg.data_dir.join(RUNNING_MARKER);
+        if !serve {
+            return Ok(Arc::new(archive));
+        }
+        if marker.exists() {
+            tracing::warn!("previous run did not stop cleanly; reconciling index and blob store");
+            let repaired = archive.recover().await?;
+            tracing::info!(
+                reindexed = repaired.0,
+                removed = repaired.1,
+                "reconciliation done"
+            );
+        }
+        File::create(&marker)?.sync_all()?;
+        Ok(Arc::new(archive))
+    }
+
+    /// Builds an archive over given backends (tests, and later PostgreSQL / S3).
+    pub fn with_backends(
+        cfg: ArchiveConfig,
+        blobs: Arc<dyn BlobStore>,
+        index: Arc<dyn Index>,
+    ) -> Archive {
+        Archive {
+            cfg,
+            blobs,
+            index,
+            next_staging: AtomicU64::new(0),
+            _lock: None,
+        }
+    }
+
+    /// Marks a clean stop, so the next start skips reconciliation.
+    pub fn close(&self) {
+        let _ = std::fs::remove_file(self.cfg.data_dir.join(RUNNING_MARKER));
+    }
+
+    /// The archive's configuration.
+    pub fn config(&self) -> &ArchiveConfig {
+        &self.cfg
+    }
+
+    fn staging_file(&self) -> PathBuf {
+        let n = self.next_staging.fetch_add(1, Ordering::Relaxed);
+        self.blobs
+            .staging_dir()
+            .join(format!("{}-{}-{n}.part", std::process::id(), now_ms()))
+    }
+
+    async fn new_staging(&self, declared: Option<IncomingMeta>) -> Result<Staging, StoreError> {
+        let path = self.staging_file();
+        let file = tokio::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&path)
+            .await?;
+        Ok(Staging {
+            guard: StagedPath(Some(path)),
+            writer: Some(BufWriter::with_capacity(1 << 20, file)),
+            hasher: blake3::Hasher::new(),
+            size: 0,
+            dataset_offset: 0,
+            declared,
+            source: String::new(),
+        })
+    }
+
+    /// Starts receiving an object whose data set will follow (C-STORE, STOW-RS). Refuses at
+    /// once what can be refused from the declaration alone: a non-storage SOP class, an
+    /// invalid UID, an unknown transfer syntax.
+    pub async fn begin_store(self: &Arc<Self>, meta: IncomingMeta) -> Result<Incoming, StoreError> {
+        let sop_class = uid::trim_uid(&meta.sop_class_uid).to_string();
+        let sop_instance = uid::trim_uid(&meta.sop_instance_uid).to_string();
+        let ts = uid::trim_uid(&meta.transfer_syntax).to_string();
+        if !uid::is_storage_sop_class(&sop_class) {
+            return Err(StoreError::NotStorage(sop_class));
+        }
+        if !uid::is_valid_uid(&sop_instance) {
+            return Err(StoreError::Mismatch(format!(
+                "SOP Instance UID {sop_instance:?} is not a valid UID"
+            )));
+        }
+        if uid::transfer_syntax(&ts).is_none() {
+            return Err(StoreError::CannotUnderstand(format!(
+                "unknown transfer syntax {ts}"
+            )));
+        }
+        let header = part10::meta_header(&sop_class, &sop_instance, &ts, &meta.source)
+            .map_err(StoreError::Internal)?;
+        let meta = IncomingMeta {
+            sop_class_uid: sop_class,
+            sop_instance_uid: sop_instance,
+            transfer_syntax: ts,
+            source: meta.source,
+        };
+        let mut staging = self.new_staging(Some(meta)).await?;
+        staging.write(&header).await?;
+        staging.dataset_offset = header.len() as u64;
+        Ok(Incoming {
+            archive: Arc::clone(self),
+            inner: staging,
+        })
+    }
+
+    /// Stores a DICOM Part 10 file as it is (import). The bytes kept are the file's bytes.
+    pub async fn store_file(
+        self: &Arc<Self>,
+        path: &Path,
+        source: &str,
+    ) -> Result<StoreOutcome, StoreError> {
+        let mut file = tokio::fs::File::open(path).await?;
+        let mut staging = self.new_staging(None).await?;
+        staging.source_hint(source);
+        let mut buf = vec![0u8; 1 << 20];
+        loop {
+            let n = file.read(&mut buf).await?;
+            if n == 0 {
+                break;
+            }
+            staging.write(&buf[..n]).await?;
+        }
+        // read from the source: the staged copy is still in the write buffer
+        let path = path.to_path_buf();
+        staging.dataset_offset = tokio::task::spawn_blocking(move || -> Result<u64, StoreError> {
+            let f = File::open(&path)?;
+            part10::dataset_offset(std::io::BufReader::new(f)).map_err(StoreError::CannotUnderstand)
+        })
+        .await
+        .map_err(|e| StoreError::Internal(e.to_string()))??;
+        self.commit(staging).await
+    }
+
+    /// Makes a fully received object durable and recorded, in the order that makes an
+    /// acknowledgement safe: fsync, parse and check, move into the blob store, index + feed.
+    pub(crate) async fn commit(&self, mut staging: Staging) -> Result<StoreOutcome, StoreError> {
+        staging.flush_and_sync().await?;
+        let path = staging.path().to_path_buf();
+        let offset = staging.dataset_offset;
+        let issuer = self.cfg.default_issuer.clone();
+        let parsed =
+            tokio::task::spawn_blocking(move || header::parse_staged(&path, offset, &issuer))
+                .await
+                .map_err(|e| StoreError::Internal(e.to_string()))??;
+        let mut record = parsed.record;
+        let (declared_class, declared_instance, source) = match &staging.declared {
+            Some(d) => (
+                d.sop_class_uid.clone(),
+                d.sop_instance_uid.clone(),
+                d.source.clone(),
+            ),
+            None => (
+                parsed.meta_sop_class_uid.clone(),
+                parsed.meta_sop_instance_uid.clone(),
+                staging.source.clone(),
+            ),
+        };
+        let origin = if staging.declared.is_some() {
+            "command"
+        } else {
+            "file meta group"
+        };
+        if record.instance.sop_instance_uid != declared_instance {
+            return Err(StoreError::Mismatch(format!(
+                "data set SOPInstanceUID {} differs from the {origin}'s {}",
+                record.instance.sop_instance_uid, declared_instance
+            )));
+        }
+        if record.instance.sop_class_uid != declared_class {
+            return Err(StoreError::Mismatch(format!(
+                "data set SOPClassUID {} differs from the {origin}'s {}",
+                record.instance.sop_class_uid, declared_class
+            )));
+        }
+        if !uid::is_storage_sop_class(&record.instance.sop_class_uid) {
+            return Err(StoreError::NotStorage(record.instance.sop_class_uid));
+        }
+        let hash = staging.hash();
+        record.hash = hash.clone();
+        record.size = staging.size;
+        record.origin_site = self.cfg.site.clone();
+        record.source = source.clone();
+        record.received_at_ms = now_ms();
+        let staged = StagedBlob {
+            path: staging.path().to_path_buf(),
+            hash: hash.clone(),
+            size: staging.size,
+        };
+        self.blobs.put(staged).await?;
+        staging.guard.disarm();
+        self.record(record, &source).await
+    }
+
+    /// Records an object whose blob is already in the store, applying the duplicate and
+    /// quarantine rules.
+    async fn record(
+        &self,
+        record: pacsgrid_store::InstanceRecord,
+        source: &str,
+    ) -> Result<StoreOutcome, StoreError> {
+        let sop = record.instance.sop_instance_uid.clone();
+        match self.index.insert(&record, &self.cfg.site).await? {
+            InsertOutcome::Inserted { seq } => Ok(StoreOutcome::Stored {
+                sop_instance_uid: sop,
+                study_uid: record.study.study_uid,
+                hash: record.hash,
+                seq,
+            }),
+            InsertOutcome::Duplicate => Ok(StoreOutcome::Duplicate {
+                sop_instance_uid: sop,
+                hash: record.hash,
+            }),
+            InsertOutcome::Conflict { existing_hash } => {
+                let entry = QuarantineEntry {
+                    id: 0,
+                    sop_instance_uid: sop.clone(),
+                    kept_hash: existing_hash.clone(),
+                    quarantined_hash: record.hash.clone(),
+                    reason: "SOP Instance UID already stored with different content".into(),
+                    source: source.to_string(),
+                    at_ms: now_ms(),
+                };
+                self.index.quarantine(&entry).await?;
+                tracing::warn!(
+                    sop_instance_uid = %sop,
+                    kept = %existing_hash,
+                    quarantined = %record.hash,
+                    source,
+                    "conflicting object for an already stored SOP Instance UID: kept the first, quarantined the new one"
+                );
+                Ok(StoreOutcome::Quarantined {
+                    sop_instance_uid: sop,
+                    kept_hash: existing_hash,
+                    quarantined_hash: record.hash,
+                })
+            }
+        }
+    }
+
+    /// Answers a query from the index.
+    pub async fn find(
+        &self,
+        query: &Query,
+        limit: u32,
+        offset: u32,
+    ) -> Result<Vec<AttrValues>, ArchiveError> {
+        Ok(self.index.find(query, limit, offset).await?)
+    }
+
+    /// Every stored instance under what the query matches, for retrieval.
+    pub async fn locate(&self, query: &Query) -> Result<Vec<StoredInstance>, ArchiveError> {
+        Ok(self.index.locate(query).await?)
+    }
+
+    /// One instance by SOP Instance UID.
+    pub async fn instance(
+        &self,
+        sop_instance_uid: &str,
+    ) -> Result<Option<StoredInstance>, ArchiveError> {
+        Ok(self.index.instance(sop_instance_uid).await?)
+    }
+
+    /// Opens a stored instance's data set (the bytes after its file meta group).
+    pub async fn open_dataset(&self, inst: &StoredInstance) -> Result<BlobReader, ArchiveError> {
+        Ok(self.blobs.open(&inst.hash, inst.dataset_offset).await?)
+    }
+
+    /// Opens a stored instance's whole Part 10 bytes.
+    pub async fn open_file(&self, inst: &StoredInstance) -> Result<BlobReader, ArchiveError> {
+        Ok(self.blobs.open(&inst.hash, 0).await?)
+    }
+
+    /// Re-encodes a stored instance's data set in another uncompressed transfer syntax, for
+    /// a receiver that does not accept the stored one. Compressed data is never decoded here.
+    pub async fn transcode_dataset(
+        &self,
+        inst: &StoredInstance,
+        to_ts: &str,
+    ) -> Result<Vec<u8>, ArchiveError> {
+        let err = |why: &str| ArchiveError::Transcode {
+            sop_instance_uid: inst.sop_instance_uid.clone(),
+            from: inst.transfer_syntax.clone(),
+            to: to_ts.to_string(),
+            why: why.to_string(),
+        };
+        let from_info = uid::transfer_syntax(&inst.transfer_syntax)
+            .ok_or_else(|| err("unknown stored syntax"))?;
+        let to_info = uid::transfer_syntax(to_ts).ok_or_else(|| err("unknown target syntax"))?;
+        if from_info.encapsulated || to_info.encapsulated {
+            return Err(err("only uncompressed syntaxes are converted"));
+        }
+        let path = self
+            .blobs
+            .local_path(&inst.hash)
+            .ok_or_else(|| err("the blob is not on a local disk"))?;
+        let to_uid = to_info.uid;
+        let result = tokio::task::spawn_blocking(move || -> Result<Vec<u8>, String> {
+            use dicom_encoding::TransferSyntaxIndex;
+            let obj = dicom_object::open_file(&path).map_err(|e| e.to_string())?;
+            let ts = dicom_transfer_syntax_registry::TransferSyntaxRegistry
+                .get(to_uid)
+                .ok_or("transfer syntax not in the registry")?;
+            let mut out = Vec::new();
+            obj.write_dataset_with_ts(&mut out, ts)
+                .map_err(|e| e.to_string())?;
+            Ok(out)
+        })
+        .await
+        .map_err(|e| err(&e.to_string()))?;
+        result.map_err(|why| err(&why))
+    }
+
+    /// Change-feed entries after `since`.
+    pub async fn changes(&self, since: i64, limit: u32) -> Result<Vec<Change>, ArchiveError> {
+        Ok(self.index.changes(since, limit).await?)
+    }
+
+    /// Quarantined objects, newest first.
+    pub async fn quarantined(&self, limit: u32) -> Result<Vec<QuarantineEntry>, ArchiveError> {
+        Ok(self.index.quarantined(limit).await?)
+    }
+
+    /// Counts for status and metrics.
+    pub async fn stats(&self) -> Result<IndexStats, ArchiveError> {
+        Ok(self.index.stats().await?)
+    }
+
+    /// Compares the index with the blob store; with `rehash`, also re-reads every blob and
+    /// compares it with its hash.
+    pub async fn check(&self, rehash: bool) -> Result<ConsistencyReport, ArchiveError> {
+        let indexed: HashSet<String> = self.index.all_hashes().await?.into_iter().collect();
+        let stored: HashSet<String> = self.blobs.list().await?.into_iter().collect();
+        let stats = self.index.stats().await?;
+        let mut report = ConsistencyReport {
+            instances: stats.instances,
+            blobs: stored.len() as u64,
+            orphan_blobs: stored.difference(&indexed).count() as u64,
+            missing_blobs: indexed.difference(&stored).count() as u64,
+            corrupt_blobs: 0,
+        };
+        if rehash {
+            for h in indexed.intersection(&stored) {
+                if self.hash_blob(h).await? != *h {
+                    tracing::error!(hash = %h, "blob content does not match its hash");
+                    report.corrupt_blobs += 1;
+                }
+            }
+        }
+        Ok(report)
+    }
+
+    async fn hash_blob(&self, hash: &str) -> Result<String, ArchiveError> {
+        let mut r = self.blobs.open(hash, 0).await?;
+        let mut hasher = blake3::Hasher::new();
+        let mut buf = vec![0u8; 1 << 20];
+        loop {
+            let n = r.read(&mut buf).await?;
+            if n == 0 {
+                break;
+            }
+            hasher.update(&buf[..n]);
+        }
+        Ok(hasher.finalize().to_hex().to_string())
+    }
+
+    /// Brings the index and the blob store back into agreement after a crash: a blob the
+    /// index does not know was never acknowledged, but it is a complete, fsynced object, so
+    /// it is indexed (or quarantined) if it parses, and removed otherwise. Returns
+    /// (re-indexed, removed).
+    pub async fn recover(&self) -> Result<(u64, u64), ArchiveError> {
+        let indexed: HashSet<String> = self.index.all_hashes().await?.into_iter().collect();
+        let mut reindexed = 0;
+        let mut removed = 0;
+        for hash in self.blobs.list().await? {
+            if indexed.contains(&hash) {
+                continue;
+            }
+            let Some(path) = self.blobs.local_path(&hash) else {
+                continue;
+            };
+            let issuer = self.cfg.default_issuer.clone();
+            let size = self.blobs.size(&hash).await?;
+            let parsed = tokio::task::spawn_blocking(move || -> Result<_, StoreError> {
+                let f = File::open(&path)?;
+                let offset = part10::dataset_offset(std::io::BufReader::new(f))
+                    .map_err(StoreError::CannotUnderstand)?;
+                header::parse_staged(&path, offset, &issuer)
+            })
+            .await
+            .map_err(|e| ArchiveError::Io(std::io::Error::other(e.to_string())))?;
+            match parsed {
+                Ok(p) => {
+                    let mut record = p.record;
+                    record.hash = hash.clone();
+                    record.size = size;
+                    record.origin_site = self.cfg.site.clone();
+                    record.source = "recovery".into();
+                    record.received_at_ms = now_ms();
+                    match self.record(record, "recovery").await {
+                        Ok(_) => reindexed += 1,
+                        Err(e) => tracing::error!(%hash, error = %e, "could not re-index blob"),
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(%hash, error = %e, "removing unreadable unindexed blob");
+                    self.blobs.delete(&hash).await?;
+                    removed += 1;
+                }
+            }
+        }
+        Ok((reindexed, removed))
+    }
+}
+
+/// Removes a staged file unless it was handed over to the blob store.
+pub(crate) struct StagedPath(Option<PathBuf>);
+
+impl StagedPath {
+    fn disarm(&mut self) {
+        self.0 = None;
+    }
+}
+
+impl Drop for StagedPath {
+    fn drop(&mut self) {
+        if let Some(p) = self.0.take() {
+            let _ = std::fs::remove_file(p);
+        }
+    }
+}
+
+/// An object being written to the staging area, hashed as it goes.
+pub(crate) struct Staging {
+    guard: StagedPath,
+    writer: Option<BufWriter<tokio::fs::File>>,
+    hasher: blake3::Hasher,
+    size: u64,
+    dataset_offset: u64,
+    declared: Option<IncomingMeta>,
+    source: String,
+}
+
+impl Staging {
+    fn path(&self) -> &Path {
+        self.guard.0.as_deref().unwrap_or_else(|| Path::new(""))
+    }
+
+    fn source_hint(&mut self, source: &str) {
+        self.source = source.to_string();
+    }
+
+    pub(crate) async fn write(&mut self, data: &[u8]) -> Result<(), StoreError> {
+        let w = self
+            .writer
+            .as_mut()
+            .ok_or_else(|| StoreError::Internal("write after finish".into()))?;
+        w.write_all(data).await?;
+        self.hasher.update(data);
+        self.size += data.len() as u64;
+        Ok(())
+    }
+
+    async fn flush_and_sync(&mut self) -> Result<(), StoreError> {
+        if let Some(mut w) = self.writer.take() {
+            w.flush().await?;
+            let f = w.into_inner();
+            f.sync_all().await?;
+        }
+        Ok(())
+    }
+
+    fn hash(&self) -> String {
+        self.hasher.finalize().to_hex().to_string()
+    }
+}

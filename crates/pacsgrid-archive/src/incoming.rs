@@ -1,0 +1,71 @@
+//! Receiving one object: streamed to a staging file, hashed, validated, then committed.
+
+use crate::archive::Archive;
+use crate::error::StoreError;
+use std::sync::Arc;
+
+/// What the sender declared about an object before its data set arrives (the C-STORE
+/// command and the presentation context, or the STOW-RS part headers).
+#[derive(Debug, Clone)]
+pub struct IncomingMeta {
+    /// AffectedSOPClassUID of the command.
+    pub sop_class_uid: String,
+    /// AffectedSOPInstanceUID of the command.
+    pub sop_instance_uid: String,
+    /// The transfer syntax the data set is encoded in.
+    pub transfer_syntax: String,
+    /// Who sends it (calling AE title, user), for provenance and logs.
+    pub source: String,
+}
+
+/// The result of a successful store.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StoreOutcome {
+    /// Newly stored.
+    Stored {
+        /// The instance.
+        sop_instance_uid: String,
+        /// Its study.
+        study_uid: String,
+        /// Content hash.
+        hash: String,
+        /// Change-feed sequence number.
+        seq: i64,
+    },
+    /// Already stored with identical bytes: nothing changed.
+    Duplicate {
+        /// The instance.
+        sop_instance_uid: String,
+        /// Content hash.
+        hash: String,
+    },
+    /// Already stored with different bytes: the first is kept, this one set aside.
+    Quarantined {
+        /// The instance.
+        sop_instance_uid: String,
+        /// Hash of the object kept.
+        kept_hash: String,
+        /// Hash of the object set aside.
+        quarantined_hash: String,
+    },
+}
+
+/// An object being received. Write the data set bytes as they arrive, then
+/// [`Incoming::finish`]. Dropping it without finishing removes the staged file.
+pub struct Incoming {
+    pub(crate) archive: Arc<Archive>,
+    pub(crate) inner: crate::archive::Staging,
+}
+
+impl Incoming {
+    /// Appends data set bytes (in the declared transfer syntax, as received).
+    pub async fn write(&mut self, data: &[u8]) -> Result<(), StoreError> {
+        self.inner.write(data).await
+    }
+
+    /// Validates, hashes and commits the object; returns only once it is durable.
+    pub async fn finish(self) -> Result<StoreOutcome, StoreError> {
+        let Incoming { archive, inner } = self;
+        archive.commit(inner).await
+    }
+}

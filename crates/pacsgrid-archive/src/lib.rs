@@ -1,0 +1,20 @@
+//! The node's one service API.
+//!
+//! Protocols (DIMSE, DICOMweb) and the grid never touch the blob store or the index
+//! directly: they store, query and open instances through [`Archive`], which enforces the
+//! order that makes acknowledgements safe (parse header, hash, blob, index, feed) and the
+//! duplicate and quarantine rules.
+
+mod archive;
+mod error;
+mod header;
+mod incoming;
+mod part10;
+mod walk;
+
+pub use archive::{Archive, ArchiveConfig, ConsistencyReport};
+pub use error::{ArchiveError, StoreError};
+pub use incoming::{Incoming, IncomingMeta, StoreOutcome};
+pub use pacsgrid_store::{
+    AttrValues, BlobReader, Change, IndexStats, QuarantineEntry, StoredInstance,
+};

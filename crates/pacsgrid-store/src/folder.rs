@@ -1,0 +1,275 @@
+//! The default blob store: one file per object in a local folder.
+//!
+//! Layout: `root/blobs/<h[0..2]>/<h[2..4]>/<hash>` for objects and `root/staging/` for files
+//! being received. Two levels of 256 fan-out keep directories small (a million objects make
+//! about 15 files a directory) without a database of their own.
+
+use crate::blob::{is_valid_hash, BlobError, BlobReader, BlobStore, StagedBlob};
+use async_trait::async_trait;
+use std::io::ErrorKind;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use tokio::io::AsyncSeekExt;
+
+/// A [`BlobStore`] that keeps each object as a file under a local folder.
+#[derive(Debug, Clone)]
+pub struct FolderBlobStore {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    blobs: PathBuf,
+    staging: PathBuf,
+    /// Held while a fan-out directory is checked and, if missing, created and made durable,
+    /// so that no `put` can see a directory whose entry in its parent is not yet fsynced.
+    mkdir: Mutex<()>,
+}
+
+fn io_err(path: &Path, source: std::io::Error) -> BlobError {
+    BlobError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// Makes a directory's entries durable (a rename or a creation inside it).
+fn fsync_dir(dir: &Path) -> Result<(), BlobError> {
+    std::fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| io_err(dir, e))
+}
+
+impl FolderBlobStore {
+    /// Opens (creating if needed) a store rooted at `root`, and removes whatever a crash left
+    /// in its staging area: those files were never acknowledged to a sender.
+    pub fn open(root: &Path) -> Result<FolderBlobStore, BlobError> {
+        let blobs = root.join("blobs");
+        let staging = root.join("staging");
+        for dir in [&blobs, &staging] {
+            std::fs::create_dir_all(dir).map_err(|e| io_err(dir, e))?;
+        }
+        fsync_dir(root)?;
+        let entries = std::fs::read_dir(&staging).map_err(|e| io_err(&staging, e))?;
+        let mut removed = 0usize;
+        for entry in entries {
+            let entry = entry.map_err(|e| io_err(&staging, e))?;
+            let path = entry.path();
+            let is_dir = entry.file_type().map_err(|e| io_err(&path, e))?.is_dir();
+            let res = if is_dir {
+                std::fs::remove_dir_all(&path)
+            } else {
+                std::fs::remove_file(&path)
+            };
+            match res {
+                Ok(()) => removed += 1,
+                Err(e) if e.kind() == ErrorKind::NotFound => {}
+                Err(e) => return Err(io_err(&path, e)),
+            }
+        }
+        if removed > 0 {
+            tracing::info!(removed, dir = %staging.display(), "removed unacknowledged staged files left by a previous run");
+        }
+        Ok(FolderBlobStore {
+            inner: Arc::new(Inner {
+                blobs,
+                staging,
+                mkdir: Mutex::new(()),
+            }),
+        })
+    }
+
+    /// The path an object with this (valid) hash has in the store.
+    fn path_of(&self, hash: &str) -> Result<PathBuf, BlobError> {
+        if !is_valid_hash(hash) {
+            return Err(BlobError::InvalidHash(hash.to_string()));
+        }
+        Ok(self.inner.blobs.join(&hash[0..2]).join(&hash[2..4]).join(hash))
+    }
+}
+
+impl Inner {
+    /// Ensures `blobs/aa/bb` exists, creating and fsyncing whatever level is missing.
+    fn ensure_fanout(&self, leaf: &Path) -> Result<(), BlobError> {
+        // A poisoned lock only means another put panicked; the directories are still valid.
+        let _guard = self.mkdir.lock().unwrap_or_else(|p| p.into_inner());
+        if leaf.is_dir() {
+            return Ok(());
+        }
+        let Some(mid) = leaf.parent() else {
+            return Err(io_err(leaf, ErrorKind::InvalidInput.into()));
+        };
+        if !mid.is_dir() {
+            create_dir_tolerant(mid)?;
+            fsync_dir(&self.blobs)?;
+        }
+        create_dir_tolerant(leaf)?;
+        fsync_dir(mid)?;
+        Ok(())
+    }
+}
+
+fn create_dir_tolerant(dir: &Path) -> Result<(), BlobError> {
+    match std::fs::create_dir(dir) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == ErrorKind::AlreadyExists => Ok(()),
+        Err(e) => Err(io_err(dir, e)),
+    }
+}
+
+/// Runs blocking file-system work off the async threads.
+async fn blocking<T, F>(what: &Path, f: F) -> Result<T, BlobError>
+where
+    F: FnOnce() -> Result<T, BlobError> + Send + 'static,
+    T: Send + 'static,
+{
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| io_err(what, std::io::Error::other(e.to_string())))?
+}
+
+#[async_trait]
+impl BlobStore for FolderBlobStore {
+    fn staging_dir(&self) -> &Path {
+        &self.inner.staging
+    }
+
+    async fn put(&self, staged: StagedBlob) -> Result<(), BlobError> {
+        let target = self.path_of(&staged.hash)?;
+        let inner = self.inner.clone();
+        let what = target.clone();
+        blocking(&what, move || {
+            let Some(leaf) = target.parent() else {
+                return Err(io_err(&target, ErrorKind::InvalidInput.into()));
+            };
+            if target.exists() {
+                // Content-addressed: the object there has these very bytes already.
+                return match std::fs::remove_file(&staged.path) {
+                    Err(e) if e.kind() != ErrorKind::NotFound => Err(io_err(&staged.path, e)),
+                    _ => Ok(()),
+                };
+            }
+            inner.ensure_fanout(leaf)?;
+            // rename(2) replaces atomically, so a concurrent put of the same hash is harmless.
+            std::fs::rename(&staged.path, &target).map_err(|e| io_err(&staged.path, e))?;
+            fsync_dir(leaf)
+        })
+        .await
+    }
+
+    async fn open(&self, hash: &str, offset: u64) -> Result<BlobReader, BlobError> {
+        let path = self.path_of(hash)?;
+        let mut file = match tokio::fs::File::open(&path).await {
+            Ok(f) => f,
+            Err(e) if e.kind() == ErrorKind::NotFound => return Err(BlobError::NotFound(hash.to_string())),
+            Err(e) => return Err(io_err(&path, e)),
+        };
+        if offset > 0 {
+            file.seek(std::io::SeekFrom::Start(offset))
+                .await
+                .map_err(|e| io_err(&path, e))?;
+        }
+        Ok(Box::pin(file))
+    }
+
+    async fn size(&self, hash: &str) -> Result<u64, BlobError> {
+        let path = self.path_of(hash)?;
+        match tokio::fs::metadata(&path).await {
+            Ok(m) if m.is_file() => Ok(m.len()),
+            Ok(_) => Err(BlobError::NotFound(hash.to_string())),
+            Err(e) if e.kind() == ErrorKind::NotFound => Err(BlobError::NotFound(hash.to_string())),
+            Err(e) => Err(io_err(&path, e)),
+        }
+    }
+
+    async fn delete(&self, hash: &str) -> Result<(), BlobError> {
+        let path = self.path_of(hash)?;
+        // Empty fan-out directories are left in place: removing them would race with a put.
+        match tokio::fs::remove_file(&path).await {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(io_err(&path, e)),
+        }
+    }
+
+    async fn list(&self) -> Result<Vec<String>, BlobError> {
+        let blobs = self.inner.blobs.clone();
+        let what = blobs.clone();
+        blocking(&what, move || {
+            let mut out = Vec::new();
+            for l1 in read_dir_sorted(&blobs)? {
+                let Some(n1) = file_name(&l1) else { continue };
+                if n1.len() != 2 || !l1.is_dir() {
+                    continue;
+                }
+                for l2 in read_dir_sorted(&l1)? {
+                    let Some(n2) = file_name(&l2) else { continue };
+                    if n2.len() != 2 || !l2.is_dir() {
+                        continue;
+                    }
+                    for f in read_dir_sorted(&l2)? {
+                        // Only names that belong here count: stray files are not objects.
+                        if let Some(h) = file_name(&f) {
+                            if is_valid_hash(&h) && h[0..2] == n1 && h[2..4] == n2 {
+                                out.push(h);
+                            }
+                        }
+                    }
+                }
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    fn local_path(&self, hash: &str) -> Option<PathBuf> {
+        self.path_of(hash).ok()
+    }
+}
+
+fn file_name(path: &Path) -> Option<String> {
+    path.file_name().and_then(|n| n.to_str()).map(str::to_string)
+}
+
+fn read_dir_sorted(dir: &Path) -> Result<Vec<PathBuf>, BlobError> {
+    let mut out = Vec::new();
+    let entries = match std::fs::read_dir(dir) {
+        Ok(e) => e,
+        // A fan-out directory removed by hand while we walk is simply empty.
+        Err(e) if e.kind() == ErrorKind::NotFound => return Ok(out),
+        Err(e) => return Err(io_err(dir, e)),
+    };
+    for entry in entries {
+        out.push(entry.map_err(|e| io_err(dir, e))?.path());
+    }
+    out.sort();
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn open_empties_the_staging_area() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = FolderBlobStore::open(dir.path()).unwrap();
+        std::fs::write(store.staging_dir().join("half-written"), b"x").unwrap();
+        std::fs::create_dir(store.staging_dir().join("sub")).unwrap();
+        drop(store);
+        let store = FolderBlobStore::open(dir.path()).unwrap();
+        assert_eq!(std::fs::read_dir(store.staging_dir()).unwrap().count(), 0);
+        assert!(dir.path().join("blobs").is_dir());
+    }
+
+    #[test]
+    fn layout_fans_out_by_hash_prefix() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = FolderBlobStore::open(dir.path()).unwrap();
+        let h = "ab".repeat(32);
+        let p = store.local_path(&h).unwrap();
+        assert_eq!(p, dir.path().join("blobs").join("ab").join("ab").join(&h));
+        assert_eq!(store.local_path("../../etc/passwd"), None);
+        assert_eq!(store.local_path(&"AB".repeat(32)), None);
+    }
+}

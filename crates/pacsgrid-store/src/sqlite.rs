@@ -1,0 +1,1280 @@
+//! The default index: one SQLite database file in WAL mode.
+//!
+//! One writer connection behind a mutex serialises every write (SQLite allows one writer at
+//! a time anyway, and serialising in-process avoids busy retries); a small pool of
+//! read-only connections answers queries concurrently, which WAL allows. All database work
+//! runs on tokio's blocking threads.
+
+use crate::index::{Index, IndexError, InsertOutcome};
+use crate::model::*;
+use async_trait::async_trait;
+use pacsgrid_dicom::attrs::{self, AttrKind, IndexedAttr, Level};
+use pacsgrid_dicom::query::{self, Matcher};
+use pacsgrid_dicom::{Query, QueryKey};
+use rusqlite::types::{Value, ValueRef};
+use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::Semaphore;
+
+/// How many read connections answer queries at once.
+const READERS: usize = 4;
+/// How long a connection waits for a lock held by another process before failing.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Schema steps; `PRAGMA user_version` is the number of steps applied. Append, never edit.
+static MIGRATIONS: &[&str] = &[SCHEMA_V1];
+
+const SCHEMA_V1: &str = r"
+CREATE TABLE patients (
+    id            INTEGER PRIMARY KEY,
+    patient_id    TEXT NOT NULL,
+    issuer        TEXT NOT NULL,
+    name          TEXT NOT NULL,
+    name_lc       TEXT NOT NULL, -- lowercased in Rust: PN matching is case-insensitive
+    birth_date    TEXT NOT NULL,
+    sex           TEXT NOT NULL,
+    num_studies   INTEGER NOT NULL DEFAULT 0,
+    num_series    INTEGER NOT NULL DEFAULT 0,
+    num_instances INTEGER NOT NULL DEFAULT 0,
+    UNIQUE (patient_id, issuer)
+);
+CREATE INDEX patients_issuer ON patients(issuer);
+CREATE INDEX patients_name_lc ON patients(name_lc);
+CREATE INDEX patients_birth_date ON patients(birth_date);
+CREATE INDEX patients_sex ON patients(sex);
+
+CREATE TABLE studies (
+    id                     INTEGER PRIMARY KEY,
+    patient                INTEGER NOT NULL REFERENCES patients(id),
+    study_uid              TEXT NOT NULL UNIQUE,
+    date                   TEXT NOT NULL,
+    time                   TEXT NOT NULL,
+    accession              TEXT NOT NULL,
+    study_id               TEXT NOT NULL,
+    description            TEXT NOT NULL,
+    referring_physician    TEXT NOT NULL,
+    referring_physician_lc TEXT NOT NULL,
+    num_series             INTEGER NOT NULL DEFAULT 0,
+    num_instances          INTEGER NOT NULL DEFAULT 0
+);
+CREATE INDEX studies_patient ON studies(patient);
+CREATE INDEX studies_date ON studies(date);
+CREATE INDEX studies_time ON studies(time);
+CREATE INDEX studies_accession ON studies(accession);
+CREATE INDEX studies_study_id ON studies(study_id);
+CREATE INDEX studies_description ON studies(description);
+CREATE INDEX studies_referring_physician_lc ON studies(referring_physician_lc);
+
+CREATE TABLE series (
+    id            INTEGER PRIMARY KEY,
+    study         INTEGER NOT NULL REFERENCES studies(id),
+    series_uid    TEXT NOT NULL UNIQUE,
+    modality      TEXT NOT NULL,
+    number        INTEGER,
+    description   TEXT NOT NULL,
+    body_part     TEXT NOT NULL,
+    date          TEXT NOT NULL,
+    time          TEXT NOT NULL,
+    num_instances INTEGER NOT NULL DEFAULT 0
+);
+-- (study, modality) serves the foreign key, ModalitiesInStudy and its matching.
+CREATE INDEX series_study_modality ON series(study, modality);
+CREATE INDEX series_modality ON series(modality);
+CREATE INDEX series_number ON series(number);
+CREATE INDEX series_description ON series(description);
+CREATE INDEX series_body_part ON series(body_part);
+CREATE INDEX series_date ON series(date);
+CREATE INDEX series_time ON series(time);
+
+CREATE TABLE instances (
+    id               INTEGER PRIMARY KEY,
+    series           INTEGER NOT NULL REFERENCES series(id),
+    sop_instance_uid TEXT NOT NULL UNIQUE,
+    sop_class_uid    TEXT NOT NULL,
+    number           INTEGER,
+    transfer_syntax  TEXT NOT NULL,
+    hash             TEXT NOT NULL,
+    size             INTEGER NOT NULL,
+    dataset_offset   INTEGER NOT NULL,
+    origin_site      TEXT NOT NULL,
+    source           TEXT NOT NULL,
+    received_at_ms   INTEGER NOT NULL
+);
+CREATE INDEX instances_series_number ON instances(series, number);
+CREATE INDEX instances_sop_class_uid ON instances(sop_class_uid);
+CREATE INDEX instances_number ON instances(number);
+CREATE INDEX instances_hash ON instances(hash);
+
+-- SOPClassesInStudy without scanning every instance of the study.
+CREATE TABLE study_sop_classes (
+    study         INTEGER NOT NULL REFERENCES studies(id) ON DELETE CASCADE,
+    sop_class_uid TEXT NOT NULL,
+    PRIMARY KEY (study, sop_class_uid)
+) WITHOUT ROWID;
+
+CREATE TABLE instance_holders (
+    instance INTEGER NOT NULL REFERENCES instances(id) ON DELETE CASCADE,
+    site     TEXT NOT NULL,
+    PRIMARY KEY (instance, site)
+) WITHOUT ROWID;
+CREATE INDEX instance_holders_site ON instance_holders(site);
+
+CREATE TABLE quarantine (
+    id               INTEGER PRIMARY KEY AUTOINCREMENT,
+    sop_instance_uid TEXT NOT NULL,
+    kept_hash        TEXT NOT NULL,
+    quarantined_hash TEXT NOT NULL,
+    reason           TEXT NOT NULL,
+    source           TEXT NOT NULL,
+    at_ms            INTEGER NOT NULL
+);
+CREATE INDEX quarantine_sop_instance_uid ON quarantine(sop_instance_uid);
+CREATE INDEX quarantine_hash ON quarantine(quarantined_hash);
+
+-- AUTOINCREMENT: a sequence number is never reused, even after the newest row is removed.
+CREATE TABLE changes (
+    seq              INTEGER PRIMARY KEY AUTOINCREMENT,
+    kind             TEXT NOT NULL CHECK (kind IN ('stored', 'deleted', 'quarantined')),
+    sop_instance_uid TEXT NOT NULL,
+    study_uid        TEXT NOT NULL,
+    series_uid       TEXT NOT NULL,
+    hash             TEXT NOT NULL,
+    at_ms            INTEGER NOT NULL
+);
+
+-- One row of running totals, so that stats do not count whole tables.
+CREATE TABLE totals (
+    id          INTEGER PRIMARY KEY CHECK (id = 1),
+    patients    INTEGER NOT NULL,
+    studies     INTEGER NOT NULL,
+    series      INTEGER NOT NULL,
+    instances   INTEGER NOT NULL,
+    bytes       INTEGER NOT NULL,
+    quarantined INTEGER NOT NULL
+);
+INSERT INTO totals VALUES (1, 0, 0, 0, 0, 0, 0);
+";
+
+impl From<rusqlite::Error> for IndexError {
+    fn from(e: rusqlite::Error) -> Self {
+        IndexError::Database(e.to_string())
+    }
+}
+
+/// An [`Index`] kept in a SQLite database file.
+#[derive(Clone)]
+pub struct SqliteIndex {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    path: PathBuf,
+    writer: Mutex<Connection>,
+    readers: Mutex<Vec<Connection>>,
+    reader_slots: Arc<Semaphore>,
+}
+
+impl std::fmt::Debug for SqliteIndex {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SqliteIndex")
+            .field("path", &self.inner.path)
+            .finish_non_exhaustive()
+    }
+}
+
+fn configure(conn: &Connection, reader: bool) -> Result<(), IndexError> {
+    conn.busy_timeout(BUSY_TIMEOUT)?;
+    conn.set_prepared_statement_cache_capacity(64);
+    if reader {
+        // The WAL mode is persistent in the file; readers only promise not to write.
+        conn.pragma_update(None, "query_only", true)?;
+    } else {
+        let mode: String = conn.pragma_update_and_check(None, "journal_mode", "WAL", |r| r.get(0))?;
+        if !mode.eq_ignore_ascii_case("wal") {
+            return Err(IndexError::Database(format!(
+                "could not switch the index to WAL mode (got {mode:?})"
+            )));
+        }
+    }
+    // FULL: a commit is on disk when it returns, so an acknowledged store survives power loss.
+    conn.pragma_update(None, "synchronous", "FULL")?;
+    conn.pragma_update(None, "foreign_keys", true)?;
+    Ok(())
+}
+
+/// Brings the schema up to the newest version, one transaction per step.
+fn migrate(conn: &mut Connection) -> Result<(), IndexError> {
+    let known = MIGRATIONS.len() as i64;
+    loop {
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        // Read inside the write transaction: another process may have migrated meanwhile.
+        let version: i64 = tx.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+        if version > known {
+            return Err(IndexError::Database(format!(
+                "index schema version {version} is newer than this program knows ({known}); \
+                 refusing to use it"
+            )));
+        }
+        let Some(step) = usize::try_from(version).ok().and_then(|v| MIGRATIONS.get(v)) else {
+            return Ok(());
+        };
+        tx.execute_batch(step)?;
+        tx.pragma_update(None, "user_version", version + 1)?;
+        tx.commit()?;
+        tracing::info!(version = version + 1, "index schema migrated");
+    }
+}
+
+fn open_reader(path: &Path) -> Result<Connection, IndexError> {
+    let conn = Connection::open(path)?;
+    configure(&conn, true)?;
+    Ok(conn)
+}
+
+fn task_err(e: tokio::task::JoinError) -> IndexError {
+    IndexError::Task(e.to_string())
+}
+
+impl SqliteIndex {
+    /// Opens (creating and migrating if needed) the index database at `path`.
+    pub fn open(path: &Path) -> Result<SqliteIndex, IndexError> {
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir)
+                .map_err(|e| IndexError::Database(format!("creating {}: {e}", dir.display())))?;
+        }
+        let mut writer = Connection::open(path)?;
+        configure(&writer, false)?;
+        migrate(&mut writer)?;
+        let readers = (0..READERS)
+            .map(|_| open_reader(path))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(SqliteIndex {
+            inner: Arc::new(Inner {
+                path: path.to_path_buf(),
+                writer: Mutex::new(writer),
+                readers: Mutex::new(readers),
+                reader_slots: Arc::new(Semaphore::new(READERS)),
+            }),
+        })
+    }
+
+    /// The schema version of the database (the number of migration steps applied).
+    pub async fn schema_version(&self) -> Result<i64, IndexError> {
+        self.read(|c| Ok(c.query_row("PRAGMA user_version", [], |r| r.get(0))?))
+            .await
+    }
+
+    /// Runs write work on the single writer connection.
+    async fn write<T, F>(&self, f: F) -> Result<T, IndexError>
+    where
+        F: FnOnce(&mut Connection) -> Result<T, IndexError> + Send + 'static,
+        T: Send + 'static,
+    {
+        let inner = self.inner.clone();
+        tokio::task::spawn_blocking(move || {
+            // A panic while holding the lock poisons it; the transaction guard has rolled
+            // back by then, and we make sure no transaction is left open before going on.
+            let mut conn = inner.writer.lock().unwrap_or_else(|p| p.into_inner());
+            if !conn.is_autocommit() {
+                conn.execute_batch("ROLLBACK")?;
+            }
+            f(&mut conn)
+        })
+        .await
+        .map_err(task_err)?
+    }
+
+    /// Runs read work on one of the reader connections.
+    async fn read<T, F>(&self, f: F) -> Result<T, IndexError>
+    where
+        F: FnOnce(&Connection) -> Result<T, IndexError> + Send + 'static,
+        T: Send + 'static,
+    {
+        let permit = self
+            .inner
+            .reader_slots
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|e| IndexError::Task(e.to_string()))?;
+        let inner = self.inner.clone();
+        tokio::task::spawn_blocking(move || {
+            let _permit = permit;
+            let pooled = inner.readers.lock().unwrap_or_else(|p| p.into_inner()).pop();
+            // A connection is lost only if work panicked while using it: open a new one.
+            let conn = match pooled {
+                Some(c) => c,
+                None => open_reader(&inner.path)?,
+            };
+            let out = f(&conn);
+            inner
+                .readers
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push(conn);
+            out
+        })
+        .await
+        .map_err(task_err)?
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// insert
+
+fn fold(s: &str) -> String {
+    s.to_lowercase()
+}
+
+fn insert_tx(conn: &mut Connection, r: &InstanceRecord, site: &str) -> Result<InsertOutcome, IndexError> {
+    // IMMEDIATE takes the write lock first, so the existence check and the insert see the
+    // same state even if another process shares the file.
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    let existing: Option<String> = tx
+        .prepare_cached("SELECT hash FROM instances WHERE sop_instance_uid = ?1")?
+        .query_row([&r.instance.sop_instance_uid], |row| row.get(0))
+        .optional()?;
+    if let Some(existing_hash) = existing {
+        // Dropping the transaction rolls it back: nothing was written.
+        return Ok(if existing_hash == r.hash {
+            InsertOutcome::Duplicate
+        } else {
+            InsertOutcome::Conflict { existing_hash }
+        });
+    }
+
+    let (mut new_patients, mut new_studies, mut new_series) = (0i64, 0i64, 0i64);
+    let series_row: Option<(i64, i64)> = tx
+        .prepare_cached("SELECT id, study FROM series WHERE series_uid = ?1")?
+        .query_row([&r.series.series_uid], |row| Ok((row.get(0)?, row.get(1)?)))
+        .optional()?;
+    let (series_id, study_id, patient_row, study_uid) = match series_row {
+        Some((series_id, study_id)) => {
+            fill_series(&tx, series_id, &r.series)?;
+            let (study_uid, patient_row): (String, i64) = tx
+                .prepare_cached("SELECT study_uid, patient FROM studies WHERE id = ?1")?
+                .query_row([study_id], |row| Ok((row.get(0)?, row.get(1)?)))?;
+            if study_uid == r.study.study_uid {
+                fill_study(&tx, study_id, &r.study)?;
+            } else {
+                // The series is filed where it first arrived; the instance follows it.
+                tracing::warn!(
+                    sop_instance_uid = %r.instance.sop_instance_uid,
+                    series_uid = %r.series.series_uid,
+                    recorded_study = %study_uid,
+                    claimed_study = %r.study.study_uid,
+                    "instance claims another study than its series; filed under the series' study"
+                );
+            }
+            fill_patient_if_same(&tx, patient_row, &r.patient)?;
+            (series_id, study_id, patient_row, study_uid)
+        }
+        None => {
+            let study_row: Option<(i64, i64)> = tx
+                .prepare_cached("SELECT id, patient FROM studies WHERE study_uid = ?1")?
+                .query_row([&r.study.study_uid], |row| Ok((row.get(0)?, row.get(1)?)))
+                .optional()?;
+            let (study_id, patient_row) = match study_row {
+                Some((study_id, patient_row)) => {
+                    fill_study(&tx, study_id, &r.study)?;
+                    fill_patient_if_same(&tx, patient_row, &r.patient)?;
+                    (study_id, patient_row)
+                }
+                None => {
+                    let p = &r.patient;
+                    let found: Option<i64> = tx
+                        .prepare_cached("SELECT id FROM patients WHERE patient_id = ?1 AND issuer = ?2")?
+                        .query_row([&p.patient_id, &p.issuer], |row| row.get(0))
+                        .optional()?;
+                    let patient_row = match found {
+                        Some(id) => {
+                            fill_patient(&tx, id, p)?;
+                            id
+                        }
+                        None => {
+                            tx.prepare_cached(
+                                "INSERT INTO patients (patient_id, issuer, name, name_lc, birth_date, sex)
+                                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                            )?
+                            .execute(params![
+                                p.patient_id,
+                                p.issuer,
+                                p.name,
+                                fold(&p.name),
+                                p.birth_date,
+                                p.sex
+                            ])?;
+                            new_patients = 1;
+                            tx.last_insert_rowid()
+                        }
+                    };
+                    let s = &r.study;
+                    tx.prepare_cached(
+                        "INSERT INTO studies (patient, study_uid, date, time, accession, study_id,
+                             description, referring_physician, referring_physician_lc)
+                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+                    )?
+                    .execute(params![
+                        patient_row,
+                        s.study_uid,
+                        s.date,
+                        s.time,
+                        s.accession,
+                        s.study_id,
+                        s.description,
+                        s.referring_physician,
+                        fold(&s.referring_physician)
+                    ])?;
+                    new_studies = 1;
+                    let study_id = tx.last_insert_rowid();
+                    tx.prepare_cached("UPDATE patients SET num_studies = num_studies + 1 WHERE id = ?1")?
+                        .execute([patient_row])?;
+                    (study_id, patient_row)
+                }
+            };
+            let s = &r.series;
+            tx.prepare_cached(
+                "INSERT INTO series (study, series_uid, modality, number, description, body_part, date, time)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+            )?
+            .execute(params![
+                study_id,
+                s.series_uid,
+                s.modality,
+                s.number,
+                s.description,
+                s.body_part,
+                s.date,
+                s.time
+            ])?;
+            new_series = 1;
+            let series_id = tx.last_insert_rowid();
+            tx.prepare_cached("UPDATE studies SET num_series = num_series + 1 WHERE id = ?1")?
+                .execute([study_id])?;
+            tx.prepare_cached("UPDATE patients SET num_series = num_series + 1 WHERE id = ?1")?
+                .execute([patient_row])?;
+            (series_id, study_id, patient_row, r.study.study_uid.clone())
+        }
+    };
+
+    let i = &r.instance;
+    tx.prepare_cached(
+        "INSERT INTO instances (series, sop_instance_uid, sop_class_uid, number, transfer_syntax,
+             hash, size, dataset_offset, origin_site, source, received_at_ms)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+    )?
+    .execute(params![
+        series_id,
+        i.sop_instance_uid,
+        i.sop_class_uid,
+        i.number,
+        i.transfer_syntax,
+        r.hash,
+        r.size,
+        r.dataset_offset,
+        r.origin_site,
+        r.source,
+        r.received_at_ms
+    ])?;
+    let instance_row = tx.last_insert_rowid();
+    tx.prepare_cached("UPDATE series SET num_instances = num_instances + 1 WHERE id = ?1")?
+        .execute([series_id])?;
+    tx.prepare_cached("UPDATE studies SET num_instances = num_instances + 1 WHERE id = ?1")?
+        .execute([study_id])?;
+    tx.prepare_cached("UPDATE patients SET num_instances = num_instances + 1 WHERE id = ?1")?
+        .execute([patient_row])?;
+    if !i.sop_class_uid.is_empty() {
+        tx.prepare_cached("INSERT OR IGNORE INTO study_sop_classes (study, sop_class_uid) VALUES (?1, ?2)")?
+            .execute(params![study_id, i.sop_class_uid])?;
+    }
+    tx.prepare_cached("INSERT OR IGNORE INTO instance_holders (instance, site) VALUES (?1, ?2)")?
+        .execute(params![instance_row, site])?;
+    tx.prepare_cached(
+        "UPDATE totals SET patients = patients + ?1, studies = studies + ?2, series = series + ?3,
+             instances = instances + 1, bytes = bytes + ?4 WHERE id = 1",
+    )?
+    .execute(params![new_patients, new_studies, new_series, r.size])?;
+    let seq = append_change(
+        &tx,
+        ChangeKind::Stored,
+        &i.sop_instance_uid,
+        &study_uid,
+        &r.series.series_uid,
+        &r.hash,
+        r.received_at_ms,
+    )?;
+    tx.commit()?;
+    Ok(InsertOutcome::Inserted { seq })
+}
+
+fn append_change(
+    tx: &rusqlite::Transaction<'_>,
+    kind: ChangeKind,
+    sop_instance_uid: &str,
+    study_uid: &str,
+    series_uid: &str,
+    hash: &str,
+    at_ms: i64,
+) -> Result<i64, IndexError> {
+    tx.prepare_cached(
+        "INSERT INTO changes (kind, sop_instance_uid, study_uid, series_uid, hash, at_ms)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+    )?
+    .execute(params![kind.as_str(), sop_instance_uid, study_uid, series_uid, hash, at_ms])?;
+    Ok(tx.last_insert_rowid())
+}
+
+// The fill statements write only when a blank can be filled, so the common case (a later
+// instance of a known series) touches no page of the parent rows but the counters.
+
+fn fill_patient(tx: &rusqlite::Transaction<'_>, id: i64, p: &PatientAttrs) -> Result<(), IndexError> {
+    tx.prepare_cached(
+        "UPDATE patients SET
+             name = CASE WHEN name = '' THEN ?2 ELSE name END,
+             name_lc = CASE WHEN name = '' THEN ?3 ELSE name_lc END,
+             birth_date = CASE WHEN birth_date = '' THEN ?4 ELSE birth_date END,
+             sex = CASE WHEN sex = '' THEN ?5 ELSE sex END
+         WHERE id = ?1 AND ((name = '' AND ?2 <> '') OR (birth_date = '' AND ?4 <> '')
+             OR (sex = '' AND ?5 <> ''))",
+    )?
+    .execute(params![id, p.name, fold(&p.name), p.birth_date, p.sex])?;
+    Ok(())
+}
+
+fn fill_patient_if_same(tx: &rusqlite::Transaction<'_>, id: i64, p: &PatientAttrs) -> Result<(), IndexError> {
+    let (patient_id, issuer): (String, String) = tx
+        .prepare_cached("SELECT patient_id, issuer FROM patients WHERE id = ?1")?
+        .query_row([id], |row| Ok((row.get(0)?, row.get(1)?)))?;
+    if patient_id == p.patient_id && issuer == p.issuer {
+        fill_patient(tx, id, p)
+    } else {
+        // Never re-file a study under another patient silently: keep it where it is.
+        tracing::warn!(
+            recorded_patient = %patient_id,
+            recorded_issuer = %issuer,
+            claimed_patient = %p.patient_id,
+            claimed_issuer = %p.issuer,
+            "instance names another patient than its study; filed under the study's patient"
+        );
+        Ok(())
+    }
+}
+
+fn fill_study(tx: &rusqlite::Transaction<'_>, id: i64, s: &StudyAttrs) -> Result<(), IndexError> {
+    tx.prepare_cached(
+        "UPDATE studies SET
+             date = CASE WHEN date = '' THEN ?2 ELSE date END,
+             time = CASE WHEN time = '' THEN ?3 ELSE time END,
+             accession = CASE WHEN accession = '' THEN ?4 ELSE accession END,
+             study_id = CASE WHEN study_id = '' THEN ?5 ELSE study_id END,
+             description = CASE WHEN description = '' THEN ?6 ELSE description END,
+             referring_physician_lc = CASE WHEN referring_physician = '' THEN ?8
+                 ELSE referring_physician_lc END,
+             referring_physician = CASE WHEN referring_physician = '' THEN ?7
+                 ELSE referring_physician END
+         WHERE id = ?1 AND ((date = '' AND ?2 <> '') OR (time = '' AND ?3 <> '')
+             OR (accession = '' AND ?4 <> '') OR (study_id = '' AND ?5 <> '')
+             OR (description = '' AND ?6 <> '') OR (referring_physician = '' AND ?7 <> ''))",
+    )?
+    .execute(params![
+        id,
+        s.date,
+        s.time,
+        s.accession,
+        s.study_id,
+        s.description,
+        s.referring_physician,
+        fold(&s.referring_physician)
+    ])?;
+    Ok(())
+}
+
+fn fill_series(tx: &rusqlite::Transaction<'_>, id: i64, s: &SeriesAttrs) -> Result<(), IndexError> {
+    tx.prepare_cached(
+        "UPDATE series SET
+             modality = CASE WHEN modality = '' THEN ?2 ELSE modality END,
+             number = COALESCE(number, ?3),
+             description = CASE WHEN description = '' THEN ?4 ELSE description END,
+             body_part = CASE WHEN body_part = '' THEN ?5 ELSE body_part END,
+             date = CASE WHEN date = '' THEN ?6 ELSE date END,
+             time = CASE WHEN time = '' THEN ?7 ELSE time END
+         WHERE id = ?1 AND ((modality = '' AND ?2 <> '') OR (number IS NULL AND ?3 IS NOT NULL)
+             OR (description = '' AND ?4 <> '') OR (body_part = '' AND ?5 <> '')
+             OR (date = '' AND ?6 <> '') OR (time = '' AND ?7 <> ''))",
+    )?
+    .execute(params![id, s.modality, s.number, s.description, s.body_part, s.date, s.time])?;
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------
+// query translation
+
+/// Where an indexed attribute lives in the schema.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Column {
+    /// A column of the table of `level`; `folded` is its lowercased twin (person names).
+    Plain {
+        level: Level,
+        name: &'static str,
+        folded: Option<&'static str>,
+        integer: bool,
+    },
+    /// The distinct non-empty modalities of the study's series.
+    ModalitiesInStudy,
+    /// The distinct SOP classes of the study's instances.
+    SopClassesInStudy,
+}
+
+/// Maps a catalogue attribute to its column; `None` means the schema lacks it (a test
+/// checks that every catalogue attribute is mapped).
+fn column(attr: &IndexedAttr) -> Option<Column> {
+    use Level::*;
+    let plain = |level, name| Column::Plain {
+        level,
+        name,
+        folded: None,
+        integer: false,
+    };
+    let int = |level, name| Column::Plain {
+        level,
+        name,
+        folded: None,
+        integer: true,
+    };
+    let pn = |level, name, folded| Column::Plain {
+        level,
+        name,
+        folded: Some(folded),
+        integer: false,
+    };
+    Some(match attr.keyword {
+        "PatientID" => plain(Patient, "patient_id"),
+        "IssuerOfPatientID" => plain(Patient, "issuer"),
+        "PatientName" => pn(Patient, "name", "name_lc"),
+        "PatientBirthDate" => plain(Patient, "birth_date"),
+        "PatientSex" => plain(Patient, "sex"),
+        "NumberOfPatientRelatedStudies" => int(Patient, "num_studies"),
+        "NumberOfPatientRelatedSeries" => int(Patient, "num_series"),
+        "NumberOfPatientRelatedInstances" => int(Patient, "num_instances"),
+        "StudyInstanceUID" => plain(Study, "study_uid"),
+        "StudyDate" => plain(Study, "date"),
+        "StudyTime" => plain(Study, "time"),
+        "AccessionNumber" => plain(Study, "accession"),
+        "StudyID" => plain(Study, "study_id"),
+        "StudyDescription" => plain(Study, "description"),
+        "ReferringPhysicianName" => pn(Study, "referring_physician", "referring_physician_lc"),
+        "ModalitiesInStudy" => Column::ModalitiesInStudy,
+        "SOPClassesInStudy" => Column::SopClassesInStudy,
+        "NumberOfStudyRelatedSeries" => int(Study, "num_series"),
+        "NumberOfStudyRelatedInstances" => int(Study, "num_instances"),
+        "SeriesInstanceUID" => plain(Series, "series_uid"),
+        "Modality" => plain(Series, "modality"),
+        "SeriesNumber" => int(Series, "number"),
+        "SeriesDescription" => plain(Series, "description"),
+        "BodyPartExamined" => plain(Series, "body_part"),
+        "SeriesDate" => plain(Series, "date"),
+        "SeriesTime" => plain(Series, "time"),
+        "NumberOfSeriesRelatedInstances" => int(Series, "num_instances"),
+        "SOPInstanceUID" => plain(Image, "sop_instance_uid"),
+        "SOPClassUID" => plain(Image, "sop_class_uid"),
+        "InstanceNumber" => int(Image, "number"),
+        _ => return None,
+    })
+}
+
+fn unmapped(attr: &IndexedAttr) -> IndexError {
+    IndexError::Database(format!("attribute {} has no column in the SQLite index", attr.keyword))
+}
+
+fn table(level: Level) -> &'static str {
+    match level {
+        Level::Patient => "patients",
+        Level::Study => "studies",
+        Level::Series => "series",
+        Level::Image => "instances",
+    }
+}
+
+/// The alias of a level's table; `sub` names the copy used inside a subquery for keys
+/// below the requested level.
+fn alias(level: Level, sub: bool) -> &'static str {
+    match (level, sub) {
+        (Level::Patient, false) => "p",
+        (Level::Study, false) => "st",
+        (Level::Series, false) => "se",
+        (Level::Image, false) => "i",
+        (Level::Patient, true) => "px",
+        (Level::Study, true) => "stx",
+        (Level::Series, true) => "sex",
+        (Level::Image, true) => "ix",
+    }
+}
+
+fn parent(level: Level) -> Option<(Level, &'static str)> {
+    match level {
+        Level::Patient => None,
+        Level::Study => Some((Level::Patient, "patient")),
+        Level::Series => Some((Level::Study, "study")),
+        Level::Image => Some((Level::Series, "series")),
+    }
+}
+
+fn child(level: Level) -> Option<Level> {
+    match level {
+        Level::Patient => Some(Level::Study),
+        Level::Study => Some(Level::Series),
+        Level::Series => Some(Level::Image),
+        Level::Image => None,
+    }
+}
+
+/// `level`'s table joined with every table above it.
+fn from_clause(level: Level) -> String {
+    let mut sql = format!("{} {}", table(level), alias(level, false));
+    let mut at = level;
+    while let Some((up, fk)) = parent(at) {
+        let (a, ua) = (alias(at, false), alias(up, false));
+        sql.push_str(&format!(" JOIN {} {ua} ON {ua}.id = {a}.{fk}", table(up)));
+        at = up;
+    }
+    sql
+}
+
+/// GLOB pattern for a DICOM wildcard: `*` and `?` mean the same; `[` must be literal.
+fn glob_wildcard(pattern: &str) -> String {
+    pattern.replace('[', "[[]")
+}
+
+/// GLOB pattern matching `s` literally.
+fn glob_literal(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '[' => out.push_str("[[]"),
+            '*' => out.push_str("[*]"),
+            '?' => out.push_str("[?]"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// SQL for one matcher against a column, with the values pushed to `params` in placeholder
+/// order. Mirrors [`pacsgrid_dicom::query::matches`].
+fn matcher_sql(
+    col: &str,
+    folded: Option<&str>,
+    integer: bool,
+    kind: AttrKind,
+    matcher: &Matcher,
+    params: &mut Vec<Value>,
+) -> String {
+    // The reference compares text; integers are text in the answers, absent ones empty.
+    let text = if integer {
+        format!("COALESCE(CAST({col} AS TEXT), '')")
+    } else {
+        col.to_string()
+    };
+    let ci = kind == AttrKind::PersonName;
+    let lc = folded.unwrap_or(col);
+    let eq = |v: &str, params: &mut Vec<Value>| -> String {
+        if integer {
+            if let Ok(n) = v.trim().parse::<i64>() {
+                // Numeric: "01" finds series 1 (the reference compares text; see report).
+                params.push(Value::Integer(n));
+                return format!("{col} = ?");
+            }
+            params.push(Value::Text(v.to_string()));
+            format!("{text} = ?")
+        } else if ci {
+            params.push(Value::Text(fold(v)));
+            format!("{lc} = ?")
+        } else {
+            params.push(Value::Text(v.to_string()));
+            format!("{col} = ?")
+        }
+    };
+    match matcher {
+        Matcher::Universal => "1".to_string(),
+        Matcher::Single(v) => eq(v, params),
+        Matcher::List(values) => {
+            if values.is_empty() {
+                return "0".to_string();
+            }
+            let parts: Vec<String> = values.iter().map(|v| eq(v, params)).collect();
+            format!("({})", parts.join(" OR "))
+        }
+        Matcher::Wildcard(p) => {
+            if ci {
+                params.push(Value::Text(glob_wildcard(&fold(p))));
+                format!("{lc} GLOB ?")
+            } else {
+                params.push(Value::Text(glob_wildcard(p)));
+                format!("{text} GLOB ?")
+            }
+        }
+        Matcher::Range { lower, upper } => {
+            let mut sql = format!("({text} <> ''");
+            if let Some(l) = lower {
+                params.push(Value::Text(l.clone()));
+                sql.push_str(&format!(" AND {text} >= ?"));
+            }
+            if let Some(u) = upper {
+                // An upper bound includes every value it prefixes (a date bound covers
+                // date-times of that day; `120000` covers `120000.5`).
+                params.push(Value::Text(u.clone()));
+                params.push(Value::Text(format!("{}*", glob_literal(u))));
+                sql.push_str(&format!(" AND ({text} <= ? OR {text} GLOB ?)"));
+            }
+            sql.push(')');
+            sql
+        }
+    }
+}
+
+/// SQL for one key; `alias_of` names the table alias of each level in scope.
+fn key_sql(key: &QueryKey, alias_of: &dyn Fn(Level) -> &'static str, params: &mut Vec<Value>) -> Result<String, IndexError> {
+    let attr = key.attr;
+    let col = column(attr).ok_or_else(|| unmapped(attr))?;
+    let (set_sql, value_col) = match col {
+        Column::Plain {
+            level,
+            name,
+            folded,
+            integer,
+        } => {
+            let a = alias_of(level);
+            let col = format!("{a}.{name}");
+            let folded = folded.map(|f| format!("{a}.{f}"));
+            return Ok(matcher_sql(&col, folded.as_deref(), integer, attr.kind, &key.matcher, params));
+        }
+        Column::ModalitiesInStudy => (
+            format!(
+                "FROM series mx WHERE mx.study = {}.id AND mx.modality <> ''",
+                alias_of(Level::Study)
+            ),
+            "mx.modality",
+        ),
+        Column::SopClassesInStudy => (
+            format!(
+                "FROM study_sop_classes mx WHERE mx.study = {}.id AND mx.sop_class_uid <> ''",
+                alias_of(Level::Study)
+            ),
+            "mx.sop_class_uid",
+        ),
+    };
+    // A multi-valued computed attribute matches if any of its values does; with no value at
+    // all it is the empty string, which some matchers (e.g. a list holding "") accept.
+    let cond = matcher_sql(value_col, None, false, attr.kind, &key.matcher, params);
+    let any = format!("EXISTS (SELECT 1 {set_sql} AND {cond})");
+    if query::matches(attr, &key.matcher, "") {
+        Ok(format!("({any} OR NOT EXISTS (SELECT 1 {set_sql}))"))
+    } else {
+        Ok(any)
+    }
+}
+
+/// The WHERE condition selecting the entities at `query.level` that the query matches.
+fn where_sql(query: &Query, params: &mut Vec<Value>) -> Result<String, IndexError> {
+    let level = query.level;
+    let main = |l: Level| alias(l, false);
+    let mut conds = Vec::new();
+    let mut below: Vec<&QueryKey> = Vec::new();
+    for key in &query.keys {
+        if key.attr.level <= level {
+            conds.push(key_sql(key, &main, params)?);
+        } else {
+            below.push(key);
+        }
+    }
+    // Keys below the level (not produced by Query::parse, but possible for queries built in
+    // code) select the entities having at least one descendant that matches them all.
+    if let Some(deepest) = below.iter().map(|k| k.attr.level).max() {
+        let Some(first) = child(level) else {
+            return Err(IndexError::Database("key below the IMAGE level".into()));
+        };
+        let mut from = format!("{} {}", table(first), alias(first, true));
+        let mut at = first;
+        while at < deepest {
+            let Some(next) = child(at) else { break };
+            let fk = parent(next).map(|(_, fk)| fk).unwrap_or("id");
+            from.push_str(&format!(
+                " JOIN {} {} ON {}.{fk} = {}.id",
+                table(next),
+                alias(next, true),
+                alias(next, true),
+                alias(at, true)
+            ));
+            at = next;
+        }
+        let fk = parent(first).map(|(_, fk)| fk).unwrap_or("id");
+        let mut sub = format!(
+            "EXISTS (SELECT 1 FROM {from} WHERE {}.{fk} = {}.id",
+            alias(first, true),
+            alias(level, false)
+        );
+        let scoped = |l: Level| alias(l, l > level);
+        for key in below {
+            sub.push_str(" AND ");
+            sub.push_str(&key_sql(key, &scoped, params)?);
+        }
+        sub.push(')');
+        conds.push(sub);
+    }
+    if conds.is_empty() {
+        Ok("1".to_string())
+    } else {
+        Ok(conds.join(" AND "))
+    }
+}
+
+/// The SELECT expression returning an attribute for an entity of the main query.
+fn select_expr(attr: &IndexedAttr) -> Result<String, IndexError> {
+    let st = alias(Level::Study, false);
+    Ok(match column(attr).ok_or_else(|| unmapped(attr))? {
+        Column::Plain { level, name, .. } => format!("{}.{name}", alias(level, false)),
+        Column::ModalitiesInStudy => format!(
+            "(SELECT group_concat(m, '\\' ORDER BY m) FROM \
+             (SELECT DISTINCT modality AS m FROM series WHERE study = {st}.id AND modality <> ''))"
+        ),
+        Column::SopClassesInStudy => format!(
+            "(SELECT group_concat(sop_class_uid, '\\' ORDER BY sop_class_uid) \
+             FROM study_sop_classes WHERE study = {st}.id AND sop_class_uid <> '')"
+        ),
+    })
+}
+
+fn value_text(v: ValueRef<'_>) -> Option<String> {
+    match v {
+        ValueRef::Null | ValueRef::Blob(_) => None,
+        ValueRef::Integer(n) => Some(n.to_string()),
+        ValueRef::Real(f) => Some(f.to_string()),
+        ValueRef::Text(t) if t.is_empty() => None,
+        ValueRef::Text(t) => Some(String::from_utf8_lossy(t).into_owned()),
+    }
+}
+
+fn sql_limit(limit: u32) -> i64 {
+    if limit == 0 {
+        -1
+    } else {
+        i64::from(limit)
+    }
+}
+
+fn find_sync(conn: &Connection, query: &Query, limit: u32, offset: u32) -> Result<Vec<AttrValues>, IndexError> {
+    let returned: Vec<&IndexedAttr> = attrs::at_or_above(query.level).collect();
+    let exprs = returned
+        .iter()
+        .map(|a| select_expr(a))
+        .collect::<Result<Vec<_>, _>>()?;
+    let mut params = Vec::new();
+    let cond = where_sql(query, &mut params)?;
+    let sql = format!(
+        "SELECT {} FROM {} WHERE {cond} ORDER BY {}.id LIMIT ? OFFSET ?",
+        exprs.join(", "),
+        from_clause(query.level),
+        alias(query.level, false)
+    );
+    params.push(Value::Integer(sql_limit(limit)));
+    params.push(Value::Integer(i64::from(offset)));
+    let mut stmt = conn.prepare_cached(&sql)?;
+    let mut rows = stmt.query(rusqlite::params_from_iter(params))?;
+    let mut out = Vec::new();
+    while let Some(row) = rows.next()? {
+        let mut values = AttrValues::new();
+        for (i, attr) in returned.iter().enumerate() {
+            if let Some(v) = value_text(row.get_ref(i)?) {
+                values.insert(attr.tag, v);
+            }
+        }
+        out.push(values);
+    }
+    Ok(out)
+}
+
+const STORED_INSTANCE_COLUMNS: &str = "st.study_uid, se.series_uid, i.sop_instance_uid, i.sop_class_uid, \
+     i.transfer_syntax, i.hash, i.size, i.dataset_offset";
+
+fn stored_instance(row: &rusqlite::Row<'_>) -> rusqlite::Result<StoredInstance> {
+    Ok(StoredInstance {
+        study_uid: row.get(0)?,
+        series_uid: row.get(1)?,
+        sop_instance_uid: row.get(2)?,
+        sop_class_uid: row.get(3)?,
+        transfer_syntax: row.get(4)?,
+        hash: row.get(5)?,
+        size: row.get(6)?,
+        dataset_offset: row.get(7)?,
+    })
+}
+
+fn locate_sync(conn: &Connection, query: &Query) -> Result<Vec<StoredInstance>, IndexError> {
+    let mut params = Vec::new();
+    // Every instance joined with all its ancestors; the condition tests the ancestor at the
+    // query's level, so whole entities are returned, not only the descendants that matched.
+    let cond = where_sql(query, &mut params)?;
+    let sql = format!(
+        "SELECT {STORED_INSTANCE_COLUMNS} FROM {} WHERE {cond}
+         ORDER BY st.id, se.number, se.id, i.number, i.id",
+        from_clause(Level::Image)
+    );
+    let mut stmt = conn.prepare_cached(&sql)?;
+    let rows = stmt.query_map(rusqlite::params_from_iter(params), stored_instance)?;
+    Ok(rows.collect::<Result<Vec<_>, _>>()?)
+}
+
+fn quarantine_tx(conn: &mut Connection, e: &QuarantineEntry) -> Result<i64, IndexError> {
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    tx.prepare_cached(
+        "INSERT INTO quarantine (sop_instance_uid, kept_hash, quarantined_hash, reason, source, at_ms)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+    )?
+    .execute(params![
+        e.sop_instance_uid,
+        e.kept_hash,
+        e.quarantined_hash,
+        e.reason,
+        e.source,
+        e.at_ms
+    ])?;
+    let id = tx.last_insert_rowid();
+    let (study_uid, series_uid): (String, String) = tx
+        .prepare_cached(
+            "SELECT st.study_uid, se.series_uid FROM instances i
+             JOIN series se ON se.id = i.series JOIN studies st ON st.id = se.study
+             WHERE i.sop_instance_uid = ?1",
+        )?
+        .query_row([&e.sop_instance_uid], |r| Ok((r.get(0)?, r.get(1)?)))
+        .optional()?
+        .unwrap_or_default();
+    append_change(
+        &tx,
+        ChangeKind::Quarantined,
+        &e.sop_instance_uid,
+        &study_uid,
+        &series_uid,
+        &e.quarantined_hash,
+        e.at_ms,
+    )?;
+    tx.prepare_cached("UPDATE totals SET quarantined = quarantined + 1 WHERE id = 1")?
+        .execute([])?;
+    tx.commit()?;
+    Ok(id)
+}
+
+#[async_trait]
+impl Index for SqliteIndex {
+    async fn insert(&self, record: &InstanceRecord, site: &str) -> Result<InsertOutcome, IndexError> {
+        let record = record.clone();
+        let site = site.to_string();
+        self.write(move |c| insert_tx(c, &record, &site)).await
+    }
+
+    async fn quarantine(&self, entry: &QuarantineEntry) -> Result<i64, IndexError> {
+        let entry = entry.clone();
+        self.write(move |c| quarantine_tx(c, &entry)).await
+    }
+
+    async fn quarantined(&self, limit: u32) -> Result<Vec<QuarantineEntry>, IndexError> {
+        self.read(move |c| {
+            let mut stmt = c.prepare_cached(
+                "SELECT id, sop_instance_uid, kept_hash, quarantined_hash, reason, source, at_ms
+                 FROM quarantine ORDER BY id DESC LIMIT ?1",
+            )?;
+            let rows = stmt.query_map([sql_limit(limit)], |r| {
+                Ok(QuarantineEntry {
+                    id: r.get(0)?,
+                    sop_instance_uid: r.get(1)?,
+                    kept_hash: r.get(2)?,
+                    quarantined_hash: r.get(3)?,
+                    reason: r.get(4)?,
+                    source: r.get(5)?,
+                    at_ms: r.get(6)?,
+                })
+            })?;
+            Ok(rows.collect::<Result<Vec<_>, _>>()?)
+        })
+        .await
+    }
+
+    async fn find(&self, query: &Query, limit: u32, offset: u32) -> Result<Vec<AttrValues>, IndexError> {
+        let query = query.clone();
+        self.read(move |c| find_sync(c, &query, limit, offset)).await
+    }
+
+    async fn locate(&self, query: &Query) -> Result<Vec<StoredInstance>, IndexError> {
+        let query = query.clone();
+        self.read(move |c| locate_sync(c, &query)).await
+    }
+
+    async fn instance(&self, sop_instance_uid: &str) -> Result<Option<StoredInstance>, IndexError> {
+        let uid = sop_instance_uid.to_string();
+        self.read(move |c| {
+            let sql = format!(
+                "SELECT {STORED_INSTANCE_COLUMNS} FROM {} WHERE i.sop_instance_uid = ?1",
+                from_clause(Level::Image)
+            );
+            Ok(c.prepare_cached(&sql)?
+                .query_row([&uid], stored_instance)
+                .optional()?)
+        })
+        .await
+    }
+
+    async fn changes(&self, since: i64, limit: u32) -> Result<Vec<Change>, IndexError> {
+        self.read(move |c| {
+            let mut stmt = c.prepare_cached(
+                "SELECT seq, kind, sop_instance_uid, study_uid, series_uid, hash, at_ms
+                 FROM changes WHERE seq > ?1 ORDER BY seq LIMIT ?2",
+            )?;
+            let mut rows = stmt.query(params![since, sql_limit(limit)])?;
+            let mut out = Vec::new();
+            while let Some(r) = rows.next()? {
+                let kind: String = r.get(1)?;
+                let kind = ChangeKind::parse(&kind)
+                    .ok_or_else(|| IndexError::Database(format!("unknown change kind {kind:?} in the feed")))?;
+                out.push(Change {
+                    seq: r.get(0)?,
+                    kind,
+                    sop_instance_uid: r.get(2)?,
+                    study_uid: r.get(3)?,
+                    series_uid: r.get(4)?,
+                    hash: r.get(5)?,
+                    at_ms: r.get(6)?,
+                });
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn all_hashes(&self) -> Result<Vec<String>, IndexError> {
+        self.read(|c| {
+            let mut stmt = c.prepare_cached(
+                "SELECT hash FROM instances UNION SELECT quarantined_hash FROM quarantine ORDER BY 1",
+            )?;
+            let rows = stmt.query_map([], |r| r.get(0))?;
+            Ok(rows.collect::<Result<Vec<String>, _>>()?)
+        })
+        .await
+    }
+
+    async fn stats(&self) -> Result<IndexStats, IndexError> {
+        self.read(|c| {
+            Ok(c.prepare_cached(
+                "SELECT patients, studies, series, instances, bytes, quarantined FROM totals WHERE id = 1",
+            )?
+            .query_row([], |r| {
+                Ok(IndexStats {
+                    patients: r.get(0)?,
+                    studies: r.get(1)?,
+                    series: r.get(2)?,
+                    instances: r.get(3)?,
+                    bytes: r.get(4)?,
+                    quarantined: r.get(5)?,
+                })
+            })?)
+        })
+        .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_catalogue_attribute_has_a_column() {
+        for a in attrs::INDEXED {
+            let col = column(a).unwrap_or_else(|| panic!("{} unmapped", a.keyword));
+            if let Column::Plain { level, folded, integer, .. } = col {
+                assert_eq!(level, a.level, "{}", a.keyword);
+                assert_eq!(folded.is_some(), a.kind == AttrKind::PersonName, "{}", a.keyword);
+                assert_eq!(integer, a.kind == AttrKind::Integer, "{}", a.keyword);
+            }
+        }
+    }
+
+    #[test]
+    fn glob_patterns_escape_brackets() {
+        assert_eq!(glob_wildcard("A[1]*?"), "A[[]1]*?");
+        assert_eq!(glob_literal("1*2?[3"), "1[*]2[?][[]3");
+    }
+
+    #[tokio::test]
+    async fn reopening_keeps_data_and_schema_version() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("db").join("index.sqlite");
+        let index = SqliteIndex::open(&path).unwrap();
+        assert_eq!(index.schema_version().await.unwrap(), MIGRATIONS.len() as i64);
+        let rec = crate::conformance::record(1, 1, 1, 1);
+        assert!(matches!(index.insert(&rec, "A").await.unwrap(), InsertOutcome::Inserted { .. }));
+        drop(index);
+        let index = SqliteIndex::open(&path).unwrap();
+        assert_eq!(index.schema_version().await.unwrap(), MIGRATIONS.len() as i64);
+        assert_eq!(index.stats().await.unwrap().instances, 1);
+        assert_eq!(index.insert(&rec, "A").await.unwrap(), InsertOutcome::Duplicate);
+    }
+
+    #[tokio::test]
+    async fn a_newer_schema_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("index.sqlite");
+        drop(SqliteIndex::open(&path).unwrap());
+        let conn = Connection::open(&path).unwrap();
+        conn.pragma_update(None, "user_version", 99).unwrap();
+        drop(conn);
+        let err = SqliteIndex::open(&path).unwrap_err();
+        assert!(err.to_string().contains("newer"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn settings_make_commits_durable() {
+        let dir = tempfile::tempdir().unwrap();
+        let index = SqliteIndex::open(&dir.path().join("i.sqlite")).unwrap();
+        let (mode, sync, fk): (String, i64, i64) = index
+            .write(|c| {
+                Ok((
+                    c.query_row("PRAGMA journal_mode", [], |r| r.get(0))?,
+                    c.query_row("PRAGMA synchronous", [], |r| r.get(0))?,
+                    c.query_row("PRAGMA foreign_keys", [], |r| r.get(0))?,
+                ))
+            })
+            .await
+            .unwrap();
+        assert_eq!(mode, "wal");
+        assert_eq!(sync, 2, "synchronous=FULL");
+        assert_eq!(fk, 1);
+    }
+
+    /// Run with `cargo test -p pacsgrid-store --release -- --ignored --nocapture timing`.
+    #[tokio::test]
+    #[ignore]
+    async fn timing_ten_thousand_inserts() {
+        let dir = tempfile::tempdir().unwrap();
+        let index = SqliteIndex::open(&dir.path().join("i.sqlite")).unwrap();
+        let started = std::time::Instant::now();
+        let mut n = 0;
+        for p in 0..10 {
+            for s in 0..10 {
+                for se in 0..10 {
+                    for i in 0..10 {
+                        let rec = crate::conformance::record(p, s, se, i);
+                        assert!(matches!(index.insert(&rec, "A").await.unwrap(), InsertOutcome::Inserted { .. }));
+                        n += 1;
+                    }
+                }
+            }
+        }
+        let took = started.elapsed();
+        eprintln!(
+            "{n} inserts, one transaction each: {took:?} ({:.0}/s, {:.2} ms each)",
+            n as f64 / took.as_secs_f64(),
+            took.as_secs_f64() * 1000.0 / n as f64
+        );
+        assert_eq!(index.stats().await.unwrap().instances, n);
+    }
+}
