@@ -117,11 +117,41 @@ use Origin as O;
 /// Every attribute the index holds or computes.
 pub static INDEXED: &[IndexedAttr] = &[
     // patient
-    attr(tags::PATIENT_ID, "PatientID", L::Patient, K::Text, O::Stored),
-    attr(tags::ISSUER_OF_PATIENT_ID, "IssuerOfPatientID", L::Patient, K::Text, O::Stored),
-    attr(tags::PATIENT_NAME, "PatientName", L::Patient, K::PersonName, O::Stored),
-    attr(tags::PATIENT_BIRTH_DATE, "PatientBirthDate", L::Patient, K::Date, O::Stored),
-    attr(tags::PATIENT_SEX, "PatientSex", L::Patient, K::Text, O::Stored),
+    attr(
+        tags::PATIENT_ID,
+        "PatientID",
+        L::Patient,
+        K::Text,
+        O::Stored,
+    ),
+    attr(
+        tags::ISSUER_OF_PATIENT_ID,
+        "IssuerOfPatientID",
+        L::Patient,
+        K::Text,
+        O::Stored,
+    ),
+    attr(
+        tags::PATIENT_NAME,
+        "PatientName",
+        L::Patient,
+        K::PersonName,
+        O::Stored,
+    ),
+    attr(
+        tags::PATIENT_BIRTH_DATE,
+        "PatientBirthDate",
+        L::Patient,
+        K::Date,
+        O::Stored,
+    ),
+    attr(
+        tags::PATIENT_SEX,
+        "PatientSex",
+        L::Patient,
+        K::Text,
+        O::Stored,
+    ),
     attr(
         tags::NUMBER_OF_PATIENT_RELATED_STUDIES,
         "NumberOfPatientRelatedStudies",
@@ -144,12 +174,30 @@ pub static INDEXED: &[IndexedAttr] = &[
         O::Computed,
     ),
     // study
-    attr(tags::STUDY_INSTANCE_UID, "StudyInstanceUID", L::Study, K::Uid, O::Stored),
+    attr(
+        tags::STUDY_INSTANCE_UID,
+        "StudyInstanceUID",
+        L::Study,
+        K::Uid,
+        O::Stored,
+    ),
     attr(tags::STUDY_DATE, "StudyDate", L::Study, K::Date, O::Stored),
     attr(tags::STUDY_TIME, "StudyTime", L::Study, K::Time, O::Stored),
-    attr(tags::ACCESSION_NUMBER, "AccessionNumber", L::Study, K::Text, O::Stored),
+    attr(
+        tags::ACCESSION_NUMBER,
+        "AccessionNumber",
+        L::Study,
+        K::Text,
+        O::Stored,
+    ),
     attr(tags::STUDY_ID, "StudyID", L::Study, K::Text, O::Stored),
-    attr(tags::STUDY_DESCRIPTION, "StudyDescription", L::Study, K::Text, O::Stored),
+    attr(
+        tags::STUDY_DESCRIPTION,
+        "StudyDescription",
+        L::Study,
+        K::Text,
+        O::Stored,
+    ),
     attr(
         tags::REFERRING_PHYSICIAN_NAME,
         "ReferringPhysicianName",
@@ -157,8 +205,20 @@ pub static INDEXED: &[IndexedAttr] = &[
         K::PersonName,
         O::Stored,
     ),
-    attr(tags::MODALITIES_IN_STUDY, "ModalitiesInStudy", L::Study, K::Text, O::Computed),
-    attr(tags::SOP_CLASSES_IN_STUDY, "SOPClassesInStudy", L::Study, K::Uid, O::Computed),
+    attr(
+        tags::MODALITIES_IN_STUDY,
+        "ModalitiesInStudy",
+        L::Study,
+        K::Text,
+        O::Computed,
+    ),
+    attr(
+        tags::SOP_CLASSES_IN_STUDY,
+        "SOPClassesInStudy",
+        L::Study,
+        K::Uid,
+        O::Computed,
+    ),
     attr(
         tags::NUMBER_OF_STUDY_RELATED_SERIES,
         "NumberOfStudyRelatedSeries",
@@ -174,13 +234,49 @@ pub static INDEXED: &[IndexedAttr] = &[
         O::Computed,
     ),
     // series
-    attr(tags::SERIES_INSTANCE_UID, "SeriesInstanceUID", L::Series, K::Uid, O::Stored),
+    attr(
+        tags::SERIES_INSTANCE_UID,
+        "SeriesInstanceUID",
+        L::Series,
+        K::Uid,
+        O::Stored,
+    ),
     attr(tags::MODALITY, "Modality", L::Series, K::Text, O::Stored),
-    attr(tags::SERIES_NUMBER, "SeriesNumber", L::Series, K::Integer, O::Stored),
-    attr(tags::SERIES_DESCRIPTION, "SeriesDescription", L::Series, K::Text, O::Stored),
-    attr(tags::BODY_PART_EXAMINED, "BodyPartExamined", L::Series, K::Text, O::Stored),
-    attr(tags::SERIES_DATE, "SeriesDate", L::Series, K::Date, O::Stored),
-    attr(tags::SERIES_TIME, "SeriesTime", L::Series, K::Time, O::Stored),
+    attr(
+        tags::SERIES_NUMBER,
+        "SeriesNumber",
+        L::Series,
+        K::Integer,
+        O::Stored,
+    ),
+    attr(
+        tags::SERIES_DESCRIPTION,
+        "SeriesDescription",
+        L::Series,
+        K::Text,
+        O::Stored,
+    ),
+    attr(
+        tags::BODY_PART_EXAMINED,
+        "BodyPartExamined",
+        L::Series,
+        K::Text,
+        O::Stored,
+    ),
+    attr(
+        tags::SERIES_DATE,
+        "SeriesDate",
+        L::Series,
+        K::Date,
+        O::Stored,
+    ),
+    attr(
+        tags::SERIES_TIME,
+        "SeriesTime",
+        L::Series,
+        K::Time,
+        O::Stored,
+    ),
     attr(
         tags::NUMBER_OF_SERIES_RELATED_INSTANCES,
         "NumberOfSeriesRelatedInstances",
@@ -189,9 +285,27 @@ pub static INDEXED: &[IndexedAttr] = &[
         O::Computed,
     ),
     // instance
-    attr(tags::SOP_INSTANCE_UID, "SOPInstanceUID", L::Image, K::Uid, O::Stored),
-    attr(tags::SOP_CLASS_UID, "SOPClassUID", L::Image, K::Uid, O::Stored),
-    attr(tags::INSTANCE_NUMBER, "InstanceNumber", L::Image, K::Integer, O::Stored),
+    attr(
+        tags::SOP_INSTANCE_UID,
+        "SOPInstanceUID",
+        L::Image,
+        K::Uid,
+        O::Stored,
+    ),
+    attr(
+        tags::SOP_CLASS_UID,
+        "SOPClassUID",
+        L::Image,
+        K::Uid,
+        O::Stored,
+    ),
+    attr(
+        tags::INSTANCE_NUMBER,
+        "InstanceNumber",
+        L::Image,
+        K::Integer,
+        O::Stored,
+    ),
 ];
 
 /// Attributes that are answered in every response but are not matched (they describe the
@@ -242,6 +356,9 @@ mod tests {
                 a.keyword
             );
         }
-        assert_eq!(by_keyword("ModalitiesInStudy").map(|a| a.level), Some(Level::Study));
+        assert_eq!(
+            by_keyword("ModalitiesInStudy").map(|a| a.level),
+            Some(Level::Study)
+        );
     }
 }

@@ -165,14 +165,25 @@ fn parse_matcher(attr: &'static IndexedAttr, value: &str) -> Result<Matcher, Que
         return Ok(Matcher::Universal);
     }
     if attr.origin == Origin::Computed && attr.tag != tags::MODALITIES_IN_STUDY {
-        return Err(bad(attr, value, "this attribute can be returned but not matched"));
+        return Err(bad(
+            attr,
+            value,
+            "this attribute can be returned but not matched",
+        ));
     }
     match attr.kind {
         AttrKind::Uid => {
-            let uids: Vec<String> = value.split('\\').map(|u| trim_value(u).to_string()).collect();
+            let uids: Vec<String> = value
+                .split('\\')
+                .map(|u| trim_value(u).to_string())
+                .collect();
             for u in &uids {
                 if !crate::uid::is_valid_uid(u) {
-                    return Err(bad(attr, value, "not a valid UID (digits and dots, at most 64)"));
+                    return Err(bad(
+                        attr,
+                        value,
+                        "not a valid UID (digits and dots, at most 64)",
+                    ));
                 }
             }
             if uids.len() == 1 {
@@ -195,7 +206,10 @@ fn parse_matcher(attr: &'static IndexedAttr, value: &str) -> Result<Matcher, Que
                 // value lists are allowed for some keys (e.g. ModalitiesInStudy "CT\MR");
                 // we treat them as "any of", which the standard allows for CS lists.
                 return Ok(Matcher::List(
-                    value.split('\\').map(|v| trim_value(v).to_string()).collect(),
+                    value
+                        .split('\\')
+                        .map(|v| trim_value(v).to_string())
+                        .collect(),
                 ));
             }
             if value.contains('*') || value.contains('?') {
@@ -239,7 +253,11 @@ fn parse_range(
             };
             if let (Some(l), Some(u)) = (&lower, &upper) {
                 if l > u {
-                    return Err(bad(attr, value, "range lower bound is after its upper bound"));
+                    return Err(bad(
+                        attr,
+                        value,
+                        "range lower bound is after its upper bound",
+                    ));
                 }
             }
             Ok(Matcher::Range { lower, upper })
@@ -278,7 +296,8 @@ pub fn normalise_time(v: &str) -> Option<String> {
     }
     let mut out = format!("{main:0<6}");
     if let Some(f) = frac {
-        if f.is_empty() || f.len() > 6 || !f.bytes().all(|b| b.is_ascii_digit()) || main.len() != 6 {
+        if f.is_empty() || f.len() > 6 || !f.bytes().all(|b| b.is_ascii_digit()) || main.len() != 6
+        {
             return None;
         }
         out.push('.');
@@ -358,7 +377,11 @@ mod tests {
     use super::*;
 
     fn q(level: Level, pairs: &[(Tag, &str)]) -> Result<Query, QueryError> {
-        Query::parse(QueryModel::StudyRoot, level, pairs.iter().map(|(t, v)| (*t, *v)))
+        Query::parse(
+            QueryModel::StudyRoot,
+            level,
+            pairs.iter().map(|(t, v)| (*t, *v)),
+        )
     }
 
     #[test]
@@ -390,7 +413,10 @@ mod tests {
             query.matcher(tags::STUDY_INSTANCE_UID),
             Some(&Matcher::List(vec!["1.2.3".into(), "1.2.4".into()]))
         );
-        assert_eq!(query.matcher(tags::ACCESSION_NUMBER), Some(&Matcher::Single("A1".into())));
+        assert_eq!(
+            query.matcher(tags::ACCESSION_NUMBER),
+            Some(&Matcher::Single("A1".into()))
+        );
         assert_eq!(query.return_tags.len(), 5);
     }
 
@@ -402,7 +428,12 @@ mod tests {
         assert!(q(Level::Study, &[(tags::STUDY_INSTANCE_UID, "1.2.*")]).is_err());
         assert!(q(Level::Study, &[(tags::STUDY_DATE, "20201231-20200101")]).is_err());
         assert!(q(Level::Study, &[(tags::SOP_INSTANCE_UID, "1.2.3")]).is_err());
-        assert!(Query::parse(QueryModel::StudyRoot, Level::Patient, Vec::<(Tag, &str)>::new()).is_err());
+        assert!(Query::parse(
+            QueryModel::StudyRoot,
+            Level::Patient,
+            Vec::<(Tag, &str)>::new()
+        )
+        .is_err());
     }
 
     #[test]
@@ -414,7 +445,11 @@ mod tests {
     #[test]
     fn in_memory_matching_follows_the_standard() {
         let pn = attrs::by_tag(tags::PATIENT_NAME).unwrap();
-        assert!(matches(pn, &Matcher::Wildcard("doe^j?hn".into()), "DOE^JOHN"));
+        assert!(matches(
+            pn,
+            &Matcher::Wildcard("doe^j?hn".into()),
+            "DOE^JOHN"
+        ));
         assert!(!matches(pn, &Matcher::Wildcard("DOE^J".into()), "DOE^JOHN"));
         let date = attrs::by_tag(tags::STUDY_DATE).unwrap();
         let range = Matcher::Range {

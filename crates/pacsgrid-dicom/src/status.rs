@@ -78,7 +78,10 @@ mod tests {
     fn categories() {
         assert_eq!(category(SUCCESS), Category::Success);
         assert_eq!(category(WARNING_STORED_CONFLICT), Category::Warning);
-        assert_eq!(category(REFUSED_MOVE_DESTINATION_UNKNOWN), Category::Failure);
+        assert_eq!(
+            category(REFUSED_MOVE_DESTINATION_UNKNOWN),
+            Category::Failure
+        );
         assert_eq!(category(PENDING_WARNING), Category::Pending);
     }
 }

@@ -75,36 +75,181 @@ use DatasetEncoding as E;
 /// sender proposes several in one presentation context (uncompressed first, so that the
 /// pixel data needs no codec to be displayed; compressed kept as sent).
 pub static TRANSFER_SYNTAXES: &[TransferSyntaxInfo] = &[
-    ts(EXPLICIT_VR_LE, "Explicit VR Little Endian", E::ExplicitLittle, false),
-    ts(IMPLICIT_VR_LE, "Implicit VR Little Endian", E::ImplicitLittle, false),
-    ts(DEFLATED_EXPLICIT_VR_LE, "Deflated Explicit VR Little Endian", E::Deflated, false),
-    ts(EXPLICIT_VR_BE, "Explicit VR Big Endian", E::ExplicitBig, false),
-    ts("1.2.840.10008.1.2.4.50", "JPEG Baseline", E::ExplicitLittle, true),
-    ts("1.2.840.10008.1.2.4.51", "JPEG Extended", E::ExplicitLittle, true),
-    ts("1.2.840.10008.1.2.4.57", "JPEG Lossless", E::ExplicitLittle, true),
-    ts("1.2.840.10008.1.2.4.70", "JPEG Lossless SV1", E::ExplicitLittle, true),
-    ts("1.2.840.10008.1.2.4.80", "JPEG-LS Lossless", E::ExplicitLittle, true),
-    ts("1.2.840.10008.1.2.4.81", "JPEG-LS Near-Lossless", E::ExplicitLittle, true),
-    ts("1.2.840.10008.1.2.4.90", "JPEG 2000 Lossless", E::ExplicitLittle, true),
-    ts("1.2.840.10008.1.2.4.91", "JPEG 2000", E::ExplicitLittle, true),
-    ts("1.2.840.10008.1.2.4.92", "JPEG 2000 Part 2 Lossless", E::ExplicitLittle, true),
-    ts("1.2.840.10008.1.2.4.93", "JPEG 2000 Part 2", E::ExplicitLittle, true),
-    ts("1.2.840.10008.1.2.4.201", "HTJ2K Lossless", E::ExplicitLittle, true),
-    ts("1.2.840.10008.1.2.4.202", "HTJ2K Lossless RPCL", E::ExplicitLittle, true),
+    ts(
+        EXPLICIT_VR_LE,
+        "Explicit VR Little Endian",
+        E::ExplicitLittle,
+        false,
+    ),
+    ts(
+        IMPLICIT_VR_LE,
+        "Implicit VR Little Endian",
+        E::ImplicitLittle,
+        false,
+    ),
+    ts(
+        DEFLATED_EXPLICIT_VR_LE,
+        "Deflated Explicit VR Little Endian",
+        E::Deflated,
+        false,
+    ),
+    ts(
+        EXPLICIT_VR_BE,
+        "Explicit VR Big Endian",
+        E::ExplicitBig,
+        false,
+    ),
+    ts(
+        "1.2.840.10008.1.2.4.50",
+        "JPEG Baseline",
+        E::ExplicitLittle,
+        true,
+    ),
+    ts(
+        "1.2.840.10008.1.2.4.51",
+        "JPEG Extended",
+        E::ExplicitLittle,
+        true,
+    ),
+    ts(
+        "1.2.840.10008.1.2.4.57",
+        "JPEG Lossless",
+        E::ExplicitLittle,
+        true,
+    ),
+    ts(
+        "1.2.840.10008.1.2.4.70",
+        "JPEG Lossless SV1",
+        E::ExplicitLittle,
+        true,
+    ),
+    ts(
+        "1.2.840.10008.1.2.4.80",
+        "JPEG-LS Lossless",
+        E::ExplicitLittle,
+        true,
+    ),
+    ts(
+        "1.2.840.10008.1.2.4.81",
+        "JPEG-LS Near-Lossless",
+        E::ExplicitLittle,
+        true,
+    ),
+    ts(
+        "1.2.840.10008.1.2.4.90",
+        "JPEG 2000 Lossless",
+        E::ExplicitLittle,
+        true,
+    ),
+    ts(
+        "1.2.840.10008.1.2.4.91",
+        "JPEG 2000",
+        E::ExplicitLittle,
+        true,
+    ),
+    ts(
+        "1.2.840.10008.1.2.4.92",
+        "JPEG 2000 Part 2 Lossless",
+        E::ExplicitLittle,
+        true,
+    ),
+    ts(
+        "1.2.840.10008.1.2.4.93",
+        "JPEG 2000 Part 2",
+        E::ExplicitLittle,
+        true,
+    ),
+    ts(
+        "1.2.840.10008.1.2.4.201",
+        "HTJ2K Lossless",
+        E::ExplicitLittle,
+        true,
+    ),
+    ts(
+        "1.2.840.10008.1.2.4.202",
+        "HTJ2K Lossless RPCL",
+        E::ExplicitLittle,
+        true,
+    ),
     ts("1.2.840.10008.1.2.4.203", "HTJ2K", E::ExplicitLittle, true),
-    ts("1.2.840.10008.1.2.4.110", "JPEG XL Lossless", E::ExplicitLittle, true),
-    ts("1.2.840.10008.1.2.4.111", "JPEG XL JPEG Recompression", E::ExplicitLittle, true),
-    ts("1.2.840.10008.1.2.4.112", "JPEG XL", E::ExplicitLittle, true),
-    ts("1.2.840.10008.1.2.5", "RLE Lossless", E::ExplicitLittle, true),
-    ts("1.2.840.10008.1.2.4.100", "MPEG2 MP@ML", E::ExplicitLittle, true),
-    ts("1.2.840.10008.1.2.4.101", "MPEG2 MP@HL", E::ExplicitLittle, true),
-    ts("1.2.840.10008.1.2.4.102", "MPEG-4 AVC/H.264 HP@4.1", E::ExplicitLittle, true),
-    ts("1.2.840.10008.1.2.4.103", "MPEG-4 AVC/H.264 BD", E::ExplicitLittle, true),
-    ts("1.2.840.10008.1.2.4.104", "MPEG-4 AVC/H.264 HP@4.2 2D", E::ExplicitLittle, true),
-    ts("1.2.840.10008.1.2.4.105", "MPEG-4 AVC/H.264 HP@4.2 3D", E::ExplicitLittle, true),
-    ts("1.2.840.10008.1.2.4.106", "MPEG-4 AVC/H.264 Stereo HP@4.2", E::ExplicitLittle, true),
-    ts("1.2.840.10008.1.2.4.107", "HEVC/H.265 Main", E::ExplicitLittle, true),
-    ts("1.2.840.10008.1.2.4.108", "HEVC/H.265 Main 10", E::ExplicitLittle, true),
+    ts(
+        "1.2.840.10008.1.2.4.110",
+        "JPEG XL Lossless",
+        E::ExplicitLittle,
+        true,
+    ),
+    ts(
+        "1.2.840.10008.1.2.4.111",
+        "JPEG XL JPEG Recompression",
+        E::ExplicitLittle,
+        true,
+    ),
+    ts(
+        "1.2.840.10008.1.2.4.112",
+        "JPEG XL",
+        E::ExplicitLittle,
+        true,
+    ),
+    ts(
+        "1.2.840.10008.1.2.5",
+        "RLE Lossless",
+        E::ExplicitLittle,
+        true,
+    ),
+    ts(
+        "1.2.840.10008.1.2.4.100",
+        "MPEG2 MP@ML",
+        E::ExplicitLittle,
+        true,
+    ),
+    ts(
+        "1.2.840.10008.1.2.4.101",
+        "MPEG2 MP@HL",
+        E::ExplicitLittle,
+        true,
+    ),
+    ts(
+        "1.2.840.10008.1.2.4.102",
+        "MPEG-4 AVC/H.264 HP@4.1",
+        E::ExplicitLittle,
+        true,
+    ),
+    ts(
+        "1.2.840.10008.1.2.4.103",
+        "MPEG-4 AVC/H.264 BD",
+        E::ExplicitLittle,
+        true,
+    ),
+    ts(
+        "1.2.840.10008.1.2.4.104",
+        "MPEG-4 AVC/H.264 HP@4.2 2D",
+        E::ExplicitLittle,
+        true,
+    ),
+    ts(
+        "1.2.840.10008.1.2.4.105",
+        "MPEG-4 AVC/H.264 HP@4.2 3D",
+        E::ExplicitLittle,
+        true,
+    ),
+    ts(
+        "1.2.840.10008.1.2.4.106",
+        "MPEG-4 AVC/H.264 Stereo HP@4.2",
+        E::ExplicitLittle,
+        true,
+    ),
+    ts(
+        "1.2.840.10008.1.2.4.107",
+        "HEVC/H.265 Main",
+        E::ExplicitLittle,
+        true,
+    ),
+    ts(
+        "1.2.840.10008.1.2.4.108",
+        "HEVC/H.265 Main 10",
+        E::ExplicitLittle,
+        true,
+    ),
 ];
 
 /// Looks up an accepted transfer syntax (padding tolerated).
@@ -120,11 +265,11 @@ pub fn trim_uid(uid: &str) -> &str {
 
 /// SOP classes outside the `1.2.840.10008.5.1.4.1.1.` arc that are storage classes.
 const OTHER_STORAGE: &[&str] = &[
-    "1.2.840.10008.5.1.4.38.1", // Hanging Protocol Storage
-    "1.2.840.10008.5.1.4.39.1", // Color Palette Storage
-    "1.2.840.10008.5.1.4.43.1", // Generic Implant Template Storage
-    "1.2.840.10008.5.1.4.44.1", // Implant Assembly Template Storage
-    "1.2.840.10008.5.1.4.45.1", // Implant Template Group Storage
+    "1.2.840.10008.5.1.4.38.1",  // Hanging Protocol Storage
+    "1.2.840.10008.5.1.4.39.1",  // Color Palette Storage
+    "1.2.840.10008.5.1.4.43.1",  // Generic Implant Template Storage
+    "1.2.840.10008.5.1.4.44.1",  // Implant Assembly Template Storage
+    "1.2.840.10008.5.1.4.45.1",  // Implant Template Group Storage
     "1.2.840.10008.5.1.4.34.10", // RT Brachy Application Setup Delivery Instruction
 ];
 
@@ -134,7 +279,8 @@ const OTHER_STORAGE: &[&str] = &[
 /// live elsewhere. Private (vendor) classes are accepted when configured as extra classes.
 pub fn is_storage_sop_class(uid: &str) -> bool {
     let uid = trim_uid(uid);
-    (uid.starts_with("1.2.840.10008.5.1.4.1.1.") && is_valid_uid(uid)) || OTHER_STORAGE.contains(&uid)
+    (uid.starts_with("1.2.840.10008.5.1.4.1.1.") && is_valid_uid(uid))
+        || OTHER_STORAGE.contains(&uid)
 }
 
 /// Whether a string is a valid DICOM UID (PS3.5 9.1): 1 to 64 characters, components of

@@ -82,5 +82,8 @@ pub trait BlobStore: Send + Sync + 'static {
 
 /// Whether a string is a well-formed content hash (64 lowercase hex digits).
 pub fn is_valid_hash(hash: &str) -> bool {
-    hash.len() == 64 && hash.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    hash.len() == 64
+        && hash
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
 }

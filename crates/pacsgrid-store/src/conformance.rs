@@ -30,7 +30,9 @@ static STAGED: AtomicU64 = AtomicU64::new(0);
 /// Writes `bytes` into the store's staging area as the archive does, and describes it.
 pub(crate) async fn stage<B: BlobStore + ?Sized>(store: &B, bytes: &[u8]) -> StagedBlob {
     let n = STAGED.fetch_add(1, Ordering::SeqCst);
-    let path = store.staging_dir().join(format!("test-{}-{n}", std::process::id()));
+    let path = store
+        .staging_dir()
+        .join(format!("test-{}-{n}", std::process::id()));
     let mut f = tokio::fs::File::create(&path).await.unwrap();
     f.write_all(bytes).await.unwrap();
     f.sync_all().await.unwrap();
@@ -126,7 +128,10 @@ pub(crate) mod blob_tests {
         let (hash, staged_path) = (staged.hash.clone(), staged.path.clone());
         assert!(!store.exists(&hash).await.unwrap());
         store.put(staged).await.unwrap();
-        assert!(!staged_path.exists(), "the staged file is moved, not copied");
+        assert!(
+            !staged_path.exists(),
+            "the staged file is moved, not copied"
+        );
         assert!(store.exists(&hash).await.unwrap());
         assert_eq!(store.size(&hash).await.unwrap(), bytes.len() as u64);
         assert_eq!(read_all(store.open(&hash, 0).await.unwrap()).await, bytes);
@@ -137,14 +142,25 @@ pub(crate) mod blob_tests {
         let staged = stage(&*store, &bytes).await;
         let hash = staged.hash.clone();
         store.put(staged).await.unwrap();
-        assert_eq!(read_all(store.open(&hash, 132).await.unwrap()).await, bytes[132..]);
-        assert_eq!(read_all(store.open(&hash, 99_999).await.unwrap()).await, bytes[99_999..]);
-        assert!(read_all(store.open(&hash, 100_000).await.unwrap()).await.is_empty());
+        assert_eq!(
+            read_all(store.open(&hash, 132).await.unwrap()).await,
+            bytes[132..]
+        );
+        assert_eq!(
+            read_all(store.open(&hash, 99_999).await.unwrap()).await,
+            bytes[99_999..]
+        );
+        assert!(read_all(store.open(&hash, 100_000).await.unwrap())
+            .await
+            .is_empty());
     }
 
     pub async fn missing_blob_is_not_found<B: BlobStore>(store: Arc<B>) {
         let h = hash_of("never stored");
-        assert!(matches!(store.open(&h, 0).await, Err(BlobError::NotFound(_))));
+        assert!(matches!(
+            store.open(&h, 0).await,
+            Err(BlobError::NotFound(_))
+        ));
         assert!(matches!(store.size(&h).await, Err(BlobError::NotFound(_))));
         assert!(!store.exists(&h).await.unwrap());
         store.delete(&h).await.unwrap();
@@ -193,15 +209,30 @@ pub(crate) mod blob_tests {
             format!("{}/{}", "a".repeat(31), "b".repeat(32)),
         ];
         for h in &bad {
-            assert!(matches!(store.open(h, 0).await, Err(BlobError::InvalidHash(_))), "{h}");
-            assert!(matches!(store.size(h).await, Err(BlobError::InvalidHash(_))), "{h}");
-            assert!(matches!(store.delete(h).await, Err(BlobError::InvalidHash(_))), "{h}");
-            assert!(matches!(store.exists(h).await, Err(BlobError::InvalidHash(_))), "{h}");
+            assert!(
+                matches!(store.open(h, 0).await, Err(BlobError::InvalidHash(_))),
+                "{h}"
+            );
+            assert!(
+                matches!(store.size(h).await, Err(BlobError::InvalidHash(_))),
+                "{h}"
+            );
+            assert!(
+                matches!(store.delete(h).await, Err(BlobError::InvalidHash(_))),
+                "{h}"
+            );
+            assert!(
+                matches!(store.exists(h).await, Err(BlobError::InvalidHash(_))),
+                "{h}"
+            );
         }
         let mut staged = stage(&*store, b"bad name").await;
         staged.hash = "../escape".into();
         let path = staged.path.clone();
-        assert!(matches!(store.put(staged).await, Err(BlobError::InvalidHash(_))));
+        assert!(matches!(
+            store.put(staged).await,
+            Err(BlobError::InvalidHash(_))
+        ));
         assert!(path.exists(), "a refused put touches nothing");
         assert!(store.list().await.unwrap().is_empty());
     }
@@ -277,7 +308,15 @@ fn stu(uid: &str, date: &str, time: &str, acc: &str, id: &str, desc: &str, rp: &
     }
 }
 
-fn ser(uid: &str, modality: &str, number: Option<i64>, desc: &str, body: &str, date: &str, time: &str) -> SeriesAttrs {
+fn ser(
+    uid: &str,
+    modality: &str,
+    number: Option<i64>,
+    desc: &str,
+    body: &str,
+    date: &str,
+    time: &str,
+) -> SeriesAttrs {
     SeriesAttrs {
         series_uid: uid.into(),
         modality: modality.into(),
@@ -289,7 +328,14 @@ fn ser(uid: &str, modality: &str, number: Option<i64>, desc: &str, body: &str, d
     }
 }
 
-fn inst(p: &PatientAttrs, s: &StudyAttrs, se: &SeriesAttrs, uid: &str, class: &str, number: Option<i64>) -> InstanceRecord {
+fn inst(
+    p: &PatientAttrs,
+    s: &StudyAttrs,
+    se: &SeriesAttrs,
+    uid: &str,
+    class: &str,
+    number: Option<i64>,
+) -> InstanceRecord {
     InstanceRecord {
         patient: p.clone(),
         study: s.clone(),
@@ -318,19 +364,91 @@ pub(crate) fn dataset() -> Vec<InstanceRecord> {
     let pc = pat("777", "SITEA", "Müller^Jürgen", "", "O");
     let pd = pat("A[1]", "SITEA", "o'brien^pat", "20000229", "");
 
-    let s1 = stu("1.2.840.9.1", "20200115", "101500", "ACC1", "1", "CT Chest", "House^Gregory");
-    let s2 = stu("1.2.840.9.2", "20210310", "235959.5", "ACC2", "2", "MR Brain", "");
-    let s3 = stu("1.2.840.9.3", "20200115", "", "ACC3", "", "CT Abdomen", "house^g");
-    let s4 = stu("1.2.840.9.4", "", "080000", "", "4", "Knee 50%_x", "Wilson^James");
-    let s5 = stu("1.2.840.9.5", "20221201", "120000", "A[C]C5", "5", "[special]", "Cuddy^Lisa");
+    let s1 = stu(
+        "1.2.840.9.1",
+        "20200115",
+        "101500",
+        "ACC1",
+        "1",
+        "CT Chest",
+        "House^Gregory",
+    );
+    let s2 = stu(
+        "1.2.840.9.2",
+        "20210310",
+        "235959.5",
+        "ACC2",
+        "2",
+        "MR Brain",
+        "",
+    );
+    let s3 = stu(
+        "1.2.840.9.3",
+        "20200115",
+        "",
+        "ACC3",
+        "",
+        "CT Abdomen",
+        "house^g",
+    );
+    let s4 = stu(
+        "1.2.840.9.4",
+        "",
+        "080000",
+        "",
+        "4",
+        "Knee 50%_x",
+        "Wilson^James",
+    );
+    let s5 = stu(
+        "1.2.840.9.5",
+        "20221201",
+        "120000",
+        "A[C]C5",
+        "5",
+        "[special]",
+        "Cuddy^Lisa",
+    );
     let s6 = stu("1.2.840.9.6", "", "", "ACC6", "6", "", "");
 
-    let se11 = ser("1.2.840.9.1.1", "CT", Some(1), "Axial", "CHEST", "20200115", "101600");
+    let se11 = ser(
+        "1.2.840.9.1.1",
+        "CT",
+        Some(1),
+        "Axial",
+        "CHEST",
+        "20200115",
+        "101600",
+    );
     let se12 = ser("1.2.840.9.1.2", "PR", None, "GSPS", "", "", "");
-    let se21 = ser("1.2.840.9.2.1", "MR", Some(1), "T1", "HEAD", "20210310", "235959.5");
-    let se22 = ser("1.2.840.9.2.2", "MR", Some(2), "T2", "HEAD", "20210311", "000100");
+    let se21 = ser(
+        "1.2.840.9.2.1",
+        "MR",
+        Some(1),
+        "T1",
+        "HEAD",
+        "20210310",
+        "235959.5",
+    );
+    let se22 = ser(
+        "1.2.840.9.2.2",
+        "MR",
+        Some(2),
+        "T2",
+        "HEAD",
+        "20210311",
+        "000100",
+    );
     let se23 = ser("1.2.840.9.2.3", "SR", Some(99), "Report", "", "", "");
-    let se31 = ser("1.2.840.9.3.1", "CT", Some(1), "Abd", "ABDOMEN", "20200115", "");
+    let se31 = ser(
+        "1.2.840.9.3.1",
+        "CT",
+        Some(1),
+        "Abd",
+        "ABDOMEN",
+        "20200115",
+        "",
+    );
     let se41 = ser("1.2.840.9.4.1", "MR", None, "Knee", "KNEE", "", "080500");
     let se42 = ser("1.2.840.9.4.2", "CR", Some(3), "", "", "", "");
     let se51 = ser("1.2.840.9.5.1", "OT", Some(1), "", "", "20221201", "120000");
@@ -374,7 +492,10 @@ pub(crate) struct Model {
 }
 
 fn distinct_joined<'a>(values: impl Iterator<Item = &'a String>) -> String {
-    let set: BTreeSet<&str> = values.map(String::as_str).filter(|v| !v.is_empty()).collect();
+    let set: BTreeSet<&str> = values
+        .map(String::as_str)
+        .filter(|v| !v.is_empty())
+        .collect();
     set.into_iter().collect::<Vec<_>>().join("\\")
 }
 
@@ -396,13 +517,22 @@ impl Model {
             .collect()
     }
 
-    fn related<'a>(&'a self, level: Level, r: &InstanceRecord) -> impl Iterator<Item = &'a InstanceRecord> {
+    fn related<'a>(
+        &'a self,
+        level: Level,
+        r: &InstanceRecord,
+    ) -> impl Iterator<Item = &'a InstanceRecord> {
         let key = Model::key(level, r);
-        self.recs.iter().filter(move |x| Model::key(level, x) == key)
+        self.recs
+            .iter()
+            .filter(move |x| Model::key(level, x) == key)
     }
 
     fn count_distinct(&self, level: Level, r: &InstanceRecord, below: Level) -> String {
-        let set: BTreeSet<String> = self.related(level, r).map(|x| Model::key(below, x)).collect();
+        let set: BTreeSet<String> = self
+            .related(level, r)
+            .map(|x| Model::key(below, x))
+            .collect();
         set.len().to_string()
     }
 
@@ -416,7 +546,9 @@ impl Model {
             "PatientSex" => r.patient.sex.clone(),
             "NumberOfPatientRelatedStudies" => self.count_distinct(Level::Patient, r, Level::Study),
             "NumberOfPatientRelatedSeries" => self.count_distinct(Level::Patient, r, Level::Series),
-            "NumberOfPatientRelatedInstances" => self.count_distinct(Level::Patient, r, Level::Image),
+            "NumberOfPatientRelatedInstances" => {
+                self.count_distinct(Level::Patient, r, Level::Image)
+            }
             "StudyInstanceUID" => r.study.study_uid.clone(),
             "StudyDate" => r.study.date.clone(),
             "StudyTime" => r.study.time.clone(),
@@ -424,10 +556,13 @@ impl Model {
             "StudyID" => r.study.study_id.clone(),
             "StudyDescription" => r.study.description.clone(),
             "ReferringPhysicianName" => r.study.referring_physician.clone(),
-            "ModalitiesInStudy" => distinct_joined(self.related(Level::Study, r).map(|x| &x.series.modality)),
-            "SOPClassesInStudy" => {
-                distinct_joined(self.related(Level::Study, r).map(|x| &x.instance.sop_class_uid))
+            "ModalitiesInStudy" => {
+                distinct_joined(self.related(Level::Study, r).map(|x| &x.series.modality))
             }
+            "SOPClassesInStudy" => distinct_joined(
+                self.related(Level::Study, r)
+                    .map(|x| &x.instance.sop_class_uid),
+            ),
             "NumberOfStudyRelatedSeries" => self.count_distinct(Level::Study, r, Level::Series),
             "NumberOfStudyRelatedInstances" => self.count_distinct(Level::Study, r, Level::Image),
             "SeriesInstanceUID" => r.series.series_uid.clone(),
@@ -465,14 +600,22 @@ impl Model {
 
     /// The answers, sorted (the order of `find` is stable but backend-defined).
     fn find(&self, q: &Query) -> Vec<AttrValues> {
-        let mut rows: Vec<AttrValues> = self.matched(q).into_iter().map(|r| self.row(q.level, r)).collect();
+        let mut rows: Vec<AttrValues> = self
+            .matched(q)
+            .into_iter()
+            .map(|r| self.row(q.level, r))
+            .collect();
         rows.sort();
         rows
     }
 
     /// The instances under the matched entities, sorted by SOP Instance UID.
     fn locate(&self, q: &Query) -> Vec<StoredInstance> {
-        let keys: BTreeSet<String> = self.matched(q).into_iter().map(|r| Model::key(q.level, r)).collect();
+        let keys: BTreeSet<String> = self
+            .matched(q)
+            .into_iter()
+            .map(|r| Model::key(q.level, r))
+            .collect();
         let mut out: Vec<StoredInstance> = self
             .recs
             .iter()
@@ -498,19 +641,34 @@ impl Model {
         let mut closed_studies = BTreeSet::new();
         let mut closed_series = BTreeSet::new();
         for pair in got.windows(2) {
-            let (a, b) = (self.by_uid(&pair[0].sop_instance_uid), self.by_uid(&pair[1].sop_instance_uid));
+            let (a, b) = (
+                self.by_uid(&pair[0].sop_instance_uid),
+                self.by_uid(&pair[1].sop_instance_uid),
+            );
             if a.study.study_uid != b.study.study_uid {
                 closed_studies.insert(a.study.study_uid.clone());
-                assert!(!closed_studies.contains(&b.study.study_uid), "study split: {got:#?}");
+                assert!(
+                    !closed_studies.contains(&b.study.study_uid),
+                    "study split: {got:#?}"
+                );
             }
             if a.series.series_uid != b.series.series_uid {
                 closed_series.insert(a.series.series_uid.clone());
-                assert!(!closed_series.contains(&b.series.series_uid), "series split: {got:#?}");
+                assert!(
+                    !closed_series.contains(&b.series.series_uid),
+                    "series split: {got:#?}"
+                );
                 if a.study.study_uid == b.study.study_uid {
-                    assert!(nk(a.series.number) <= nk(b.series.number), "series order: {got:#?}");
+                    assert!(
+                        nk(a.series.number) <= nk(b.series.number),
+                        "series order: {got:#?}"
+                    );
                 }
             } else {
-                assert!(nk(a.instance.number) <= nk(b.instance.number), "instance order: {got:#?}");
+                assert!(
+                    nk(a.instance.number) <= nk(b.instance.number),
+                    "instance order: {got:#?}"
+                );
             }
         }
     }
@@ -528,7 +686,14 @@ impl Model {
         }
         let values: Vec<String> = values.into_iter().collect();
         let mut out = Vec::new();
-        let two = || values.iter().take(2).cloned().collect::<Vec<_>>().join("\\");
+        let two = || {
+            values
+                .iter()
+                .take(2)
+                .cloned()
+                .collect::<Vec<_>>()
+                .join("\\")
+        };
         let one_char = |v: &str| {
             let mut chars: Vec<char> = v.chars().collect();
             if chars.len() > 1 {
@@ -585,9 +750,13 @@ impl Model {
                     out.push(format!("{}-{}", values[0], values[values.len() - 1]));
                 }
                 if attr.kind == AttrKind::Date {
-                    out.extend(["19000101-19991231", "20200101-20201231", "2020.01.15"].map(String::from));
+                    out.extend(
+                        ["19000101-19991231", "20200101-20201231", "2020.01.15"].map(String::from),
+                    );
                 } else {
-                    out.extend(["10-12", "0800-1016", "-1200", "2359-", "00-0001"].map(String::from));
+                    out.extend(
+                        ["10-12", "0800-1016", "-1200", "2359-", "00-0001"].map(String::from),
+                    );
                 }
             }
             AttrKind::Integer => {
@@ -628,7 +797,10 @@ impl Model {
         for (i, a) in few.iter().enumerate() {
             for b in &few[i + 1..] {
                 if a.0 != b.0 {
-                    out.push(Query::parse(model, level, [(a.0, a.1.as_str()), (b.0, b.1.as_str())]).unwrap());
+                    out.push(
+                        Query::parse(model, level, [(a.0, a.1.as_str()), (b.0, b.1.as_str())])
+                            .unwrap(),
+                    );
                 }
             }
         }
@@ -670,8 +842,14 @@ pub(crate) mod index_tests {
     pub async fn insert_duplicate_conflict<I: Index>(index: Arc<I>) {
         let rec = record(1, 1, 1, 1);
         let first = index.insert(&rec, "SITEA").await.unwrap();
-        assert!(matches!(first, InsertOutcome::Inserted { seq } if seq > 0), "{first:?}");
-        assert_eq!(index.insert(&rec, "SITEA").await.unwrap(), InsertOutcome::Duplicate);
+        assert!(
+            matches!(first, InsertOutcome::Inserted { seq } if seq > 0),
+            "{first:?}"
+        );
+        assert_eq!(
+            index.insert(&rec, "SITEA").await.unwrap(),
+            InsertOutcome::Duplicate
+        );
         let mut other = rec.clone();
         other.hash = hash_of("other bytes");
         other.series.description = "would change nothing".into();
@@ -685,10 +863,19 @@ pub(crate) mod index_tests {
         assert_eq!(index.changes(0, 0).await.unwrap().len(), 1);
         let stats = index.stats().await.unwrap();
         assert_eq!((stats.instances, stats.bytes), (1, rec.size));
-        let got = index.instance(&rec.instance.sop_instance_uid).await.unwrap();
+        let got = index
+            .instance(&rec.instance.sop_instance_uid)
+            .await
+            .unwrap();
         assert_eq!(got, Some(stored(&rec)));
-        let rows = index.find(&study_q(Level::Series, &[]), 0, 0).await.unwrap();
-        assert_eq!(rows[0].get(&tag("SeriesDescription")).map(String::as_str), Some("Axial"));
+        let rows = index
+            .find(&study_q(Level::Series, &[]), 0, 0)
+            .await
+            .unwrap();
+        assert_eq!(
+            rows[0].get(&tag("SeriesDescription")).map(String::as_str),
+            Some("Axial")
+        );
         assert_eq!(index.instance("1.2.3.404").await.unwrap(), None);
     }
 
@@ -733,7 +920,11 @@ pub(crate) mod index_tests {
                 );
             }
         }
-        let got = index.instance(&rec.instance.sop_instance_uid).await.unwrap().unwrap();
+        let got = index
+            .instance(&rec.instance.sop_instance_uid)
+            .await
+            .unwrap()
+            .unwrap();
         assert_eq!(got.hash, winner);
         assert_eq!(index.stats().await.unwrap().instances, 1);
         assert_eq!(index.changes(0, 0).await.unwrap().len(), 1);
@@ -743,14 +934,22 @@ pub(crate) mod index_tests {
         let mut tasks = Vec::new();
         for i in 0..16 {
             let index = index.clone();
-            tasks.push(tokio::spawn(async move { index.insert(&record(3, 1, 1, i), "SITEA").await.unwrap() }));
+            tasks.push(tokio::spawn(async move {
+                index.insert(&record(3, 1, 1, i), "SITEA").await.unwrap()
+            }));
         }
         for t in tasks {
             assert!(matches!(t.await.unwrap(), InsertOutcome::Inserted { .. }));
         }
         let stats = index.stats().await.unwrap();
-        assert_eq!((stats.patients, stats.studies, stats.series, stats.instances), (1, 1, 1, 16));
-        let rows = index.find(&study_q(Level::Series, &[]), 0, 0).await.unwrap();
+        assert_eq!(
+            (stats.patients, stats.studies, stats.series, stats.instances),
+            (1, 1, 1, 16)
+        );
+        let rows = index
+            .find(&study_q(Level::Series, &[]), 0, 0)
+            .await
+            .unwrap();
         assert_eq!(rows.len(), 1);
         assert_eq!(rows[0][&tag("NumberOfSeriesRelatedInstances")], "16");
         assert_eq!(rows[0][&tag("NumberOfStudyRelatedInstances")], "16");
@@ -787,13 +986,19 @@ pub(crate) mod index_tests {
         assert_eq!(uids(&rows, "IssuerOfPatientID"), set(&["HOSP-A", "HOSP-B"]));
         let rows = index
             .find(
-                &study_q(Level::Study, &[("PatientID", "12345"), ("IssuerOfPatientID", "HOSP-B")]),
+                &study_q(
+                    Level::Study,
+                    &[("PatientID", "12345"), ("IssuerOfPatientID", "HOSP-B")],
+                ),
                 0,
                 0,
             )
             .await
             .unwrap();
-        assert_eq!(uids(&rows, "StudyInstanceUID"), set(&[b.study.study_uid.as_str()]));
+        assert_eq!(
+            uids(&rows, "StudyInstanceUID"),
+            set(&[b.study.study_uid.as_str()])
+        );
         let located = index
             .locate(&patient_q(
                 Level::Patient,
@@ -820,7 +1025,10 @@ pub(crate) mod index_tests {
         b.patient.name = "Other^Name".into();
         index.insert(&a, "SITEA").await.unwrap();
         index.insert(&b, "SITEA").await.unwrap();
-        let rows = index.find(&study_q(Level::Series, &[]), 0, 0).await.unwrap();
+        let rows = index
+            .find(&study_q(Level::Series, &[]), 0, 0)
+            .await
+            .unwrap();
         assert_eq!(rows.len(), 1);
         let r = &rows[0];
         assert_eq!(r[&tag("Modality")], "CT", "first writer wins");
@@ -831,7 +1039,10 @@ pub(crate) mod index_tests {
         assert_eq!(r[&tag("PatientSex")], "F");
         assert_eq!(r[&tag("PatientName")], a.patient.name);
         // Filled values are matchable, including folded person names.
-        let q = patient_q(Level::Patient, &[("PatientName", "NAME6^*"), ("PatientSex", "F")]);
+        let q = patient_q(
+            Level::Patient,
+            &[("PatientName", "NAME6^*"), ("PatientSex", "F")],
+        );
         assert_eq!(index.find(&q, 0, 0).await.unwrap().len(), 1);
     }
 
@@ -863,9 +1074,14 @@ pub(crate) mod index_tests {
             located.sort_by(|a, b| a.sop_instance_uid.cmp(&b.sop_instance_uid));
             assert_eq!(located, model.locate(q), "locate {:?} at {level:?}", q.keys);
         }
-        let all: BTreeSet<&str> = ["single", "wildcard", "range", "list"].into_iter().collect();
+        let all: BTreeSet<&str> = ["single", "wildcard", "range", "list"]
+            .into_iter()
+            .collect();
         assert_eq!(kinds, all, "{level:?}");
-        assert!(empty > 10 && nonempty > 10, "{level:?}: {empty} empty, {nonempty} non-empty answers");
+        assert!(
+            empty > 10 && nonempty > 10,
+            "{level:?}: {empty} empty, {nonempty} non-empty answers"
+        );
     }
 
     pub async fn matching_at_patient_level<I: Index>(index: Arc<I>) {
@@ -897,37 +1113,101 @@ pub(crate) mod index_tests {
         };
         let studies = |pairs: &[(&str, &str)]| study_q(Level::Study, pairs);
         let st = |rows: &[AttrValues]| uids(rows, "StudyInstanceUID");
-        let s = |ns: &[u8]| -> BTreeSet<String> { ns.iter().map(|n| format!("1.2.840.9.{n}")).collect() };
+        let s = |ns: &[u8]| -> BTreeSet<String> {
+            ns.iter().map(|n| format!("1.2.840.9.{n}")).collect()
+        };
 
         let rows = find(patient_q(Level::Patient, &[("PatientID", "12345")])).await;
         assert_eq!(uids(&rows, "IssuerOfPatientID"), set(&["SITEA", "SITEB"]));
-        assert_eq!(st(&find(studies(&[("PatientName", "doe^*")])).await), s(&[1, 2]));
-        assert_eq!(st(&find(studies(&[("PatientName", "MÜLLER^JÜRGEN")])).await), s(&[4]));
-        assert_eq!(st(&find(studies(&[("PatientName", "m?ller*")])).await), s(&[4]));
+        assert_eq!(
+            st(&find(studies(&[("PatientName", "doe^*")])).await),
+            s(&[1, 2])
+        );
+        assert_eq!(
+            st(&find(studies(&[("PatientName", "MÜLLER^JÜRGEN")])).await),
+            s(&[4])
+        );
+        assert_eq!(
+            st(&find(studies(&[("PatientName", "m?ller*")])).await),
+            s(&[4])
+        );
         assert_eq!(st(&find(studies(&[("PatientID", "A[1]")])).await), s(&[5]));
         assert_eq!(st(&find(studies(&[("PatientID", "A[1*")])).await), s(&[5]));
         assert_eq!(st(&find(studies(&[("PatientID", "A?1?")])).await), s(&[5]));
-        assert_eq!(st(&find(studies(&[("ReferringPhysicianName", "HOUSE^G*")])).await), s(&[1, 3]));
-        assert_eq!(st(&find(studies(&[("StudyDate", "20200101-20201231")])).await), s(&[1, 3]));
-        assert_eq!(st(&find(studies(&[("StudyDate", "20210101-")])).await), s(&[2, 5]));
-        assert_eq!(st(&find(studies(&[("StudyDate", "-20200115")])).await), s(&[1, 3]));
-        assert_eq!(st(&find(studies(&[("StudyTime", "-235959")])).await), s(&[1, 2, 4, 5]));
-        assert_eq!(st(&find(studies(&[("StudyTime", "12")])).await), s(&[5]));
-        assert_eq!(st(&find(studies(&[("ModalitiesInStudy", "MR")])).await), s(&[2, 4]));
-        assert_eq!(st(&find(studies(&[("ModalitiesInStudy", "CT\\OT")])).await), s(&[1, 3, 5]));
-        assert_eq!(st(&find(studies(&[("ModalitiesInStudy", "?R")])).await), s(&[1, 2, 4]));
-        assert_eq!(st(&find(studies(&[("ModalitiesInStudy", "CT\\")])).await), s(&[1, 3, 6]));
-        assert_eq!(st(&find(studies(&[("StudyDescription", "Knee 50%_*")])).await), s(&[4]));
-        assert_eq!(st(&find(studies(&[("StudyDescription", "Knee 5%*")])).await), s(&[]));
-        assert_eq!(st(&find(studies(&[("StudyDescription", "[spec*")])).await), s(&[5]));
-        assert_eq!(st(&find(studies(&[("StudyDescription", "ct*")])).await), s(&[]), "text is case-sensitive");
-        assert_eq!(st(&find(studies(&[("AccessionNumber", "ACC1\\ACC3")])).await), s(&[1, 3]));
-        assert_eq!(st(&find(studies(&[("AccessionNumber", "A[C]C?")])).await), s(&[5]));
         assert_eq!(
-            st(&find(studies(&[("StudyInstanceUID", "1.2.840.9.2\\1.2.840.9.5\\1.2.3")])).await),
+            st(&find(studies(&[("ReferringPhysicianName", "HOUSE^G*")])).await),
+            s(&[1, 3])
+        );
+        assert_eq!(
+            st(&find(studies(&[("StudyDate", "20200101-20201231")])).await),
+            s(&[1, 3])
+        );
+        assert_eq!(
+            st(&find(studies(&[("StudyDate", "20210101-")])).await),
             s(&[2, 5])
         );
-        let q = patient_q(Level::Study, &[("PatientSex", "M"), ("StudyDate", "20210101-")]);
+        assert_eq!(
+            st(&find(studies(&[("StudyDate", "-20200115")])).await),
+            s(&[1, 3])
+        );
+        assert_eq!(
+            st(&find(studies(&[("StudyTime", "-235959")])).await),
+            s(&[1, 2, 4, 5])
+        );
+        assert_eq!(st(&find(studies(&[("StudyTime", "12")])).await), s(&[5]));
+        assert_eq!(
+            st(&find(studies(&[("ModalitiesInStudy", "MR")])).await),
+            s(&[2, 4])
+        );
+        assert_eq!(
+            st(&find(studies(&[("ModalitiesInStudy", "CT\\OT")])).await),
+            s(&[1, 3, 5])
+        );
+        assert_eq!(
+            st(&find(studies(&[("ModalitiesInStudy", "?R")])).await),
+            s(&[1, 2, 4])
+        );
+        assert_eq!(
+            st(&find(studies(&[("ModalitiesInStudy", "CT\\")])).await),
+            s(&[1, 3, 6])
+        );
+        assert_eq!(
+            st(&find(studies(&[("StudyDescription", "Knee 50%_*")])).await),
+            s(&[4])
+        );
+        assert_eq!(
+            st(&find(studies(&[("StudyDescription", "Knee 5%*")])).await),
+            s(&[])
+        );
+        assert_eq!(
+            st(&find(studies(&[("StudyDescription", "[spec*")])).await),
+            s(&[5])
+        );
+        assert_eq!(
+            st(&find(studies(&[("StudyDescription", "ct*")])).await),
+            s(&[]),
+            "text is case-sensitive"
+        );
+        assert_eq!(
+            st(&find(studies(&[("AccessionNumber", "ACC1\\ACC3")])).await),
+            s(&[1, 3])
+        );
+        assert_eq!(
+            st(&find(studies(&[("AccessionNumber", "A[C]C?")])).await),
+            s(&[5])
+        );
+        assert_eq!(
+            st(&find(studies(&[(
+                "StudyInstanceUID",
+                "1.2.840.9.2\\1.2.840.9.5\\1.2.3"
+            )]))
+            .await),
+            s(&[2, 5])
+        );
+        let q = patient_q(
+            Level::Study,
+            &[("PatientSex", "M"), ("StudyDate", "20210101-")],
+        );
         assert_eq!(st(&find(q).await), s(&[2]));
 
         let series = find(study_q(Level::Series, &[("Modality", "MR")])).await;
@@ -935,20 +1215,34 @@ pub(crate) mod index_tests {
             uids(&series, "SeriesInstanceUID"),
             set(&["1.2.840.9.2.1", "1.2.840.9.2.2", "1.2.840.9.4.1"])
         );
-        let series = find(study_q(Level::Series, &[("SeriesNumber", "1"), ("StudyDate", "20200115")])).await;
-        assert_eq!(uids(&series, "SeriesInstanceUID"), set(&["1.2.840.9.1.1", "1.2.840.9.3.1"]));
+        let series = find(study_q(
+            Level::Series,
+            &[("SeriesNumber", "1"), ("StudyDate", "20200115")],
+        ))
+        .await;
+        assert_eq!(
+            uids(&series, "SeriesInstanceUID"),
+            set(&["1.2.840.9.1.1", "1.2.840.9.3.1"])
+        );
         let images = find(study_q(
             Level::Image,
             &[("SOPClassUID", MR), ("StudyInstanceUID", "1.2.840.9.4")],
         ))
         .await;
-        assert_eq!(uids(&images, "SOPInstanceUID"), set(&["1.2.840.9.4.1.1", "1.2.840.9.4.1.2"]));
+        assert_eq!(
+            uids(&images, "SOPInstanceUID"),
+            set(&["1.2.840.9.4.1.1", "1.2.840.9.4.1.2"])
+        );
     }
 
     pub async fn computed_attributes<I: Index>(index: Arc<I>) {
         load(&*index).await;
         let rows = index
-            .find(&study_q(Level::Study, &[("StudyInstanceUID", "1.2.840.9.1")]), 0, 0)
+            .find(
+                &study_q(Level::Study, &[("StudyInstanceUID", "1.2.840.9.1")]),
+                0,
+                0,
+            )
             .await
             .unwrap();
         let r = &rows[0];
@@ -961,17 +1255,31 @@ pub(crate) mod index_tests {
         assert_eq!(r[&tag("NumberOfPatientRelatedInstances")], "8");
         assert_eq!(r[&tag("PatientID")], "12345");
         assert_eq!(r[&tag("IssuerOfPatientID")], "SITEA");
-        assert!(!r.contains_key(&tag("SeriesInstanceUID")), "nothing below the level");
+        assert!(
+            !r.contains_key(&tag("SeriesInstanceUID")),
+            "nothing below the level"
+        );
         let rows = index
-            .find(&study_q(Level::Series, &[("SeriesInstanceUID", "1.2.840.9.1.2")]), 0, 0)
+            .find(
+                &study_q(Level::Series, &[("SeriesInstanceUID", "1.2.840.9.1.2")]),
+                0,
+                0,
+            )
             .await
             .unwrap();
         let r = &rows[0];
         assert_eq!(r[&tag("NumberOfSeriesRelatedInstances")], "1");
-        assert!(!r.contains_key(&tag("SeriesNumber")), "absent values are absent");
+        assert!(
+            !r.contains_key(&tag("SeriesNumber")),
+            "absent values are absent"
+        );
         assert!(!r.contains_key(&tag("BodyPartExamined")));
         let rows = index
-            .find(&study_q(Level::Image, &[("SOPInstanceUID", "1.2.840.9.5.1.1")]), 0, 0)
+            .find(
+                &study_q(Level::Image, &[("SOPInstanceUID", "1.2.840.9.5.1.1")]),
+                0,
+                0,
+            )
             .await
             .unwrap();
         assert_eq!(rows[0][&tag("InstanceNumber")], "7");
@@ -988,7 +1296,11 @@ pub(crate) mod index_tests {
         ] {
             let all = index.find(&q, 0, 0).await.unwrap();
             assert_eq!(all.len(), total);
-            assert_eq!(index.find(&q, 0, 0).await.unwrap(), all, "the order is stable");
+            assert_eq!(
+                index.find(&q, 0, 0).await.unwrap(),
+                all,
+                "the order is stable"
+            );
             for page in 1..=4u32 {
                 let mut paged = Vec::new();
                 let mut offset = 0;
@@ -1010,8 +1322,15 @@ pub(crate) mod index_tests {
 
     pub async fn locate_at_each_level<I: Index>(index: Arc<I>) {
         let model = load(&*index).await;
-        let order = |v: &[StoredInstance]| v.iter().map(|s| s.sop_instance_uid.clone()).collect::<Vec<_>>();
-        let q = patient_q(Level::Patient, &[("PatientID", "12345"), ("IssuerOfPatientID", "SITEA")]);
+        let order = |v: &[StoredInstance]| {
+            v.iter()
+                .map(|s| s.sop_instance_uid.clone())
+                .collect::<Vec<_>>()
+        };
+        let q = patient_q(
+            Level::Patient,
+            &[("PatientID", "12345"), ("IssuerOfPatientID", "SITEA")],
+        );
         let got = index.locate(&q).await.unwrap();
         assert_eq!(got.len(), 8);
         model.check_locate_order(&got);
@@ -1019,14 +1338,33 @@ pub(crate) mod index_tests {
         let q = study_q(Level::Study, &[("StudyInstanceUID", "1.2.840.9.2")]);
         assert_eq!(
             order(&index.locate(&q).await.unwrap()),
-            ["1.2.840.9.2.1.1", "1.2.840.9.2.1.2", "1.2.840.9.2.2.1", "1.2.840.9.2.3.1"]
+            [
+                "1.2.840.9.2.1.1",
+                "1.2.840.9.2.1.2",
+                "1.2.840.9.2.2.1",
+                "1.2.840.9.2.3.1"
+            ]
         );
-        let q = study_q(Level::Study, &[("StudyInstanceUID", "1.2.840.9.1\\1.2.840.9.5")]);
+        let q = study_q(
+            Level::Study,
+            &[("StudyInstanceUID", "1.2.840.9.1\\1.2.840.9.5")],
+        );
         let got = index.locate(&q).await.unwrap();
         assert_eq!(got.len(), 5);
         model.check_locate_order(&got);
-        let s1: Vec<_> = order(&got).into_iter().filter(|u| u.starts_with("1.2.840.9.1.")).collect();
-        assert_eq!(s1, ["1.2.840.9.1.1.1", "1.2.840.9.1.1.2", "1.2.840.9.1.1.3", "1.2.840.9.1.2.1"]);
+        let s1: Vec<_> = order(&got)
+            .into_iter()
+            .filter(|u| u.starts_with("1.2.840.9.1."))
+            .collect();
+        assert_eq!(
+            s1,
+            [
+                "1.2.840.9.1.1.1",
+                "1.2.840.9.1.1.2",
+                "1.2.840.9.1.1.3",
+                "1.2.840.9.1.2.1"
+            ]
+        );
 
         // A key on the series level selects the whole study at STUDY level.
         let q = study_q(Level::Study, &[("ModalitiesInStudy", "PR")]);
@@ -1043,6 +1381,54 @@ pub(crate) mod index_tests {
         assert_eq!(got, vec![stored(model.by_uid("1.2.840.9.3.1.1"))]);
         let q = study_q(Level::Image, &[("SOPInstanceUID", "1.2.3.404")]);
         assert!(index.locate(&q).await.unwrap().is_empty());
+    }
+
+    /// Keys below the requested level never come from `Query::parse`, but a query built in
+    /// code may carry them: they select the entities having a descendant that matches them
+    /// all (the same descendant), and `locate` still returns the whole entities.
+    pub async fn keys_below_the_level<I: Index>(index: Arc<I>) {
+        load(&*index).await;
+        let key = |keyword: &str, matcher: Matcher| pacsgrid_dicom::QueryKey {
+            attr: attrs::by_keyword(keyword).unwrap(),
+            matcher,
+        };
+        let built = |level: Level, keys: Vec<pacsgrid_dicom::QueryKey>| Query {
+            model: QueryModel::PatientRoot,
+            level,
+            keys,
+            return_tags: Vec::new(),
+        };
+        let q = built(
+            Level::Study,
+            vec![key("Modality", Matcher::Single("PR".into()))],
+        );
+        assert_eq!(
+            uids(&index.find(&q, 0, 0).await.unwrap(), "StudyInstanceUID"),
+            set(&["1.2.840.9.1"])
+        );
+        assert_eq!(index.locate(&q).await.unwrap().len(), 4);
+        let q = built(
+            Level::Patient,
+            vec![
+                key("Modality", Matcher::Single("MR".into())),
+                key("InstanceNumber", Matcher::Single("5".into())),
+            ],
+        );
+        assert_eq!(
+            uids(&index.find(&q, 0, 0).await.unwrap(), "PatientID"),
+            set(&["777"])
+        );
+        let q = built(
+            Level::Patient,
+            vec![
+                key("Modality", Matcher::Single("CT".into())),
+                key("InstanceNumber", Matcher::Single("5".into())),
+            ],
+        );
+        assert!(
+            index.find(&q, 0, 0).await.unwrap().is_empty(),
+            "one descendant matches all"
+        );
     }
 
     pub async fn feed_and_quarantine<I: Index>(index: Arc<I>) {
@@ -1080,7 +1466,10 @@ pub(crate) mod index_tests {
         assert!(index.changes(cursor, 10).await.unwrap().is_empty());
 
         // A duplicate adds nothing; a quarantine adds an entry after the others.
-        assert_eq!(index.insert(&recs[0], "SITEA").await.unwrap(), InsertOutcome::Duplicate);
+        assert_eq!(
+            index.insert(&recs[0], "SITEA").await.unwrap(),
+            InsertOutcome::Duplicate
+        );
         let kept = &recs[2];
         let entry = QuarantineEntry {
             id: 0,
@@ -1100,7 +1489,19 @@ pub(crate) mod index_tests {
         let id2 = index.quarantine(&second).await.unwrap();
         assert!(id2 > id);
         let listed = index.quarantined(0).await.unwrap();
-        assert_eq!(listed, vec![QuarantineEntry { id: id2, ..second.clone() }, QuarantineEntry { id, ..entry.clone() }]);
+        assert_eq!(
+            listed,
+            vec![
+                QuarantineEntry {
+                    id: id2,
+                    ..second.clone()
+                },
+                QuarantineEntry {
+                    id,
+                    ..entry.clone()
+                }
+            ]
+        );
         assert_eq!(index.quarantined(1).await.unwrap().len(), 1);
         let tail = index.changes(cursor, 0).await.unwrap();
         assert_eq!(tail.len(), 2);
@@ -1110,7 +1511,13 @@ pub(crate) mod index_tests {
         assert_eq!(tail[0].sop_instance_uid, kept.instance.sop_instance_uid);
         assert_eq!(tail[0].study_uid, kept.study.study_uid);
         // The instance itself is untouched.
-        assert_eq!(index.instance(&kept.instance.sop_instance_uid).await.unwrap(), Some(stored(kept)));
+        assert_eq!(
+            index
+                .instance(&kept.instance.sop_instance_uid)
+                .await
+                .unwrap(),
+            Some(stored(kept))
+        );
 
         let mut expected: Vec<String> = recs.iter().map(|r| r.hash.clone()).collect();
         expected.push(entry.quarantined_hash.clone());
@@ -1167,7 +1574,8 @@ macro_rules! index_suite {
                 first_writer_wins_and_blanks_fill, matching_at_patient_level,
                 matching_at_study_level, matching_at_series_level, matching_at_image_level,
                 matching_known_answers, computed_attributes, limit_and_offset,
-                locate_at_each_level, feed_and_quarantine, stats_count_everything);
+                locate_at_each_level, keys_below_the_level, feed_and_quarantine,
+                stats_count_everything);
         }
     };
     (@each $fixture:path; $($test:ident),* $(,)?) => {

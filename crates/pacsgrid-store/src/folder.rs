@@ -42,7 +42,8 @@ fn fsync_dir(dir: &Path) -> Result<(), BlobError> {
 
 impl FolderBlobStore {
     /// Opens (creating if needed) a store rooted at `root`, and removes whatever a crash left
-    /// in its staging area: those files were never acknowledged to a sender.
+    /// in its staging area: those files were never acknowledged to a sender. One process
+    /// owns a root; several nodes sharing storage use an object store instead.
     pub fn open(root: &Path) -> Result<FolderBlobStore, BlobError> {
         let blobs = root.join("blobs");
         let staging = root.join("staging");
@@ -84,7 +85,12 @@ impl FolderBlobStore {
         if !is_valid_hash(hash) {
             return Err(BlobError::InvalidHash(hash.to_string()));
         }
-        Ok(self.inner.blobs.join(&hash[0..2]).join(&hash[2..4]).join(hash))
+        Ok(self
+            .inner
+            .blobs
+            .join(&hash[0..2])
+            .join(&hash[2..4])
+            .join(hash))
     }
 }
 
@@ -161,7 +167,9 @@ impl BlobStore for FolderBlobStore {
         let path = self.path_of(hash)?;
         let mut file = match tokio::fs::File::open(&path).await {
             Ok(f) => f,
-            Err(e) if e.kind() == ErrorKind::NotFound => return Err(BlobError::NotFound(hash.to_string())),
+            Err(e) if e.kind() == ErrorKind::NotFound => {
+                return Err(BlobError::NotFound(hash.to_string()))
+            }
             Err(e) => return Err(io_err(&path, e)),
         };
         if offset > 0 {
@@ -228,7 +236,9 @@ impl BlobStore for FolderBlobStore {
 }
 
 fn file_name(path: &Path) -> Option<String> {
-    path.file_name().and_then(|n| n.to_str()).map(str::to_string)
+    path.file_name()
+        .and_then(|n| n.to_str())
+        .map(str::to_string)
 }
 
 fn read_dir_sorted(dir: &Path) -> Result<Vec<PathBuf>, BlobError> {

@@ -36,32 +36,49 @@ pub enum InsertOutcome {
 /// The metadata index of a node.
 ///
 /// Contract: every method is atomic; `insert` records the patient/study/series/instance rows,
-/// the holder row for `site` and the feed entry in one transaction, durable when it returns.
-/// Patients are keyed by (patient_id, issuer) and never merged across issuers.
+/// the holder row for `site` and the feed entry in one transaction, durable when it returns
+/// (several concurrent inserts may share one commit, each still all-or-nothing).
+/// Patients are keyed by (patient_id, issuer) and never merged across issuers. For study,
+/// series and patient attributes the first writer's values win; later instances only fill
+/// values still empty. An instance whose series (or study) is already recorded under
+/// another study (or patient) is filed where its series (or study) is, with a warning.
 #[async_trait]
 pub trait Index: Send + Sync + 'static {
     /// Records a stored instance held by `site` (unless its UID is already recorded).
-    async fn insert(&self, record: &InstanceRecord, site: &str) -> Result<InsertOutcome, IndexError>;
+    async fn insert(
+        &self,
+        record: &InstanceRecord,
+        site: &str,
+    ) -> Result<InsertOutcome, IndexError>;
 
-    /// Records a quarantined object and its feed entry.
+    /// Records a quarantined object and its feed entry (kind `quarantined`, hash of the
+    /// object set aside); returns the new entry's id (the `id` given is ignored).
     async fn quarantine(&self, entry: &QuarantineEntry) -> Result<i64, IndexError>;
 
-    /// The quarantined objects, newest first.
+    /// The quarantined objects, newest first, at most `limit` (0 = no cap).
     async fn quarantined(&self, limit: u32) -> Result<Vec<QuarantineEntry>, IndexError>;
 
     /// Answers a query: one [`AttrValues`] per matched entity at `query.level`, with every
     /// stored and computed attribute of that level and the levels above. `limit` caps the
-    /// answers (0 = no cap); `offset` skips the first ones in a stable order.
-    async fn find(&self, query: &Query, limit: u32, offset: u32) -> Result<Vec<AttrValues>, IndexError>;
+    /// answers (0 = no cap); `offset` skips the first ones in a stable order. Keys below
+    /// `query.level` (never from `Query::parse`, only from queries built in code) select the
+    /// entities having one descendant that matches all of them.
+    async fn find(
+        &self,
+        query: &Query,
+        limit: u32,
+        offset: u32,
+    ) -> Result<Vec<AttrValues>, IndexError>;
 
-    /// Every instance under the entities the query matches, for retrieval, ordered by
-    /// study, series, instance number.
+    /// Every instance under the entities the query matches, for retrieval: each study's
+    /// instances together, its series by SeriesNumber and each series' instances by
+    /// InstanceNumber (absent numbers last, ties in arrival order).
     async fn locate(&self, query: &Query) -> Result<Vec<StoredInstance>, IndexError>;
 
     /// One instance by SOP Instance UID.
     async fn instance(&self, sop_instance_uid: &str) -> Result<Option<StoredInstance>, IndexError>;
 
-    /// Change-feed entries with `seq > since`, oldest first, at most `limit`.
+    /// Change-feed entries with `seq > since`, oldest first, at most `limit` (0 = no cap).
     async fn changes(&self, since: i64, limit: u32) -> Result<Vec<Change>, IndexError>;
 
     /// Every content hash the index references (instances and quarantine), for checks.
