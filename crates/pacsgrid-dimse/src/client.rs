@@ -1,0 +1,695 @@
+//! C-STORE SCU: sends stored instances (C-MOVE sub-operations) or local Part 10 files
+//! (`pacsgrid import --to host:port`) to a remote AE, streaming each data set.
+//!
+//! The sub-C-STORE core, [`store_on`], is shared with C-GET, which sends on the
+//! requestor's own association.
+
+use crate::association::{
+    AssocError, Association, PresentationContext, ProposedContext, RequestParams,
+};
+use crate::config::RemoteAe;
+use crate::message::{field, Command, Event, SendError, PRIORITY_MEDIUM};
+use dicom_dictionary_std::tags;
+use pacsgrid_archive::{Archive, StoredInstance};
+use pacsgrid_dicom::uid;
+use std::path::Path;
+use std::pin::Pin;
+use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncSeekExt};
+
+/// Default time to connect and negotiate.
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
+/// Default time to wait for any PDU once associated (a C-STORE-RSP may follow a long fsync).
+pub const DEFAULT_RESPONSE_TIMEOUT: Duration = Duration::from_secs(300);
+
+/// Why a C-STORE SCU operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// The association failed; it cannot be used any more.
+    #[error(transparent)]
+    Assoc(#[from] AssocError),
+    /// The peer accepted no context for this SOP class in a syntax we can send.
+    #[error("no accepted presentation context for SOP class {sop_class} in {transfer_syntax} (or one we can convert to)")]
+    NoContext {
+        /// The SOP class.
+        sop_class: String,
+        /// The object's transfer syntax.
+        transfer_syntax: String,
+    },
+    /// The data set could not be read or converted before anything was sent; the
+    /// association is still usable.
+    #[error("cannot read the object to send: {0}")]
+    Source(String),
+    /// Reading the data set failed after part of it was sent: the association had to be
+    /// aborted.
+    #[error("reading the object failed midway, association aborted: {0}")]
+    Midway(String),
+    /// A local file is not a DICOM Part 10 file we can send.
+    #[error("{path}: {why}")]
+    File {
+        /// The file.
+        path: String,
+        /// What is wrong.
+        why: String,
+    },
+}
+
+/// The peer's answer to one C-STORE-RQ.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoreResponse {
+    /// The DIMSE status.
+    pub status: u16,
+    /// ErrorComment, when the peer gave one.
+    pub error_comment: Option<String>,
+}
+
+/// Where the data set bytes of a C-STORE come from.
+pub enum DataSource {
+    /// Streamed (a stored blob, a local file positioned at the data set).
+    Reader(Pin<Box<dyn AsyncRead + Send + Unpin>>),
+    /// Already in memory (a converted object).
+    Bytes(Vec<u8>),
+}
+
+/// How an object reaches the peer: on which context, and whether it must be converted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Route {
+    /// Send the bytes as stored on this context.
+    AsStored(u8),
+    /// Convert to this (uncompressed) transfer syntax, then send on this context.
+    Convert(u8, String),
+}
+
+fn is_uncompressed(ts: &str) -> bool {
+    uid::transfer_syntax(ts).is_some_and(|t| !t.encapsulated)
+}
+
+/// Picks the context to send an object of `sop_class` stored in `stored_ts` on: one
+/// accepted in that very syntax, else (for an uncompressed object) one in another
+/// uncompressed syntax, explicit little endian first. `need_requestor_scp` restricts to
+/// contexts where the association requestor took the SCP role (C-GET).
+pub fn route(
+    contexts: &[PresentationContext],
+    sop_class: &str,
+    stored_ts: &str,
+    need_requestor_scp: bool,
+) -> Option<Route> {
+    let usable = |c: &&PresentationContext| {
+        c.abstract_syntax == sop_class && (!need_requestor_scp || c.requestor_scp)
+    };
+    let stored_ts = uid::trim_uid(stored_ts);
+    if let Some(c) = contexts
+        .iter()
+        .filter(usable)
+        .find(|c| c.transfer_syntax == stored_ts)
+    {
+        return Some(Route::AsStored(c.id));
+    }
+    if !is_uncompressed(stored_ts) {
+        return None;
+    }
+    for preferred in [uid::EXPLICIT_VR_LE, uid::IMPLICIT_VR_LE] {
+        if let Some(c) = contexts
+            .iter()
+            .filter(usable)
+            .find(|c| c.transfer_syntax == preferred)
+        {
+            return Some(Route::Convert(c.id, preferred.to_string()));
+        }
+    }
+    contexts
+        .iter()
+        .filter(usable)
+        .find(|c| is_uncompressed(&c.transfer_syntax))
+        .map(|c| Route::Convert(c.id, c.transfer_syntax.clone()))
+}
+
+/// The contexts to propose for objects of these (SOP class, transfer syntax) pairs: one
+/// per pair in the stored syntax (sent as is), then one per SOP class offering explicit
+/// and implicit little endian (for a receiver that refuses the stored syntax). At most 128,
+/// the exact ones first.
+pub fn contexts_for<I, S, T>(pairs: I) -> Vec<ProposedContext>
+where
+    I: IntoIterator<Item = (S, T)>,
+    S: AsRef<str>,
+    T: AsRef<str>,
+{
+    let mut exact: Vec<(String, String)> = Vec::new();
+    let mut classes: Vec<String> = Vec::new();
+    for (class, ts) in pairs {
+        let class = uid::trim_uid(class.as_ref()).to_string();
+        let ts = uid::trim_uid(ts.as_ref()).to_string();
+        if !exact.iter().any(|(c, t)| *c == class && *t == ts) {
+            exact.push((class.clone(), ts));
+        }
+        if !classes.contains(&class) {
+            classes.push(class);
+        }
+    }
+    let mut out: Vec<ProposedContext> = exact
+        .into_iter()
+        .map(|(class, ts)| ProposedContext {
+            abstract_syntax: class,
+            transfer_syntaxes: vec![ts],
+        })
+        .collect();
+    for class in classes {
+        out.push(ProposedContext {
+            abstract_syntax: class,
+            transfer_syntaxes: vec![uid::EXPLICIT_VR_LE.into(), uid::IMPLICIT_VR_LE.into()],
+        });
+    }
+    if out.len() > 128 {
+        tracing::warn!(
+            needed = out.len(),
+            "more than 128 presentation contexts needed; some objects may not be sendable"
+        );
+        out.truncate(128);
+    }
+    out
+}
+
+/// Opens what to send for a stored instance along `route`.
+pub async fn prepare(
+    archive: &Archive,
+    inst: &StoredInstance,
+    route: &Route,
+) -> Result<DataSource, ClientError> {
+    match route {
+        Route::AsStored(_) => archive
+            .open_dataset(inst)
+            .await
+            .map(DataSource::Reader)
+            .map_err(|e| ClientError::Source(e.to_string())),
+        Route::Convert(_, ts) => archive
+            .transcode_dataset(inst, ts)
+            .await
+            .map(DataSource::Bytes)
+            .map_err(|e| ClientError::Source(e.to_string())),
+    }
+}
+
+/// Sends one C-STORE-RQ and its data set on `pc_id`, then waits for the C-STORE-RSP.
+///
+/// `originator` fills MoveOriginatorApplicationEntityTitle / MessageID (C-MOVE).
+/// `cancel_of` is the message ID of a C-GET running on this same association: a C-CANCEL
+/// for it may arrive while we wait, and is reported in the returned flag.
+pub async fn store_on(
+    assoc: &mut Association,
+    pc_id: u8,
+    sop_class: &str,
+    sop_instance: &str,
+    source: DataSource,
+    originator: Option<(&str, u16)>,
+    cancel_of: Option<u16>,
+) -> Result<(StoreResponse, bool), ClientError> {
+    let msg_id = assoc.next_message_id();
+    let mut b = Command::builder(field::C_STORE_RQ)
+        .u16(tags::MESSAGE_ID, msg_id)
+        .uid(tags::AFFECTED_SOP_CLASS_UID, sop_class)
+        .uid(tags::AFFECTED_SOP_INSTANCE_UID, sop_instance)
+        .u16(tags::PRIORITY, PRIORITY_MEDIUM)
+        .with_dataset(true);
+    if let Some((ae, id)) = originator {
+        b = b
+            .ae(tags::MOVE_ORIGINATOR_APPLICATION_ENTITY_TITLE, ae)
+            .u16(tags::MOVE_ORIGINATOR_MESSAGE_ID, id);
+    }
+    assoc.send_command(pc_id, &b.build()).await?;
+    match source {
+        DataSource::Bytes(bytes) => assoc.send_dataset(pc_id, &bytes).await?,
+        DataSource::Reader(mut reader) => match assoc.send_dataset_stream(pc_id, &mut reader).await
+        {
+            Ok(_) => {}
+            Err(SendError::Assoc(e)) => return Err(e.into()),
+            Err(SendError::Source(e)) => {
+                let why = AssocError::Protocol(format!("data set source failed: {e}"));
+                assoc.abort_with(&why).await;
+                return Err(ClientError::Midway(e.to_string()));
+            }
+        },
+    }
+    let mut cancelled = false;
+    loop {
+        match assoc.next_event().await? {
+            Event::Command {
+                command,
+                pc_id: rsp_pc,
+            } => {
+                let f = command.field();
+                if f == Some(field::C_STORE_RSP) && command.responded_to() == Some(msg_id) {
+                    if command.has_dataset() {
+                        assoc.skip_dataset(rsp_pc).await?;
+                    }
+                    let status = command
+                        .status()
+                        .ok_or_else(|| AssocError::Protocol("C-STORE-RSP without Status".into()))?;
+                    let rsp = StoreResponse {
+                        status,
+                        error_comment: command.string(tags::ERROR_COMMENT),
+                    };
+                    return Ok((rsp, cancelled));
+                }
+                if f == Some(field::C_CANCEL_RQ)
+                    && cancel_of.is_some()
+                    && command.responded_to() == cancel_of
+                {
+                    cancelled = true;
+                    continue;
+                }
+                return Err(AssocError::Protocol(format!(
+                    "unexpected command {:#06x} while waiting for C-STORE-RSP",
+                    f.unwrap_or(0)
+                ))
+                .into());
+            }
+            Event::Data(_) => {
+                return Err(
+                    AssocError::Protocol("data set while waiting for C-STORE-RSP".into()).into(),
+                )
+            }
+            Event::Release => {
+                return Err(AssocError::Protocol(
+                    "A-RELEASE-RQ while waiting for C-STORE-RSP".into(),
+                )
+                .into())
+            }
+            Event::Aborted => return Err(AssocError::PeerAborted.into()),
+        }
+    }
+}
+
+/// Verifies a remote AE with C-ECHO (associate, echo, release); returns the echo status.
+pub async fn echo(remote: &RemoteAe, our_ae: &str) -> Result<u16, ClientError> {
+    let params = RequestParams {
+        calling_ae: our_ae.to_string(),
+        called_ae: remote.ae_title.clone(),
+        contexts: vec![ProposedContext {
+            abstract_syntax: uid::VERIFICATION.into(),
+            transfer_syntaxes: vec![uid::IMPLICIT_VR_LE.into()],
+        }],
+        roles: Vec::new(),
+        max_pdu_length: crate::config::MIN_MAX_PDU_LENGTH,
+        timeout: DEFAULT_CONNECT_TIMEOUT,
+        idle_timeout: DEFAULT_CONNECT_TIMEOUT,
+    };
+    let mut assoc = Association::request((remote.host.as_str(), remote.port), &params).await?;
+    let Some(pc_id) = assoc.contexts().first().map(|c| c.id) else {
+        assoc.abort().await;
+        return Err(
+            AssocError::Protocol(format!("{} refused Verification", remote.ae_title)).into(),
+        );
+    };
+    let msg_id = assoc.next_message_id();
+    let rq = Command::builder(field::C_ECHO_RQ)
+        .u16(tags::MESSAGE_ID, msg_id)
+        .uid(tags::AFFECTED_SOP_CLASS_UID, uid::VERIFICATION)
+        .build();
+    assoc.send_command(pc_id, &rq).await?;
+    let status = match assoc.next_event().await? {
+        Event::Command { command, .. }
+            if command.field() == Some(field::C_ECHO_RSP)
+                && command.responded_to() == Some(msg_id) =>
+        {
+            command
+                .status()
+                .ok_or_else(|| AssocError::Protocol("C-ECHO-RSP without Status".into()))?
+        }
+        _ => return Err(AssocError::Protocol("unexpected answer to C-ECHO-RQ".into()).into()),
+    };
+    assoc.release().await?;
+    Ok(status)
+}
+
+/// What the file meta group of a local Part 10 file says.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Part10Header {
+    /// MediaStorageSOPClassUID.
+    pub sop_class_uid: String,
+    /// MediaStorageSOPInstanceUID.
+    pub sop_instance_uid: String,
+    /// TransferSyntaxUID.
+    pub transfer_syntax: String,
+    /// Where the data set starts (after preamble, magic and meta group).
+    pub dataset_offset: u64,
+}
+
+/// The meta group is small; refuse to walk more than this (a corrupt file).
+const MAX_META_GROUP: usize = 64 * 1024;
+
+/// Parses the file meta group (explicit VR little endian, group 0002) from the start of a
+/// file, with or without the 128-byte preamble.
+pub fn parse_part10_header(bytes: &[u8]) -> Result<Part10Header, String> {
+    let start = if bytes.len() >= 132 && &bytes[128..132] == b"DICM" {
+        132
+    } else if bytes.len() >= 4 && &bytes[0..4] == b"DICM" {
+        4
+    } else {
+        return Err("not a DICOM Part 10 file (no DICM magic)".into());
+    };
+    let mut pos = start;
+    let (mut class, mut inst, mut ts) = (None, None, None);
+    while pos + 8 <= bytes.len() {
+        let group = u16::from_le_bytes([bytes[pos], bytes[pos + 1]]);
+        if group != 0x0002 {
+            break;
+        }
+        let elem = u16::from_le_bytes([bytes[pos + 2], bytes[pos + 3]]);
+        let vr = [bytes[pos + 4], bytes[pos + 5]];
+        let long = matches!(
+            &vr,
+            b"OB"
+                | b"OW"
+                | b"OF"
+                | b"OD"
+                | b"OL"
+                | b"OV"
+                | b"SQ"
+                | b"UT"
+                | b"UN"
+                | b"UC"
+                | b"UR"
+                | b"SV"
+                | b"UV"
+        );
+        let (len, header) = if long {
+            if pos + 12 > bytes.len() {
+                return Err("truncated file meta group".into());
+            }
+            let l = u32::from_le_bytes([
+                bytes[pos + 8],
+                bytes[pos + 9],
+                bytes[pos + 10],
+                bytes[pos + 11],
+            ]);
+            (l as usize, 12)
+        } else {
+            (
+                u16::from_le_bytes([bytes[pos + 6], bytes[pos + 7]]) as usize,
+                8,
+            )
+        };
+        let vstart = pos + header;
+        let vend = vstart
+            .checked_add(len)
+            .filter(|e| *e <= bytes.len())
+            .ok_or("truncated file meta group")?;
+        let text = || {
+            String::from_utf8_lossy(&bytes[vstart..vend])
+                .trim_matches(|c: char| c == '\0' || c == ' ')
+                .to_string()
+        };
+        match elem {
+            0x0002 => class = Some(text()),
+            0x0003 => inst = Some(text()),
+            0x0010 => ts = Some(text()),
+            _ => {}
+        }
+        pos = vend;
+        if pos - start > MAX_META_GROUP {
+            return Err("file meta group larger than 64 KiB".into());
+        }
+    }
+    let class = class.ok_or("file meta group lacks MediaStorageSOPClassUID")?;
+    let inst = inst.ok_or("file meta group lacks MediaStorageSOPInstanceUID")?;
+    let ts = ts.ok_or("file meta group lacks TransferSyntaxUID")?;
+    if !uid::is_valid_uid(&inst) {
+        return Err(format!("invalid SOP Instance UID {inst:?}"));
+    }
+    Ok(Part10Header {
+        sop_class_uid: class,
+        sop_instance_uid: inst,
+        transfer_syntax: ts,
+        dataset_offset: pos as u64,
+    })
+}
+
+/// Reads the file meta group of a local file.
+pub async fn read_part10_header(path: &Path) -> Result<Part10Header, ClientError> {
+    use tokio::io::AsyncReadExt;
+    let err = |why: String| ClientError::File {
+        path: path.display().to_string(),
+        why,
+    };
+    let file = tokio::fs::File::open(path)
+        .await
+        .map_err(|e| err(e.to_string()))?;
+    let mut head = Vec::new();
+    file.take((MAX_META_GROUP + 256) as u64)
+        .read_to_end(&mut head)
+        .await
+        .map_err(|e| err(e.to_string()))?;
+    parse_part10_header(&head).map_err(err)
+}
+
+/// A C-STORE SCU association to one remote AE.
+pub struct StoreScu {
+    assoc: Association,
+}
+
+impl std::fmt::Debug for StoreScu {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StoreScu")
+            .field("assoc", &self.assoc)
+            .finish()
+    }
+}
+
+impl StoreScu {
+    /// Associates with `remote` as `our_ae`, proposing `contexts` (see [`contexts_for`]),
+    /// with the default timeouts. Fails when the peer accepts none of them.
+    pub async fn connect(
+        remote: &RemoteAe,
+        our_ae: &str,
+        max_pdu: u32,
+        contexts: Vec<ProposedContext>,
+    ) -> Result<StoreScu, ClientError> {
+        Self::connect_with(
+            remote,
+            our_ae,
+            max_pdu,
+            contexts,
+            DEFAULT_CONNECT_TIMEOUT,
+            DEFAULT_RESPONSE_TIMEOUT,
+        )
+        .await
+    }
+
+    /// Like [`Self::connect`], with explicit connect and response timeouts.
+    pub async fn connect_with(
+        remote: &RemoteAe,
+        our_ae: &str,
+        max_pdu: u32,
+        contexts: Vec<ProposedContext>,
+        timeout: Duration,
+        idle_timeout: Duration,
+    ) -> Result<StoreScu, ClientError> {
+        let params = RequestParams {
+            calling_ae: our_ae.to_string(),
+            called_ae: remote.ae_title.clone(),
+            contexts,
+            roles: Vec::new(),
+            max_pdu_length: max_pdu,
+            timeout,
+            idle_timeout,
+        };
+        let assoc = Association::request((remote.host.as_str(), remote.port), &params).await?;
+        if assoc.contexts().is_empty() {
+            assoc.abort().await;
+            return Err(AssocError::Protocol(format!(
+                "{} accepted none of the proposed presentation contexts",
+                remote.ae_title
+            ))
+            .into());
+        }
+        tracing::debug!(remote = %remote.ae_title, contexts = assoc.contexts().len(), "store association established");
+        Ok(StoreScu { assoc })
+    }
+
+    /// The contexts the peer accepted.
+    pub fn contexts(&self) -> &[PresentationContext] {
+        self.assoc.contexts()
+    }
+
+    /// Sends a stored instance, as stored when the peer accepts its syntax, else converted
+    /// to an uncompressed one when possible.
+    pub async fn send(
+        &mut self,
+        archive: &Archive,
+        inst: &StoredInstance,
+        originator: Option<(&str, u16)>,
+    ) -> Result<StoreResponse, ClientError> {
+        let Some(r) = route(
+            self.assoc.contexts(),
+            &inst.sop_class_uid,
+            &inst.transfer_syntax,
+            false,
+        ) else {
+            return Err(ClientError::NoContext {
+                sop_class: inst.sop_class_uid.clone(),
+                transfer_syntax: inst.transfer_syntax.clone(),
+            });
+        };
+        let pc_id = match &r {
+            Route::AsStored(id) | Route::Convert(id, _) => *id,
+        };
+        let source = prepare(archive, inst, &r).await?;
+        let (rsp, _) = store_on(
+            &mut self.assoc,
+            pc_id,
+            &inst.sop_class_uid,
+            &inst.sop_instance_uid,
+            source,
+            originator,
+            None,
+        )
+        .await?;
+        Ok(rsp)
+    }
+
+    /// Sends a local Part 10 file: its meta group is stripped and the data set bytes are
+    /// streamed as they are, in the file's transfer syntax (which the peer must accept).
+    pub async fn send_file(&mut self, path: &Path) -> Result<StoreResponse, ClientError> {
+        let header = read_part10_header(path).await?;
+        let pc_id = self
+            .assoc
+            .contexts()
+            .iter()
+            .find(|c| {
+                c.abstract_syntax == header.sop_class_uid
+                    && c.transfer_syntax == header.transfer_syntax
+            })
+            .map(|c| c.id)
+            .ok_or_else(|| ClientError::NoContext {
+                sop_class: header.sop_class_uid.clone(),
+                transfer_syntax: header.transfer_syntax.clone(),
+            })?;
+        let mut file = tokio::fs::File::open(path)
+            .await
+            .map_err(|e| ClientError::Source(e.to_string()))?;
+        file.seek(std::io::SeekFrom::Start(header.dataset_offset))
+            .await
+            .map_err(|e| ClientError::Source(e.to_string()))?;
+        let source = DataSource::Reader(Box::pin(file));
+        let (rsp, _) = store_on(
+            &mut self.assoc,
+            pc_id,
+            &header.sop_class_uid,
+            &header.sop_instance_uid,
+            source,
+            None,
+            None,
+        )
+        .await?;
+        Ok(rsp)
+    }
+
+    /// Releases the association (A-RELEASE); associations are not released on drop.
+    pub async fn release(self) -> Result<(), ClientError> {
+        Ok(self.assoc.release().await?)
+    }
+
+    /// Aborts the association.
+    pub async fn abort(self) {
+        self.assoc.abort().await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ctx(id: u8, class: &str, ts: &str, scp: bool) -> PresentationContext {
+        PresentationContext {
+            id,
+            abstract_syntax: class.into(),
+            transfer_syntax: ts.into(),
+            requestor_scu: true,
+            requestor_scp: scp,
+        }
+    }
+
+    const CT: &str = "1.2.840.10008.5.1.4.1.1.2";
+    const J2K: &str = "1.2.840.10008.1.2.4.90";
+
+    #[test]
+    fn routes_prefer_the_stored_syntax_and_convert_only_uncompressed() {
+        let cs = vec![
+            ctx(1, CT, uid::IMPLICIT_VR_LE, true),
+            ctx(3, CT, uid::EXPLICIT_VR_LE, false),
+            ctx(5, CT, J2K, true),
+        ];
+        assert_eq!(route(&cs, CT, J2K, false), Some(Route::AsStored(5)));
+        assert_eq!(
+            route(&cs, CT, uid::IMPLICIT_VR_LE, false),
+            Some(Route::AsStored(1))
+        );
+        assert_eq!(
+            route(&cs, CT, uid::EXPLICIT_VR_BE, false),
+            Some(Route::Convert(3, uid::EXPLICIT_VR_LE.into()))
+        );
+        // C-GET: only contexts where the requestor is SCP
+        assert_eq!(
+            route(&cs, CT, uid::EXPLICIT_VR_BE, true),
+            Some(Route::Convert(1, uid::IMPLICIT_VR_LE.into()))
+        );
+        assert_eq!(route(&cs, CT, "1.2.840.10008.1.2.4.80", false), None);
+        assert_eq!(
+            route(&cs, "1.2.840.10008.5.1.4.1.1.4", uid::EXPLICIT_VR_LE, false),
+            None
+        );
+    }
+
+    #[test]
+    fn proposed_contexts_cover_stored_and_fallback_syntaxes() {
+        let cs = contexts_for([(CT, J2K), (CT, uid::EXPLICIT_VR_LE), (CT, J2K)]);
+        assert_eq!(cs.len(), 3);
+        assert_eq!(cs[0].transfer_syntaxes, vec![J2K.to_string()]);
+        assert_eq!(cs[2].transfer_syntaxes.len(), 2);
+        let many: Vec<(String, String)> = (0..200)
+            .map(|i| {
+                (
+                    format!("1.2.840.10008.5.1.4.1.1.{i}"),
+                    uid::EXPLICIT_VR_LE.to_string(),
+                )
+            })
+            .collect();
+        assert_eq!(contexts_for(many).len(), 128);
+    }
+
+    #[test]
+    fn part10_meta_is_parsed_with_and_without_preamble() {
+        fn el(elem: u16, vr: &[u8; 2], val: &[u8]) -> Vec<u8> {
+            let mut v = vec![0x02, 0x00];
+            v.extend_from_slice(&elem.to_le_bytes());
+            v.extend_from_slice(vr);
+            if vr == b"OB" {
+                v.extend_from_slice(&[0, 0]);
+                v.extend_from_slice(&(val.len() as u32).to_le_bytes());
+            } else {
+                v.extend_from_slice(&(val.len() as u16).to_le_bytes());
+            }
+            v.extend_from_slice(val);
+            v
+        }
+        let mut meta = Vec::new();
+        meta.extend(el(0x0001, b"OB", &[0, 1]));
+        meta.extend(el(0x0002, b"UI", b"1.2.840.10008.5.1.4.1.1.2\0"));
+        meta.extend(el(0x0003, b"UI", b"1.2.3.4"));
+        meta.extend(el(0x0010, b"UI", b"1.2.840.10008.1.2.1\0"));
+        let mut file = vec![0u8; 128];
+        file.extend_from_slice(b"DICM");
+        file.extend_from_slice(&meta);
+        let ds_at = file.len();
+        file.extend_from_slice(&[0x08, 0x00, 0x16, 0x00]);
+        let h = parse_part10_header(&file).unwrap();
+        assert_eq!(h.sop_class_uid, CT);
+        assert_eq!(h.sop_instance_uid, "1.2.3.4");
+        assert_eq!(h.transfer_syntax, uid::EXPLICIT_VR_LE);
+        assert_eq!(h.dataset_offset as usize, ds_at);
+        let h2 = parse_part10_header(&file[128..]).unwrap();
+        assert_eq!(h2.dataset_offset as usize, ds_at - 128);
+        assert!(parse_part10_header(b"garbage").is_err());
+        assert!(parse_part10_header(&file[..140]).is_err());
+    }
+}

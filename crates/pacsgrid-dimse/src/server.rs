@@ -1,0 +1,283 @@
+//! The DIMSE service provider: accept loop, one task per association, a cap on concurrent
+//! associations, and a graceful shutdown.
+
+use crate::association::{AcceptError, AcceptPolicy, AssocError, Association};
+use crate::config::DimseConfig;
+use crate::message::{field, Command, Event};
+use crate::metrics::{inc, ActiveGuard, DimseMetrics};
+use pacsgrid_archive::Archive;
+use pacsgrid_dicom::status;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+
+/// What every association task shares.
+pub(crate) struct Services {
+    pub(crate) cfg: DimseConfig,
+    pub(crate) policy: AcceptPolicy,
+    pub(crate) archive: Arc<Archive>,
+    pub(crate) metrics: Arc<DimseMetrics>,
+}
+
+/// The DIMSE SCP of a node: C-ECHO, C-STORE, C-FIND, C-GET and C-MOVE over the archive.
+pub struct DimseServer {
+    services: Arc<Services>,
+}
+
+impl DimseServer {
+    /// A server for this configuration and archive.
+    pub fn new(cfg: DimseConfig, archive: Arc<Archive>) -> Self {
+        let policy = AcceptPolicy::from_config(&cfg);
+        DimseServer {
+            services: Arc::new(Services {
+                cfg,
+                policy,
+                archive,
+                metrics: Arc::new(DimseMetrics::default()),
+            }),
+        }
+    }
+
+    /// The server's counters, for `/metrics`; valid before, during and after [`Self::run`].
+    pub fn metrics(&self) -> Arc<DimseMetrics> {
+        Arc::clone(&self.services.metrics)
+    }
+
+    /// Accepts associations on `listener` until `shutdown` completes; then stops accepting,
+    /// lets running associations go on for the configured grace period, and aborts the rest
+    /// (an object being received is then discarded, never half-stored).
+    pub async fn run<F>(self, listener: TcpListener, shutdown: F) -> std::io::Result<()>
+    where
+        F: Future<Output = ()>,
+    {
+        let svc = self.services;
+        let limit = Arc::new(Semaphore::new(svc.cfg.max_associations.max(1)));
+        let stop = CancellationToken::new();
+        let mut tasks = JoinSet::new();
+        tracing::info!(
+            ae_title = %svc.cfg.ae_title,
+            addr = %listener.local_addr()?,
+            max_associations = svc.cfg.max_associations,
+            max_pdu = svc.policy.max_pdu_length,
+            "DIMSE service listening"
+        );
+        tokio::pin!(shutdown);
+        loop {
+            tokio::select! {
+                _ = &mut shutdown => break,
+                accepted = listener.accept() => match accepted {
+                    Ok((stream, peer)) => {
+                        let permit = Arc::clone(&limit).try_acquire_owned().ok();
+                        let svc = Arc::clone(&svc);
+                        let stop = stop.clone();
+                        tasks.spawn(serve_connection(svc, stream, peer, permit, stop));
+                    }
+                    Err(e) => {
+                        // out of file descriptors and the like: back off instead of spinning
+                        tracing::warn!(error = %e, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
+                },
+                Some(done) = tasks.join_next(), if !tasks.is_empty() => {
+                    if let Err(e) = done {
+                        if e.is_panic() {
+                            tracing::error!(error = %e, "association task panicked");
+                        }
+                    }
+                }
+            }
+        }
+        drop(listener);
+        let running = tasks.len();
+        tracing::info!(running, "DIMSE service stopping");
+        stop.cancel();
+        let grace = tokio::time::sleep(svc.cfg.shutdown_grace);
+        tokio::pin!(grace);
+        loop {
+            tokio::select! {
+                _ = &mut grace => {
+                    tracing::warn!(left = tasks.len(), "shutdown grace period over; aborting associations");
+                    tasks.abort_all();
+                    break;
+                }
+                next = tasks.join_next() => if next.is_none() { break },
+            }
+        }
+        while tasks.join_next().await.is_some() {}
+        tracing::info!("DIMSE service stopped");
+        Ok(())
+    }
+}
+
+/// Negotiates one association and serves it, inside its own span.
+async fn serve_connection(
+    svc: Arc<Services>,
+    stream: TcpStream,
+    peer: SocketAddr,
+    permit: Option<OwnedSemaphorePermit>,
+    stop: CancellationToken,
+) {
+    let span = tracing::info_span!(
+        "association",
+        %peer,
+        calling = tracing::field::Empty,
+        called = tracing::field::Empty
+    );
+    async move {
+        let accepted = Association::accept(
+            stream,
+            &svc.policy,
+            permit.is_none(),
+            svc.cfg.association_timeout,
+            svc.cfg.idle_timeout,
+        )
+        .await;
+        let assoc = match accepted {
+            Ok(a) => a,
+            Err(AcceptError::Rejected {
+                reason,
+                calling_ae,
+                called_ae,
+            }) => {
+                inc(&svc.metrics.associations_rejected);
+                tracing::warn!(calling = %calling_ae, called = %called_ae, %reason, "association rejected");
+                return;
+            }
+            Err(AcceptError::Assoc(e)) => {
+                inc(&svc.metrics.associations_rejected);
+                tracing::warn!(error = %e, "association negotiation failed");
+                return;
+            }
+        };
+        let span = tracing::Span::current();
+        span.record("calling", assoc.calling_ae());
+        span.record("called", assoc.called_ae());
+        let _active = ActiveGuard::new(&svc.metrics);
+        tracing::info!(
+            contexts = assoc.contexts().len(),
+            max_pdu_send = assoc.max_pdu_send(),
+            "association accepted"
+        );
+        serve(&svc, assoc, stop).await;
+        drop(permit);
+    }
+    .instrument(span)
+    .await
+}
+
+/// Serves messages until release, abort, error or shutdown.
+async fn serve(svc: &Services, mut assoc: Association, stop: CancellationToken) {
+    loop {
+        let event = if stop.is_cancelled() {
+            // shutting down: serve what has already arrived (a request sent just before the
+            // stop), abort only an association that is idle between messages, where
+            // nothing is lost
+            match assoc.poll_event().await {
+                Ok(Some(ev)) => Ok(ev),
+                Ok(None) => {
+                    tracing::info!("aborting idle association for shutdown");
+                    inc(&svc.metrics.associations_aborted);
+                    assoc.abort().await;
+                    return;
+                }
+                Err(e) => Err(e),
+            }
+        } else {
+            tokio::select! {
+                biased;
+                _ = stop.cancelled() => continue,
+                ev = assoc.next_event() => ev,
+            }
+        };
+        let result = match event {
+            Ok(Event::Command { pc_id, command }) => {
+                dispatch(svc, &mut assoc, pc_id, command).await
+            }
+            Ok(Event::Data(_)) => Err(AssocError::Protocol(
+                "data set fragment without a command".into(),
+            )),
+            Ok(Event::Release) => {
+                if let Err(e) = assoc.answer_release().await {
+                    tracing::debug!(error = %e, "release reply not delivered");
+                }
+                tracing::info!("association released");
+                return;
+            }
+            Ok(Event::Aborted) => {
+                tracing::info!("association aborted by the peer");
+                return;
+            }
+            Err(e) => Err(e),
+        };
+        if let Err(e) = result {
+            match &e {
+                AssocError::Closed | AssocError::PeerAborted => {
+                    tracing::warn!(error = %e, "association ended")
+                }
+                _ => {
+                    tracing::warn!(error = %e, "aborting association");
+                    inc(&svc.metrics.associations_aborted);
+                }
+            }
+            assoc.abort_with(&e).await;
+            return;
+        }
+    }
+}
+
+/// Hands a command to its service.
+async fn dispatch(
+    svc: &Services,
+    assoc: &mut Association,
+    pc_id: u8,
+    command: Command,
+) -> Result<(), AssocError> {
+    if assoc.context(pc_id).is_none() {
+        return Err(AssocError::Protocol(format!(
+            "command on presentation context {pc_id}, which was not accepted"
+        )));
+    }
+    match command.field() {
+        Some(field::C_ECHO_RQ) => crate::echo::handle(assoc, pc_id, command, &svc.metrics).await,
+        Some(field::C_STORE_RQ) => {
+            crate::store::handle(assoc, pc_id, command, &svc.archive, &svc.metrics).await
+        }
+        Some(field::C_FIND_RQ) => crate::find::handle(svc, assoc, pc_id, command).await,
+        Some(field::C_GET_RQ) => crate::get::handle(svc, assoc, pc_id, command).await,
+        Some(field::C_MOVE_RQ) => crate::move_::handle(svc, assoc, pc_id, command).await,
+        Some(field::C_CANCEL_RQ) => {
+            tracing::debug!("C-CANCEL for no running operation");
+            Ok(())
+        }
+        Some(f) if f & 0x8000 != 0 => {
+            tracing::warn!(
+                command_field = format_args!("{f:#06x}"),
+                "unsolicited response ignored"
+            );
+            if command.has_dataset() {
+                assoc.skip_dataset(pc_id).await?;
+            }
+            Ok(())
+        }
+        other => {
+            let f = other.unwrap_or(0);
+            tracing::warn!(
+                command_field = format_args!("{f:#06x}"),
+                "unsupported DIMSE operation"
+            );
+            if command.has_dataset() {
+                assoc.skip_dataset(pc_id).await?;
+            }
+            let rsp = Command::response_to(&command, f | 0x8000, status::UNRECOGNIZED_OPERATION)
+                .error_comment("operation not supported by this SCP")
+                .build();
+            assoc.send_command(pc_id, &rsp).await
+        }
+    }
+}
