@@ -2,7 +2,7 @@
 
 use crate::error::StoreError;
 use crate::walk::{self, Form};
-use dicom_core::Tag;
+use dicom_core::{Tag, VR};
 use dicom_dictionary_std::tags;
 use dicom_object::{DefaultDicomObject, OpenFileOptions};
 use pacsgrid_dicom::query::{normalise_date, normalise_time, trim_value};
@@ -69,10 +69,21 @@ fn check_structure(path: &Path, offset: u64, encoding: DatasetEncoding) -> Resul
 }
 
 fn text(obj: &DefaultDicomObject, tag: Tag) -> String {
-    obj.element_opt(tag)
-        .ok()
-        .flatten()
-        .and_then(|e| e.to_str().ok().map(|s| trim_value(&s).to_string()))
+    let Some(e) = obj.element_opt(tag).ok().flatten() else {
+        return String::new();
+    };
+    if e.vr() == VR::UN {
+        // Some writers (GDCM in implicit-to-explicit conversions) encode standard
+        // elements as UN; PS3.5 6.2.2 lets a receiver read them with the dictionary VR,
+        // and every key we index is a text VR, so the raw bytes are the text.
+        return e
+            .value()
+            .to_bytes()
+            .map(|b| trim_value(&String::from_utf8_lossy(&b)).to_string())
+            .unwrap_or_default();
+    }
+    e.to_str()
+        .map(|s| trim_value(&s).to_string())
         .unwrap_or_default()
 }
 

@@ -12,19 +12,16 @@ pub fn meta_header(
     transfer_syntax: &str,
     source_ae: &str,
 ) -> Result<Vec<u8>, String> {
-    let mut builder = FileMetaTableBuilder::new()
+    // The meta group is a pure function of the object's identity and syntax (no sender AE,
+    // no time), so that the same data set sent twice, by anyone, hashes the same and counts
+    // as a duplicate rather than a conflict.
+    let _ = source_ae;
+    let builder = FileMetaTableBuilder::new()
         .media_storage_sop_class_uid(sop_class_uid)
         .media_storage_sop_instance_uid(sop_instance_uid)
         .transfer_syntax(transfer_syntax)
         .implementation_class_uid(uid::IMPLEMENTATION_CLASS_UID)
         .implementation_version_name(uid::IMPLEMENTATION_VERSION_NAME);
-    let ae = source_ae.trim();
-    if !ae.is_empty()
-        && ae.len() <= 16
-        && ae.bytes().all(|b| (0x20..0x7f).contains(&b) && b != b'\\')
-    {
-        builder = builder.source_application_entity_title(ae);
-    }
     let meta = builder.build().map_err(|e| e.to_string())?;
     let mut out = Vec::with_capacity(256);
     out.extend_from_slice(&[0u8; 128]);

@@ -1,0 +1,260 @@
+//! The node's configuration: a typed TOML file (unknown keys refused) overridden by
+//! `PACSGRID_*` environment variables and command-line flags.
+
+use serde::Deserialize;
+use std::path::{Path, PathBuf};
+
+/// The whole configuration file. Every key is optional; see `pacsgrid.example.toml`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Node identity and storage.
+    #[serde(default)]
+    pub node: NodeSection,
+    /// The DICOM (DIMSE) service.
+    #[serde(default)]
+    pub dicom: DicomSection,
+    /// The HTTP service.
+    #[serde(default)]
+    pub http: HttpSection,
+    /// Remote AEs a C-MOVE may send to.
+    #[serde(default)]
+    pub remote_ae: Vec<RemoteAeEntry>,
+}
+
+/// `[node]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeSection {
+    /// Data directory (index, blobs, staging).
+    pub data_dir: Option<PathBuf>,
+    /// Site name, recorded as origin of what this node receives.
+    #[serde(default = "default_site")]
+    pub site: String,
+    /// Issuer recorded for patients that arrive without IssuerOfPatientID.
+    #[serde(default = "default_issuer")]
+    pub default_issuer: String,
+}
+
+/// `[dicom]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DicomSection {
+    /// Our AE title.
+    #[serde(default = "default_ae")]
+    pub ae_title: String,
+    /// TCP port.
+    #[serde(default = "default_dicom_port")]
+    pub port: u16,
+    /// Address to listen on.
+    #[serde(default = "default_bind")]
+    pub bind: String,
+    /// Largest PDU we accept (bytes).
+    #[serde(default = "default_max_pdu")]
+    pub max_pdu_length: u32,
+    /// Concurrent associations; more are rejected (A-ASSOCIATE-RJ, transient).
+    #[serde(default = "default_max_assoc")]
+    pub max_associations: usize,
+    /// Time allowed to complete association negotiation, in seconds.
+    #[serde(default = "default_assoc_timeout")]
+    pub association_timeout_secs: u64,
+    /// An association silent this long is aborted, in seconds.
+    #[serde(default = "default_idle_timeout")]
+    pub idle_timeout_secs: u64,
+    /// If set, only these calling AE titles may associate.
+    pub allowed_calling_aes: Option<Vec<String>>,
+    /// Reject associations whose called AE title is not ours (off by default, as in
+    /// Orthanc: many modalities are configured with a wrong or generic called AE).
+    #[serde(default)]
+    pub check_called_ae: bool,
+}
+
+/// `[http]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpSection {
+    /// TCP port.
+    #[serde(default = "default_http_port")]
+    pub port: u16,
+    /// Address to listen on.
+    #[serde(default = "default_bind")]
+    pub bind: String,
+}
+
+/// One `[[remote_ae]]`: a destination for C-MOVE.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RemoteAeEntry {
+    /// Its AE title (the C-MOVE destination name).
+    pub ae_title: String,
+    /// Host name or address.
+    pub host: String,
+    /// Port.
+    pub port: u16,
+}
+
+fn default_site() -> String {
+    "local".into()
+}
+fn default_issuer() -> String {
+    "PACSGRID".into()
+}
+fn default_ae() -> String {
+    "PACSGRID".into()
+}
+fn default_dicom_port() -> u16 {
+    11112
+}
+fn default_http_port() -> u16 {
+    8080
+}
+fn default_bind() -> String {
+    "0.0.0.0".into()
+}
+fn default_max_pdu() -> u32 {
+    256 * 1024
+}
+fn default_max_assoc() -> usize {
+    64
+}
+fn default_assoc_timeout() -> u64 {
+    30
+}
+fn default_idle_timeout() -> u64 {
+    300
+}
+
+impl Default for NodeSection {
+    fn default() -> Self {
+        NodeSection {
+            data_dir: None,
+            site: default_site(),
+            default_issuer: default_issuer(),
+        }
+    }
+}
+
+impl Default for DicomSection {
+    fn default() -> Self {
+        DicomSection {
+            ae_title: default_ae(),
+            port: default_dicom_port(),
+            bind: default_bind(),
+            max_pdu_length: default_max_pdu(),
+            max_associations: default_max_assoc(),
+            association_timeout_secs: default_assoc_timeout(),
+            idle_timeout_secs: default_idle_timeout(),
+            allowed_calling_aes: None,
+            check_called_ae: false,
+        }
+    }
+}
+
+impl Default for HttpSection {
+    fn default() -> Self {
+        HttpSection {
+            port: default_http_port(),
+            bind: default_bind(),
+        }
+    }
+}
+
+/// Why a configuration was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML for this schema (the message names the key and line).
+    #[error("invalid config file {path}: {message}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// toml's message, which names the offending key.
+        message: String,
+    },
+    /// A value is out of range or inconsistent.
+    #[error("invalid configuration: {0}")]
+    Invalid(String),
+}
+
+impl Config {
+    /// Reads and validates a configuration file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let cfg: Config = toml::from_str(&text).map_err(|e| ConfigError::Parse {
+            path: path.to_path_buf(),
+            message: e.to_string(),
+        })?;
+        Ok(cfg)
+    }
+
+    /// Checks values that types cannot.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let ae_ok = |ae: &str| {
+            !ae.trim().is_empty()
+                && ae.len() <= 16
+                && ae.bytes().all(|b| (0x20..0x7f).contains(&b) && b != b'\\')
+        };
+        if !ae_ok(&self.dicom.ae_title) {
+            return Err(ConfigError::Invalid(format!(
+                "dicom.ae_title {:?} must be 1 to 16 printable ASCII characters",
+                self.dicom.ae_title
+            )));
+        }
+        for r in &self.remote_ae {
+            if !ae_ok(&r.ae_title) {
+                return Err(ConfigError::Invalid(format!(
+                    "remote_ae.ae_title {:?} is not a valid AE title",
+                    r.ae_title
+                )));
+            }
+        }
+        if self.dicom.max_pdu_length < 4096 {
+            return Err(ConfigError::Invalid(
+                "dicom.max_pdu_length must be at least 4096".into(),
+            ));
+        }
+        if self.dicom.max_associations == 0 {
+            return Err(ConfigError::Invalid(
+                "dicom.max_associations must be at least 1".into(),
+            ));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn example_file_parses() {
+        let text = include_str!("../../../pacsgrid.example.toml");
+        let cfg: Config = toml::from_str(text).unwrap();
+        cfg.validate().unwrap();
+        assert_eq!(cfg.remote_ae.len(), 1);
+    }
+
+    #[test]
+    fn unknown_keys_are_refused_with_their_name() {
+        let err = toml::from_str::<Config>("[dicom]\nae_titel = \"X\"\n").unwrap_err();
+        assert!(err.to_string().contains("ae_titel"), "{err}");
+    }
+
+    #[test]
+    fn empty_file_gives_defaults() {
+        let cfg: Config = toml::from_str("").unwrap();
+        assert_eq!(cfg.dicom.port, 11112);
+        assert_eq!(cfg.http.port, 8080);
+        assert_eq!(cfg.dicom.ae_title, "PACSGRID");
+    }
+}

@@ -1,0 +1,144 @@
+//! `pacsgrid import`: stores files and folders into a data directory or to a remote AE.
+
+use anyhow::Context;
+use clap::Args;
+use indicatif::{ProgressBar, ProgressStyle};
+use pacsgrid_archive::{Archive, ArchiveConfig, StoreOutcome};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+/// Flags of `import`.
+#[derive(Args, Debug)]
+pub struct ImportArgs {
+    /// Data directory of a node that is not running (default ./pacsgrid-data).
+    #[arg(long, env = "PACSGRID_DATA", conflicts_with = "to")]
+    pub data: Option<PathBuf>,
+    /// Send over C-STORE instead, to AE@host:port (for example PACSGRID@127.0.0.1:11112).
+    #[arg(long)]
+    pub to: Option<String>,
+    /// Our calling AE title when sending.
+    #[arg(long, default_value = "PACSGRID-IMPORT")]
+    pub calling_ae: String,
+    /// Issuer recorded for patients without IssuerOfPatientID (local import).
+    #[arg(long, default_value = "PACSGRID")]
+    pub default_issuer: String,
+    /// Site name recorded as origin (local import).
+    #[arg(long, default_value = "local")]
+    pub site: String,
+    /// Files or folders (folders are walked recursively).
+    #[arg(required = true)]
+    pub paths: Vec<PathBuf>,
+}
+
+/// Counts for the summary line.
+#[derive(Default)]
+pub struct Summary {
+    /// Newly stored.
+    pub stored: u64,
+    /// Already there with the same bytes.
+    pub duplicates: u64,
+    /// Set aside: same UID, different bytes.
+    pub quarantined: u64,
+    /// Refused, with why.
+    pub rejected: Vec<(PathBuf, String)>,
+}
+
+impl Summary {
+    fn print(&self) -> ExitCode {
+        for (p, why) in &self.rejected {
+            println!("rejected {}: {why}", p.display());
+        }
+        println!(
+            "stored {}, duplicates {}, quarantined {}, rejected {}",
+            self.stored,
+            self.duplicates,
+            self.quarantined,
+            self.rejected.len()
+        );
+        if self.rejected.is_empty() {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Lists every regular file under the paths, in a stable order.
+fn collect_files(paths: &[PathBuf]) -> anyhow::Result<Vec<PathBuf>> {
+    let mut files = Vec::new();
+    for p in paths {
+        if !p.exists() {
+            anyhow::bail!("{} does not exist", p.display());
+        }
+        for entry in walkdir::WalkDir::new(p).sort_by_file_name() {
+            let entry = entry.with_context(|| format!("walking {}", p.display()))?;
+            if entry.file_type().is_file() {
+                files.push(entry.into_path());
+            }
+        }
+    }
+    Ok(files)
+}
+
+fn progress(len: usize) -> ProgressBar {
+    let bar = ProgressBar::new(len as u64);
+    bar.set_style(
+        ProgressStyle::with_template("{bar:40} {pos}/{len} {per_sec} eta {eta} {msg}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    bar
+}
+
+/// Runs the import.
+pub async fn run(args: ImportArgs) -> anyhow::Result<ExitCode> {
+    let files = collect_files(&args.paths)?;
+    let bar = progress(files.len());
+    let summary = match &args.to {
+        Some(target) => crate::import_remote::send(target, &args.calling_ae, &files, &bar).await?,
+        None => import_local(&args, &files, &bar).await?,
+    };
+    bar.finish_and_clear();
+    Ok(summary.print())
+}
+
+async fn import_local(
+    args: &ImportArgs,
+    files: &[PathBuf],
+    bar: &ProgressBar,
+) -> anyhow::Result<Summary> {
+    let data = args
+        .data
+        .clone()
+        .unwrap_or_else(|| PathBuf::from("./pacsgrid-data"));
+    let archive = Archive::open(ArchiveConfig {
+        data_dir: data.clone(),
+        site: args.site.clone(),
+        default_issuer: args.default_issuer.clone(),
+    })
+    .await
+    .with_context(|| format!("opening {} (is a node running on it?)", data.display()))?;
+    let mut summary = Summary::default();
+    for f in files {
+        record(
+            &mut summary,
+            f,
+            archive
+                .store_file(f, "import")
+                .await
+                .map_err(|e| e.to_string()),
+        );
+        bar.inc(1);
+    }
+    archive.close();
+    Ok(summary)
+}
+
+/// Adds one file's result to the summary.
+pub fn record(summary: &mut Summary, path: &Path, result: Result<StoreOutcome, String>) {
+    match result {
+        Ok(StoreOutcome::Stored { .. }) => summary.stored += 1,
+        Ok(StoreOutcome::Duplicate { .. }) => summary.duplicates += 1,
+        Ok(StoreOutcome::Quarantined { .. }) => summary.quarantined += 1,
+        Err(why) => summary.rejected.push((path.to_path_buf(), why)),
+    }
+}

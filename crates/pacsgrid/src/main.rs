@@ -1,0 +1,69 @@
+//! The pacsgrid binary: command line, configuration and wiring; no logic of its own.
+
+mod check;
+mod config;
+mod import;
+mod import_remote;
+mod logging;
+mod metrics;
+mod serve;
+
+use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+
+/// pacsgrid: a DICOM data grid node.
+#[derive(Parser, Debug)]
+#[command(name = "pacsgrid", version, about)]
+struct Cli {
+    /// Log format on stderr.
+    #[arg(long, global = true, env = "PACSGRID_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
+    log_format: String,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Runs a node: DICOM (C-ECHO, C-STORE, C-FIND, C-MOVE, C-GET) and HTTP (/healthz, /metrics).
+    Serve(serve::ServeArgs),
+    /// Stores DICOM files and folders (recursively) into a data directory or to a remote AE.
+    Import(import::ImportArgs),
+    /// Checks that a data directory's index and blob store agree (stop the node first).
+    Check {
+        /// Data directory.
+        #[arg(long, env = "PACSGRID_DATA", default_value = "./pacsgrid-data")]
+        data: PathBuf,
+        /// Skip re-reading every blob to verify its hash.
+        #[arg(long)]
+        quick: bool,
+    },
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    logging::init(&cli.log_format);
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("pacsgrid: cannot start the runtime: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    let result = rt.block_on(async {
+        match cli.command {
+            Command::Serve(args) => serve::run(args).await,
+            Command::Import(args) => import::run(args).await,
+            Command::Check { data, quick } => check::run(&data, !quick).await,
+        }
+    });
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("pacsgrid: error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

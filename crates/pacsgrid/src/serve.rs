@@ -1,0 +1,173 @@
+//! `pacsgrid serve`: opens the archive and runs the DICOM and HTTP services until stopped.
+
+use crate::config::{Config, RemoteAeEntry};
+use anyhow::Context;
+use clap::Args;
+use pacsgrid_archive::{Archive, ArchiveConfig};
+use pacsgrid_dimse::{DimseConfig, DimseServer, RemoteAe};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::watch;
+
+/// Flags of `serve`; each overrides the config file, and has a `PACSGRID_*` variable.
+#[derive(Args, Debug)]
+pub struct ServeArgs {
+    /// Data directory (index, blobs). Default ./pacsgrid-data.
+    #[arg(long, env = "PACSGRID_DATA")]
+    pub data: Option<PathBuf>,
+    /// Our DICOM AE title. Default PACSGRID.
+    #[arg(long, env = "PACSGRID_AE_TITLE")]
+    pub ae_title: Option<String>,
+    /// DICOM port. Default 11112.
+    #[arg(long, env = "PACSGRID_DICOM_PORT")]
+    pub dicom_port: Option<u16>,
+    /// HTTP port (/healthz, /metrics). Default 8080.
+    #[arg(long, env = "PACSGRID_HTTP_PORT")]
+    pub http_port: Option<u16>,
+    /// TOML configuration file (see pacsgrid.example.toml).
+    #[arg(long, env = "PACSGRID_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Site name. Default "local".
+    #[arg(long, env = "PACSGRID_SITE")]
+    pub site: Option<String>,
+}
+
+/// Builds the effective configuration: defaults, then the file, then env and flags.
+pub fn effective_config(args: &ServeArgs) -> anyhow::Result<Config> {
+    let mut cfg = match &args.config {
+        Some(path) => Config::load(path)?,
+        None => Config::default(),
+    };
+    if let Some(d) = &args.data {
+        cfg.node.data_dir = Some(d.clone());
+    }
+    if let Some(ae) = &args.ae_title {
+        cfg.dicom.ae_title = ae.clone();
+    }
+    if let Some(p) = args.dicom_port {
+        cfg.dicom.port = p;
+    }
+    if let Some(p) = args.http_port {
+        cfg.http.port = p;
+    }
+    if let Some(s) = &args.site {
+        cfg.node.site = s.clone();
+    }
+    cfg.validate()?;
+    Ok(cfg)
+}
+
+fn dimse_config(cfg: &Config) -> DimseConfig {
+    DimseConfig {
+        ae_title: cfg.dicom.ae_title.clone(),
+        accept_any_called_ae: !cfg.dicom.check_called_ae,
+        max_pdu_length: cfg.dicom.max_pdu_length,
+        max_associations: cfg.dicom.max_associations,
+        association_timeout: Duration::from_secs(cfg.dicom.association_timeout_secs),
+        idle_timeout: Duration::from_secs(cfg.dicom.idle_timeout_secs),
+        allowed_calling_aes: cfg.dicom.allowed_calling_aes.clone(),
+        remote_aes: cfg.remote_ae.iter().map(remote_ae).collect(),
+        ..DimseConfig::default()
+    }
+}
+
+fn remote_ae(r: &RemoteAeEntry) -> RemoteAe {
+    RemoteAe {
+        ae_title: r.ae_title.clone(),
+        host: r.host.clone(),
+        port: r.port,
+    }
+}
+
+/// Runs the node until SIGINT or SIGTERM, then stops accepting, lets running work finish
+/// briefly and marks a clean stop.
+pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
+    let cfg = effective_config(&args)?;
+    let data_dir = cfg
+        .node
+        .data_dir
+        .clone()
+        .unwrap_or_else(|| PathBuf::from("./pacsgrid-data"));
+    let archive = Archive::open(ArchiveConfig {
+        data_dir: data_dir.clone(),
+        site: cfg.node.site.clone(),
+        default_issuer: cfg.node.default_issuer.clone(),
+    })
+    .await
+    .with_context(|| format!("opening data directory {}", data_dir.display()))?;
+
+    let dicom_addr = format!("{}:{}", cfg.dicom.bind, cfg.dicom.port);
+    let dicom_listener = tokio::net::TcpListener::bind(&dicom_addr)
+        .await
+        .with_context(|| format!("cannot listen for DICOM on {dicom_addr}"))?;
+    let http_addr = format!("{}:{}", cfg.http.bind, cfg.http.port);
+    let http_listener = tokio::net::TcpListener::bind(&http_addr)
+        .await
+        .with_context(|| format!("cannot listen for HTTP on {http_addr}"))?;
+
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let stopped = |mut rx: watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|s| *s).await;
+    };
+
+    let server = DimseServer::new(dimse_config(&cfg), Arc::clone(&archive));
+    let metrics = server.metrics();
+    let dimse_task = tokio::spawn(server.run(dicom_listener, stopped(stop_rx.clone())));
+    let http_state = pacsgrid_web::HttpState {
+        archive: Arc::clone(&archive),
+        extra_metrics: vec![Arc::new(crate::metrics::DimseMetricsSource(metrics))],
+    };
+    let http_task = tokio::spawn(pacsgrid_web::serve(
+        http_listener,
+        http_state,
+        stopped(stop_rx.clone()),
+    ));
+
+    tracing::info!(
+        ae_title = %cfg.dicom.ae_title,
+        dicom = %dicom_addr,
+        http = %http_addr,
+        data = %data_dir.display(),
+        site = %cfg.node.site,
+        remote_aes = cfg.remote_ae.len(),
+        "pacsgrid node ready"
+    );
+
+    shutdown_signal().await;
+    tracing::info!("stopping: no new associations; running ones may finish");
+    let _ = stop_tx.send(true);
+    match dimse_task.await {
+        Ok(Err(e)) => tracing::error!(error = %e, "DICOM service ended with an error"),
+        Err(e) => tracing::error!(error = %e, "DICOM service task failed"),
+        Ok(Ok(())) => {}
+    }
+    if let Ok(Err(e)) = http_task.await {
+        tracing::error!(error = %e, "HTTP service ended with an error");
+    }
+    archive.close();
+    tracing::info!("stopped cleanly");
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+    }
+}
