@@ -1,0 +1,581 @@
+#!/usr/bin/env bash
+# pacsgrid ingest / query / retrieve benchmark against dcmtk storescp (raw sink) and Orthanc.
+#
+#   bench/ingest.sh [--instances N] [--keep] [--targets LIST] [--no-build] [--no-install]
+#                   [--find-repeats N] [--get-repeats N]
+#
+# See bench/README.md for what it measures and how to read the results.
+# Results: printed at the end and written to bench/out/results.md (logs in bench/out/logs/).
+set -Eeuo pipefail
+
+# ---------------------------------------------------------------------------------------------
+# Arguments
+# ---------------------------------------------------------------------------------------------
+INSTANCES=2000
+KEEP=0
+TARGETS="storescp,orthanc,pacsgrid"
+BUILD=1
+INSTALL=1
+FIND_REPEATS=50
+GET_REPEATS=3
+
+usage() { sed -n '2,9p' "$0" | sed 's/^# \{0,1\}//'; }
+
+while [ $# -gt 0 ]; do
+    case "$1" in
+        --instances) INSTANCES="$2"; shift 2 ;;
+        --instances=*) INSTANCES="${1#*=}"; shift ;;
+        --keep) KEEP=1; shift ;;
+        --targets) TARGETS="$2"; shift 2 ;;
+        --targets=*) TARGETS="${1#*=}"; shift ;;
+        --no-build) BUILD=0; shift ;;
+        --no-install) INSTALL=0; shift ;;
+        --find-repeats) FIND_REPEATS="$2"; shift 2 ;;
+        --get-repeats) GET_REPEATS="$2"; shift 2 ;;
+        -h|--help) usage; exit 0 ;;
+        *) echo "ingest.sh: unknown argument: $1" >&2; usage >&2; exit 2 ;;
+    esac
+done
+case "$INSTANCES" in ''|*[!0-9]*) echo "ingest.sh: --instances needs a positive integer" >&2; exit 2 ;; esac
+[ "$INSTANCES" -ge 1 ] || { echo "ingest.sh: --instances must be >= 1" >&2; exit 2; }
+for t in ${TARGETS//,/ }; do
+    case "$t" in storescp|orthanc|pacsgrid) ;; *) echo "ingest.sh: unknown target: $t" >&2; exit 2 ;; esac
+done
+want() { case ",$TARGETS," in *",$1,"*) return 0 ;; *) return 1 ;; esac; }
+
+# ---------------------------------------------------------------------------------------------
+# Paths and tools. dcmtk is always called by absolute path: pynetdicom installs console scripts
+# with the same names (storescu, findscu, ...) that take other arguments.
+# ---------------------------------------------------------------------------------------------
+BENCH_DIR="$(cd "$(dirname "$0")" && pwd)"
+REPO="$(cd "$BENCH_DIR/.." && pwd)"
+GEN="$(cd "$REPO/../shared/data" 2>/dev/null && pwd)/gen_dataset.py"
+OUT="$BENCH_DIR/out"
+LOGS="$OUT/logs"
+STORESCU=/usr/bin/storescu
+STORESCP=/usr/bin/storescp
+FINDSCU=/usr/bin/findscu
+GETSCU=/usr/bin/getscu
+ECHOSCU=/usr/bin/echoscu
+PACSGRID="$REPO/target/release/pacsgrid"
+CALLING_AE=BENCHSCU
+# Max PDU every DICOM peer advertises for receiving (dcmtk's ceiling, storescu never sends larger
+# PDUs). storescp and Orthanc default to 16 KB, pacsgrid to 256 KB: equalise the transport.
+PDU=131072
+HOST=127.0.0.1
+
+# Every dcmtk process (clients, storescp) and Orthanc (dcmtk inside) must run without Nagle's
+# algorithm, or each C-STORE stalls ~40 ms on delayed ACKs. Exported, so every child inherits it.
+export TCP_NODELAY=1
+
+log() { printf '[%s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
+die() { log "ERROR: $*"; exit 1; }
+now() { date +%s.%N; }
+# fdiv A B [digits]: A/B as a decimal, "n/a" when either is missing or B is 0.
+fdiv() {
+    awk -v a="${1:-}" -v b="${2:-}" -v d="${3:-2}" 'BEGIN {
+        if (a == "" || b == "" || a == "n/a" || b == "n/a" || b + 0 == 0) { print "n/a"; exit }
+        printf "%.*f\n", d, a / b }'
+}
+qcmd() { local q; q=$(printf '%q ' "$@"); echo "${q% }"; }
+fsub() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.3f\n", a - b }'; }
+fmul() { awk -v a="$1" -v b="$2" -v d="${3:-3}" 'BEGIN { printf "%.*f\n", d, a * b }'; }
+
+# ---------------------------------------------------------------------------------------------
+# Process bookkeeping: everything started here is killed on exit, by PID.
+# ---------------------------------------------------------------------------------------------
+PIDS=()
+WORK=""
+stop_pid() {
+    local pid="$1" i
+    kill -0 "$pid" 2>/dev/null || return 0
+    kill -TERM "$pid" 2>/dev/null || true
+    for i in $(seq 1 100); do
+        kill -0 "$pid" 2>/dev/null || break
+        sleep 0.1
+    done
+    if kill -0 "$pid" 2>/dev/null; then
+        log "pid $pid did not stop on TERM in 10 s; KILL"
+        kill -KILL "$pid" 2>/dev/null || true
+    fi
+    wait "$pid" 2>/dev/null || true
+}
+cleanup() {
+    local rc=$? pid
+    trap - EXIT INT TERM
+    for pid in "${PIDS[@]}"; do stop_pid "$pid"; done
+    if [ -n "$WORK" ] && [ -d "$WORK" ]; then
+        if [ "$KEEP" = 1 ]; then log "kept temp dir $WORK"; else rm -rf "$WORK"; fi
+    fi
+    exit "$rc"
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+# ---------------------------------------------------------------------------------------------
+# 0. Dependencies
+# ---------------------------------------------------------------------------------------------
+install_deps() {
+    local missing=() p
+    for p in dcmtk orthanc orthanc-dicomweb; do
+        dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+    done
+    if [ ${#missing[@]} -gt 0 ]; then
+        [ "$INSTALL" = 1 ] || die "missing Debian packages: ${missing[*]} (run without --no-install)"
+        log "apt-get install ${missing[*]}"
+        local sudo=""
+        [ "$(id -u)" = 0 ] || sudo=sudo
+        $sudo apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${missing[@]}" >/dev/null
+    fi
+    for p in "$STORESCU" "$STORESCP" "$FINDSCU" "$GETSCU" "$ECHOSCU"; do
+        [ -x "$p" ] || die "$p not found (Debian package dcmtk)"
+    done
+    ORTHANC_BIN="$(command -v Orthanc || true)"
+    [ -n "$ORTHANC_BIN" ] || ORTHANC_BIN=/usr/sbin/Orthanc
+    [ -x "$ORTHANC_BIN" ] || die "Orthanc not found (Debian package orthanc)"
+    ORTHANC_DICOMWEB=""
+    for p in /usr/share/orthanc/plugins/libOrthancDicomWeb.so /usr/lib/orthanc/plugins/libOrthancDicomWeb.so; do
+        [ -f "$p" ] && { ORTHANC_DICOMWEB="$p"; break; }
+    done
+
+    # Python for gen_dataset.py: use python3 if it has everything, else a venv under bench/out.
+    local mods="import pydicom, numpy, pylibjpeg, rle, openjpeg, jpeg_ls"
+    local pkgs="pydicom numpy pylibjpeg pylibjpeg-rle pylibjpeg-openjpeg pyjpegls"
+    PY="${PYTHON:-python3}"
+    if ! command -v "$PY" >/dev/null 2>&1 || ! "$PY" -c "$mods" 2>/dev/null; then
+        PY="$OUT/venv/bin/python"
+        if ! [ -x "$PY" ] || ! "$PY" -c "$mods" 2>/dev/null; then
+            [ "$INSTALL" = 1 ] || die "python deps missing ($pkgs) (run without --no-install)"
+            if ! python3 -m venv --help >/dev/null 2>&1 || ! python3 -c 'import ensurepip' 2>/dev/null; then
+                log "apt-get install python3-venv python3-pip"
+                local sudo=""
+                [ "$(id -u)" = 0 ] || sudo=sudo
+                $sudo apt-get update -qq
+                DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq python3-venv python3-pip >/dev/null
+            fi
+            log "pip install $pkgs (venv $OUT/venv)"
+            rm -rf "$OUT/venv"
+            python3 -m venv "$OUT/venv"
+            "$OUT/venv/bin/pip" install -q --upgrade pip >/dev/null
+            # shellcheck disable=SC2086
+            "$OUT/venv/bin/pip" install -q $pkgs
+            "$PY" -c "$mods" || die "python deps still missing after pip install"
+        fi
+    fi
+    command -v curl >/dev/null 2>&1 || {
+        [ "$INSTALL" = 1 ] || die "curl missing"
+        apt-get install -y -qq curl >/dev/null
+    }
+}
+
+free_port() {
+    "$PY" - <<'EOF'
+import socket
+s = socket.socket()
+s.bind(("127.0.0.1", 0))
+print(s.getsockname()[1])
+s.close()
+EOF
+}
+
+# wait_dicom AE PORT PID NAME: wait (60 s) until a C-ECHO succeeds.
+wait_dicom() {
+    local ae="$1" port="$2" pid="$3" name="$4" i
+    for i in $(seq 1 300); do
+        kill -0 "$pid" 2>/dev/null || die "$name exited during start-up (see $LOGS/$name.log)"
+        if "$ECHOSCU" -aet "$CALLING_AE" -aec "$ae" -to 2 "$HOST" "$port" >/dev/null 2>&1; then return 0; fi
+        sleep 0.2
+    done
+    die "$name did not answer C-ECHO on port $port within 60 s"
+}
+# wait_http URL PID NAME: wait (60 s) for a 200.
+wait_http() {
+    local url="$1" pid="$2" name="$3" i
+    for i in $(seq 1 300); do
+        kill -0 "$pid" 2>/dev/null || die "$name exited during start-up (see $LOGS/$name.log)"
+        if curl -fsS -o /dev/null --max-time 2 "$url" 2>/dev/null; then return 0; fi
+        sleep 0.2
+    done
+    die "$name: $url not ready within 60 s"
+}
+
+# rss_sampler PID FILE: writes the peak VmRSS (kB) of PID to FILE, sampling every 0.2 s.
+rss_sampler() {
+    local pid="$1" file="$2" peak=0 r
+    echo 0 >"$file"
+    while kill -0 "$pid" 2>/dev/null; do
+        r=$(awk '/^VmRSS:/ { print $2 }' "/proc/$pid/status" 2>/dev/null || true)
+        if [ -n "$r" ] && [ "$r" -gt "$peak" ]; then peak=$r; echo "$peak" >"$file"; fi
+        sleep 0.2
+    done
+}
+rss_now() { awk '/^VmRSS:/ { print $2 }' "/proc/$1/status" 2>/dev/null || echo 0; }
+kb_to_mb() { awk -v k="$1" 'BEGIN { if (k !~ /^[0-9]+$/) print "n/a"; else printf "%.0f\n", k / 1024 }'; }
+
+# ---------------------------------------------------------------------------------------------
+# 1. Corpus
+# ---------------------------------------------------------------------------------------------
+# Shape: studies of 2 series x 50 CT images (100 instances, ~52 MB each), 2 studies per patient
+# when possible. 2000 -> 10 patients x 2 studies x 2 series x 50 instances (gen_dataset.py's own
+# benchmark corpus). Other counts fall back to one series of N instances.
+corpus_shape() {
+    local n="$1"
+    if [ $((n % 200)) = 0 ]; then echo "$((n / 200)) 2 2 50"
+    elif [ $((n % 100)) = 0 ]; then echo "$((n / 100)) 1 2 50"
+    else echo "1 1 1 $n"; fi
+}
+make_corpus() {
+    read -r C_PATIENTS C_STUDIES C_SERIES C_PER_SERIES <<<"$(corpus_shape "$INSTANCES")"
+    CORPUS="$OUT/corpus-ct$INSTANCES"
+    GEN_ARGS=(--out "$CORPUS" --patients "$C_PATIENTS" --studies "$C_STUDIES" --series "$C_SERIES"
+              --instances "$C_PER_SERIES" --modality-mix CT=1 --ts-mix explicit=1)
+    local stamp
+    stamp="$(sha256sum "$GEN" | cut -c1-16) ${GEN_ARGS[*]:2}"
+    if [ -f "$CORPUS/.bench-stamp" ] && [ "$(cat "$CORPUS/.bench-stamp")" = "$stamp" ] \
+        && [ -f "$CORPUS/manifest.json" ]; then
+        log "corpus: cached $CORPUS"
+    else
+        log "corpus: generating $INSTANCES CT instances -> $CORPUS"
+        local t0 t1
+        t0=$(now)
+        "$PY" "$GEN" "${GEN_ARGS[@]}" --force >"$LOGS/gen_dataset.log" 2>&1 \
+            || { cat "$LOGS/gen_dataset.log" >&2; die "gen_dataset.py failed"; }
+        t1=$(now)
+        echo "$stamp" >"$CORPUS/.bench-stamp"
+        log "corpus: generated in $(fsub "$t1" "$t0") s"
+    fi
+    CORPUS_FILES=$(find "$CORPUS" -name '*.dcm' -type f | wc -l)
+    CORPUS_BYTES=$(find "$CORPUS" -name '*.dcm' -type f -printf '%s\n' | awk '{ s += $1 } END { print s + 0 }')
+    [ "$CORPUS_FILES" = "$INSTANCES" ] || die "corpus has $CORPUS_FILES files, expected $INSTANCES (delete $CORPUS)"
+    CORPUS_MB=$(fdiv "$CORPUS_BYTES" 1000000 1)
+    # Query targets from the manifest: the first patient and its first study.
+    read -r Q_PATIENT Q_STUDY Q_STUDY_INSTANCES Q_PATIENT_STUDIES N_STUDIES <<<"$("$PY" - "$CORPUS/manifest.json" <<'EOF'
+import json, sys
+m = json.load(open(sys.argv[1]))
+st = m["studies"]
+p = st[0]["PatientID"]
+print(p, st[0]["StudyInstanceUID"], st[0]["instances"], sum(1 for s in st if s["PatientID"] == p), len(st))
+EOF
+)"
+    # Warm the page cache so every target reads the corpus from memory.
+    find "$CORPUS" -name '*.dcm' -type f -exec cat {} + >/dev/null
+}
+
+# ---------------------------------------------------------------------------------------------
+# 2-4. Per-target measurements
+# ---------------------------------------------------------------------------------------------
+declare -A R  # results: R[target.key]
+
+# ingest NAME AE PORT PID
+ingest() {
+    local name="$1" ae="$2" port="$3" pid="$4" t0 t1 spid ok
+    local cmd=("$STORESCU" -v -nh -pdu "$PDU" -aet "$CALLING_AE" -aec "$ae" +sd +r +sp '*.dcm' "$HOST" "$port" "$CORPUS")
+    R[$name.cmd_store]="TCP_NODELAY=1 $(qcmd "${cmd[@]}")"
+    R[$name.rss_idle]=$(rss_now "$pid")
+    rss_sampler "$pid" "$WORK/$name.rss" &
+    spid=$!
+    PIDS+=("$spid")
+    log "$name: C-STORE $INSTANCES instances (one association)"
+    t0=$(now)
+    "${cmd[@]}" >"$LOGS/$name.storescu.log" 2>&1 || log "$name: storescu exited with status $?"
+    t1=$(now)
+    sleep 0.3  # one more RSS sample after the last response
+    stop_pid "$spid"
+    ok=$(grep -c 'Received Store Response (Success)' "$LOGS/$name.storescu.log" || true)
+    R[$name.stored_ok]=$ok
+    R[$name.ingest_s]=$(fsub "$t1" "$t0")
+    R[$name.ingest_ips]=$(fdiv "$INSTANCES" "${R[$name.ingest_s]}" 1)
+    R[$name.ingest_mbps]=$(fdiv "$(fdiv "$CORPUS_BYTES" 1000000 3)" "${R[$name.ingest_s]}" 1)
+    R[$name.rss_peak_kb]=$(cat "$WORK/$name.rss")
+    R[$name.rss_peak]=$(kb_to_mb "${R[$name.rss_peak_kb]}")
+    log "$name: ${R[$name.ingest_s]} s, ${R[$name.ingest_ips]} inst/s, ${R[$name.ingest_mbps]} MB/s," \
+        "peak RSS ${R[$name.rss_peak]} MB, $ok/$INSTANCES stored OK"
+    [ "$ok" = "$INSTANCES" ] || log "WARNING: $name: only $ok of $INSTANCES C-STOREs succeeded (see $LOGS/$name.storescu.log)"
+}
+
+# find_count NAME AE PORT KEYS...: runs one C-FIND, prints the number of matches.
+find_count() {
+    local name="$1" ae="$2" port="$3"; shift 3
+    "$FINDSCU" -v -S -aet "$CALLING_AE" -aec "$ae" "$@" "$HOST" "$port" >"$WORK/$name.findcount.log" 2>&1 || true
+    grep -c 'Find Response.*(Pending)' "$WORK/$name.findcount.log" || true
+}
+
+# query NAME AE PORT: study-level C-FIND (per-process and per-association timings) and C-GET.
+query() {
+    local name="$1" ae="$2" port="$3" t0 t1 i n got
+    local fkeys=(-k QueryRetrieveLevel=STUDY -k StudyInstanceUID -k "PatientID=$Q_PATIENT")
+    local fcmd=("$FINDSCU" -S -pdu "$PDU" -aet "$CALLING_AE" -aec "$ae" "${fkeys[@]}" "$HOST" "$port")
+    R[$name.cmd_find]="TCP_NODELAY=1 $(qcmd "${fcmd[@]}")"
+
+    # Sanity: all studies, and the queried patient's studies, are found.
+    n=$(find_count "$name" "$ae" "$port" -k QueryRetrieveLevel=STUDY -k StudyInstanceUID)
+    cp "$WORK/$name.findcount.log" "$LOGS/$name.find-all.log"
+    R[$name.studies_found]=$n
+    [ "$n" = "$N_STUDIES" ] || log "WARNING: $name: C-FIND of all studies found $n, expected $N_STUDIES"
+    n=$(find_count "$name" "$ae" "$port" "${fkeys[@]}")
+    cp "$WORK/$name.findcount.log" "$LOGS/$name.find-patient.log"
+    R[$name.find_matches]=$n
+    [ "$n" = "$Q_PATIENT_STUDIES" ] || log "WARNING: $name: C-FIND PatientID=$Q_PATIENT found $n studies, expected $Q_PATIENT_STUDIES"
+
+    log "$name: C-FIND x$FIND_REPEATS (one findscu process and association each)"
+    t0=$(now)
+    for i in $(seq 1 "$FIND_REPEATS"); do
+        "${fcmd[@]}" >>"$WORK/$name.find.log" 2>&1 || log "$name: findscu exited with status $?"
+    done
+    t1=$(now)
+    R[$name.find_ms]=$(fmul "$(fdiv "$(fsub "$t1" "$t0")" "$FIND_REPEATS" 6)" 1000 2)
+
+    log "$name: C-FIND x$FIND_REPEATS (one association, findscu --repeat)"
+    t0=$(now)
+    "$FINDSCU" -S -pdu "$PDU" -aet "$CALLING_AE" -aec "$ae" --repeat "$FIND_REPEATS" "${fkeys[@]}" "$HOST" "$port" \
+        >>"$WORK/$name.find.log" 2>&1 || log "$name: findscu --repeat exited with status $?"
+    t1=$(now)
+    R[$name.find_assoc_ms]=$(fmul "$(fdiv "$(fsub "$t1" "$t0")" "$FIND_REPEATS" 6)" 1000 2)
+    grep -E '^[EF]:' "$WORK/$name.find.log" | sort | uniq -c | head -20 >"$LOGS/$name.find-errors.log" || true
+
+    local gdir="$WORK/$name.get" gcmd total=0 best="" s
+    gcmd=("$GETSCU" -S -pdu "$PDU" -aet "$CALLING_AE" -aec "$ae" -k QueryRetrieveLevel=STUDY -k "StudyInstanceUID=$Q_STUDY"
+          -od "$gdir" "$HOST" "$port")
+    R[$name.cmd_get]="TCP_NODELAY=1 $(qcmd "${gcmd[@]}")"
+    log "$name: C-GET of study $Q_STUDY ($Q_STUDY_INSTANCES instances) x$GET_REPEATS"
+    for i in $(seq 1 "$GET_REPEATS"); do
+        rm -rf "$gdir"; mkdir -p "$gdir"
+        t0=$(now)
+        "${gcmd[@]}" >"$LOGS/$name.getscu.log" 2>&1 || log "$name: getscu exited with status $?"
+        t1=$(now)
+        s=$(fsub "$t1" "$t0")
+        total=$(awk -v a="$total" -v b="$s" 'BEGIN { print a + b }')
+        if [ -z "$best" ] || awk -v a="$s" -v b="$best" 'BEGIN { exit !(a < b) }'; then best=$s; fi
+        got=$(find "$gdir" -type f | wc -l)
+        [ "$got" = "$Q_STUDY_INSTANCES" ] \
+            || log "WARNING: $name: C-GET run $i received $got files, expected $Q_STUDY_INSTANCES (see $LOGS/$name.getscu.log)"
+    done
+    R[$name.get_received]=$got
+    R[$name.get_s]=$(fdiv "$total" "$GET_REPEATS" 3)
+    R[$name.get_best_s]=$best
+    rm -rf "$gdir"
+    log "$name: C-FIND ${R[$name.find_ms]} ms/query (${R[$name.find_assoc_ms]} ms in one association)," \
+        "C-GET ${R[$name.get_s]} s (best $best s), $got/$Q_STUDY_INSTANCES files"
+}
+
+finish_server() {  # finish_server NAME PID
+    local name="$1" pid="$2" t0
+    R[$name.rss_end]=$(kb_to_mb "$(rss_now "$pid")")
+    t0=$(now)
+    stop_pid "$pid"
+    log "$name: stopped in $(fsub "$(now)" "$t0") s"
+}
+
+run_storescp() {
+    local port dir pid
+    port=$(free_port)
+    dir="$WORK/storescp"; mkdir -p "$dir"
+    local cmd=("$STORESCP" -aet STORESCP -pdu "$PDU" +xa -od "$dir" "$port")
+    R[storescp.cmd_serve]="TCP_NODELAY=1 $(qcmd "${cmd[@]}")"
+    log "storescp: starting on port $port"
+    "${cmd[@]}" >"$LOGS/storescp.log" 2>&1 &
+    pid=$!; PIDS+=("$pid")
+    wait_dicom STORESCP "$port" "$pid" storescp
+    ingest storescp STORESCP "$port" "$pid"
+    R[storescp.files]=$(find "$dir" -type f | wc -l)
+    finish_server storescp "$pid"
+    [ "$KEEP" = 1 ] || rm -rf "$dir"
+}
+
+run_orthanc() {
+    local dport hport dir pid plugins="[]"
+    dport=$(free_port); hport=$(free_port)
+    dir="$WORK/orthanc"; mkdir -p "$dir/storage" "$dir/index"
+    [ -n "$ORTHANC_DICOMWEB" ] && plugins="[ \"$ORTHANC_DICOMWEB\" ]"
+    cat >"$dir/config.json" <<EOF
+{
+  "Name": "pacsgrid-bench",
+  "StorageDirectory": "$dir/storage",
+  "IndexDirectory": "$dir/index",
+  "StorageCompression": false,
+  "Plugins": $plugins,
+  "HttpServerEnabled": true,
+  "HttpPort": $hport,
+  "RemoteAccessAllowed": false,
+  "AuthenticationEnabled": false,
+  "DicomServerEnabled": true,
+  "DicomAet": "ORTHANC",
+  "MaximumPduLength": $PDU,
+  "DicomPort": $dport,
+  "DicomCheckCalledAet": false,
+  "DicomAlwaysAllowEcho": true,
+  "DicomAlwaysAllowStore": true,
+  "DicomAlwaysAllowFind": true,
+  "DicomAlwaysAllowGet": true,
+  "DicomCheckModalityHost": false,
+  "DicomModalities": { "bench": [ "$CALLING_AE", "127.0.0.1", 4243 ] },
+  "SaveJobs": false
+}
+EOF
+    local cmd=("$ORTHANC_BIN" "$dir/config.json")
+    R[orthanc.cmd_serve]="TCP_NODELAY=1 $(qcmd "${cmd[@]}")"
+    log "orthanc: starting (DICOM $dport, HTTP $hport)"
+    "${cmd[@]}" >"$LOGS/orthanc.log" 2>&1 &
+    pid=$!; PIDS+=("$pid")
+    wait_http "http://$HOST:$hport/system" "$pid" orthanc
+    wait_dicom ORTHANC "$dport" "$pid" orthanc
+    R[orthanc.version]=$(curl -fsS "http://$HOST:$hport/system" | "$PY" -c 'import json,sys; print(json.load(sys.stdin)["Version"])' || echo "?")
+    ingest orthanc ORTHANC "$dport" "$pid"
+    R[orthanc.files]=$(curl -fsS "http://$HOST:$hport/statistics" | "$PY" -c 'import json,sys; print(json.load(sys.stdin)["CountInstances"])' || echo "?")
+    query orthanc ORTHANC "$dport"
+    finish_server orthanc "$pid"
+    cp "$dir/config.json" "$LOGS/orthanc.config.json"
+    [ "$KEEP" = 1 ] || rm -rf "$dir"
+}
+
+run_pacsgrid() {
+    local dport hport dir pid
+    [ -x "$PACSGRID" ] || die "$PACSGRID not built"
+    dport=$(free_port); hport=$(free_port)
+    dir="$WORK/pacsgrid-data"
+    local cmd=("$PACSGRID" serve --data "$dir" --dicom-port "$dport" --http-port "$hport")
+    R[pacsgrid.cmd_serve]="TCP_NODELAY=1 $(qcmd "${cmd[@]}")"
+    log "pacsgrid: starting (DICOM $dport, HTTP $hport)"
+    NO_COLOR=1 "${cmd[@]}" >"$LOGS/pacsgrid.log" 2>&1 &
+    pid=$!; PIDS+=("$pid")
+    wait_http "http://$HOST:$hport/healthz" "$pid" pacsgrid
+    wait_dicom PACSGRID "$dport" "$pid" pacsgrid
+    R[pacsgrid.version]=$("$PACSGRID" --version 2>/dev/null | awk '{ print $2 }' || echo "?")
+    ingest pacsgrid PACSGRID "$dport" "$pid"
+    R[pacsgrid.files]=$(find "$dir" -type f -path '*blobs*' | wc -l)
+    query pacsgrid PACSGRID "$dport"
+    curl -fsS "http://$HOST:$hport/metrics" >"$LOGS/pacsgrid.metrics.txt" 2>/dev/null || true
+    finish_server pacsgrid "$pid"
+    R[pacsgrid.data_bytes]=$(du -sb "$dir" 2>/dev/null | cut -f1 || echo "?")
+    [ "$KEEP" = 1 ] || rm -rf "$dir"
+}
+
+# ---------------------------------------------------------------------------------------------
+# 5. Report
+# ---------------------------------------------------------------------------------------------
+v() { echo "${R[$1]:-n/a}"; }
+report() {
+    local f="$OUT/results.md" t
+    {
+        echo "# pacsgrid ingest benchmark"
+        echo
+        echo "- date: $RUN_DATE"
+        echo "- machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//'), $(awk '/MemTotal/ { printf "%.0f GiB", $2 / 1048576 }' /proc/meminfo) RAM, kernel $(uname -r)"
+        echo "- load average at start: $LOAD_START; at end: $(cut -d' ' -f1-3 /proc/loadavg)"
+        echo "- corpus: $INSTANCES CT instances, $CORPUS_MB MB ($CORPUS_BYTES bytes), explicit VR little endian, 512x512x16 bit;" \
+             "$N_STUDIES studies ($C_PATIENTS patients x $C_STUDIES studies x $C_SERIES series x $C_PER_SERIES images), $CORPUS"
+        echo "- pacsgrid: $(v pacsgrid.version) (git $GIT_REV); Orthanc $(v orthanc.version); dcmtk $DCMTK_VERSION"
+        echo "- every dcmtk process and Orthanc ran with TCP_NODELAY=1; servers ran one at a time; corpus in page cache"
+        echo
+        echo "## Results"
+        echo
+        echo "| target | ingest s | inst/s | MB/s | stored OK | idle RSS MB | peak RSS MB (ingest) | C-FIND ms (new assoc.) | C-FIND ms (same assoc.) | C-GET study s (mean / best) |"
+        echo "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+        for t in storescp orthanc pacsgrid; do
+            want "$t" || continue
+            local find="n/a" finda="n/a" get="n/a"
+            if [ "$t" != storescp ]; then
+                find=$(v $t.find_ms); finda=$(v $t.find_assoc_ms); get="$(v $t.get_s) / $(v $t.get_best_s)"
+            fi
+            echo "| $t | $(v $t.ingest_s) | $(v $t.ingest_ips) | $(v $t.ingest_mbps) | $(v $t.stored_ok)/$INSTANCES | $(kb_to_mb "$(v $t.rss_idle)") | $(v $t.rss_peak) | $find | $finda | $get |"
+        done
+        echo
+        echo "## Ratios"
+        echo
+        echo "| ratio | value | reading |"
+        echo "|---|---:|---|"
+        echo "| pacsgrid ingest time / storescp sink time | $(fdiv "$(v pacsgrid.ingest_s)" "$(v storescp.ingest_s)") | 1.0 = as fast as a raw sink; lower is better |"
+        echo "| pacsgrid ingest throughput / Orthanc's | $(fdiv "$(v pacsgrid.ingest_ips)" "$(v orthanc.ingest_ips)") | > 1: pacsgrid faster |"
+        echo "| C-FIND, new association: Orthanc time / pacsgrid time | $(fdiv "$(v orthanc.find_ms)" "$(v pacsgrid.find_ms)") | > 1: pacsgrid faster |"
+        echo "| C-FIND, same association: Orthanc time / pacsgrid time | $(fdiv "$(v orthanc.find_assoc_ms)" "$(v pacsgrid.find_assoc_ms)") | > 1: pacsgrid faster |"
+        echo "| C-GET study: Orthanc time / pacsgrid time | $(fdiv "$(v orthanc.get_s)" "$(v pacsgrid.get_s)") | > 1: pacsgrid faster |"
+        echo "| peak RSS: pacsgrid / Orthanc | $(fdiv "$(v pacsgrid.rss_peak_kb)" "$(v orthanc.rss_peak_kb)") | < 1: pacsgrid smaller |"
+        echo
+        echo "## Checks"
+        echo
+        for t in storescp orthanc pacsgrid; do
+            want "$t" || continue
+            echo "- $t: $(v $t.stored_ok)/$INSTANCES C-STORE successes; objects on the server: $(v $t.files)"
+            [ "$t" = storescp ] && continue
+            echo "  - C-FIND all studies: $(v $t.studies_found)/$N_STUDIES; C-FIND PatientID=$Q_PATIENT: $(v $t.find_matches)/$Q_PATIENT_STUDIES studies;" \
+                 "C-GET: $(v $t.get_received)/$Q_STUDY_INSTANCES files"
+            if [ "$t" = pacsgrid ]; then
+                echo "  - log: $(v pacsgrid.warnings) WARN/ERROR lines (first 50 in bench/out/logs/pacsgrid.warnings.log)"
+                if [ -n "${R[pacsgrid.store_ms]:-}" ]; then echo "  - server-side C-STORE time from its log: ${R[pacsgrid.store_ms]}"; fi
+                if [ -n "${R[pacsgrid.commit_ms]:-}" ]; then echo "  - of which commit (from its log): ${R[pacsgrid.commit_ms]}"; fi
+            fi
+        done
+        echo
+        echo "## Commands"
+        echo
+        echo '```'
+        qcmd "$PY" "$GEN" "${GEN_ARGS[@]}"
+        for t in storescp orthanc pacsgrid; do
+            want "$t" || continue
+            echo "# $t"
+            echo "$(v $t.cmd_serve) &"
+            echo "$(v $t.cmd_store)"
+            [ "$t" = storescp ] && continue
+            echo "$(v $t.cmd_find)      # x$FIND_REPEATS, one process each"
+            echo "${R[$t.cmd_find]/findscu -S -pdu $PDU/findscu -S -pdu $PDU --repeat $FIND_REPEATS}      # once"
+            echo "$(v $t.cmd_get)      # x$GET_REPEATS"
+        done
+        echo '```'
+        echo
+        echo "Benchmark run took $(fsub "$(now)" "$RUN_T0") s (excluding the pacsgrid build, ${BUILD_S:-0} s)."
+    } >"$f"
+    echo
+    cat "$f"
+    log "written $f; server logs in $LOGS"
+}
+
+# ---------------------------------------------------------------------------------------------
+# Main
+# ---------------------------------------------------------------------------------------------
+mkdir -p "$OUT" "$LOGS"
+rm -f "$LOGS"/*.log "$LOGS"/*.txt "$LOGS"/*.json
+[ -f "$GEN" ] || die "gen_dataset.py not found at $REPO/../shared/data/gen_dataset.py"
+install_deps
+RUN_DATE="$(date -u '+%Y-%m-%d %H:%M:%S UTC')"
+LOAD_START="$(cut -d' ' -f1-3 /proc/loadavg)"
+GIT_REV="$(git -C "$REPO" rev-parse --short HEAD 2>/dev/null || echo '?')"
+git -C "$REPO" diff --quiet HEAD -- crates 2>/dev/null || GIT_REV="$GIT_REV+dirty"
+DCMTK_VERSION="$(dpkg-query -W -f='${Version}' dcmtk 2>/dev/null || echo '?')"
+
+if want pacsgrid && [ "$BUILD" = 1 ]; then
+    command -v cargo >/dev/null 2>&1 || die "cargo not found: install a Rust toolchain (rustup), or use --targets storescp,orthanc"
+    log "building pacsgrid (cargo build --release -p pacsgrid)"
+    t0=$(now)
+    (cd "$REPO" && cargo build --release -p pacsgrid) >"$LOGS/cargo-build.log" 2>&1 \
+        || { tail -30 "$LOGS/cargo-build.log" >&2; die "cargo build failed (log: $LOGS/cargo-build.log)"; }
+    BUILD_S=$(fsub "$(now)" "$t0")
+    log "built in $BUILD_S s"
+fi
+
+RUN_T0=$(now)
+WORK="$(mktemp -d "${TMPDIR:-/tmp}/pacsgrid-bench.XXXXXX")"
+make_corpus
+log "corpus: $INSTANCES instances, $CORPUS_MB MB; query patient $Q_PATIENT, study $Q_STUDY"
+want storescp && run_storescp
+want orthanc && run_orthanc
+want pacsgrid && run_pacsgrid
+if want pacsgrid && [ -s "$LOGS/pacsgrid.log" ]; then
+    grep -E ' (WARN|ERROR) ' "$LOGS/pacsgrid.log" | head -50 >"$LOGS/pacsgrid.warnings.log" || true
+    if [ -s "$LOGS/pacsgrid.warnings.log" ]; then
+        log "pacsgrid logged $(grep -cE ' (WARN|ERROR) ' "$LOGS/pacsgrid.log") warnings/errors: $LOGS/pacsgrid.warnings.log"
+    fi
+    # Server-side time per C-STORE, if pacsgrid logs it: "C-STORE ... stored ... ms=N [commit_ms=M]".
+    log_stats() {  # log_stats FIELD: distribution of FIELD=N over the stored C-STOREs
+        grep -E 'C-STORE.*stored' "$LOGS/pacsgrid.log" | grep -oE " $1=[0-9]+" | sed 's/.*=//' | sort -n | awk -v f="$1" '
+            { a[NR] = $1; s += $1 }
+            END { if (NR == 0) exit
+                  p50 = a[int((NR + 1) * 0.50)]; p99 = a[int(NR * 0.99) > 0 ? int(NR * 0.99) : 1]
+                  printf "%s over %d C-STOREs: mean %.1f ms, p50 %d, p99 %d, max %d", f, NR, s / NR, p50, p99, a[NR] }' || true
+    }
+    R[pacsgrid.store_ms]=$(log_stats ms)
+    R[pacsgrid.commit_ms]=$(log_stats commit_ms)
+    R[pacsgrid.warnings]=$(grep -cE ' (WARN|ERROR) ' "$LOGS/pacsgrid.log" || true)
+fi
+report

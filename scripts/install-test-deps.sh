@@ -1,0 +1,82 @@
+#!/usr/bin/env bash
+# Install what the end-to-end suite (tests/) needs on a Debian machine, idempotently:
+#   apt:  dcmtk (storescu, findscu, getscu, movescu, storescp, echoscu, dcmcjpeg), dicom3tools
+#         and, with --bench, orthanc + orthanc-dicomweb
+#   PyPI: tests/requirements.txt (pytest, pydicom, pynetdicom, codecs for gen_dataset.py)
+# Whatever is already present is skipped, so a second run takes about a second.
+set -euo pipefail
+
+usage() { echo "usage: $0 [--bench]" >&2; exit 2; }
+BENCH=0
+for arg in "$@"; do
+  case "$arg" in
+    --bench) BENCH=1 ;;
+    -h|--help) usage ;;
+    *) echo "unknown argument: $arg" >&2; usage ;;
+  esac
+done
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+REQ="$ROOT/tests/requirements.txt"
+PY="${PYTHON:-python3}"
+SUDO=""
+if [ "$(id -u)" != 0 ]; then SUDO="sudo"; fi
+export DEBIAN_FRONTEND=noninteractive
+
+# ---------------------------------------------------------------- Debian packages
+apt_pkgs=(dcmtk dicom3tools)
+if [ "$BENCH" = 1 ]; then apt_pkgs+=(orthanc orthanc-dicomweb); fi
+missing=()
+for p in "${apt_pkgs[@]}"; do
+  if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed"; then
+    missing+=("$p")
+  fi
+done
+if ! "$PY" -m pip --version >/dev/null 2>&1; then missing+=(python3-pip); fi
+if [ "${#missing[@]}" -gt 0 ]; then
+  echo "install-test-deps: apt-get install ${missing[*]}"
+  $SUDO apt-get update -qq
+  $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+else
+  echo "install-test-deps: Debian packages present (${apt_pkgs[*]})"
+fi
+for tool in echoscu storescu findscu getscu movescu storescp dcmdump dcmcjpeg; do
+  [ -x "/usr/bin/$tool" ] || { echo "install-test-deps: /usr/bin/$tool missing after install" >&2; exit 1; }
+done
+
+# ---------------------------------------------------------------- Python packages
+if "$PY" - "$REQ" <<'PYEOF'
+import sys
+from importlib.metadata import PackageNotFoundError, version
+try:
+    from packaging.requirements import Requirement
+except ImportError:
+    from pip._vendor.packaging.requirements import Requirement
+bad = []
+for line in open(sys.argv[1]):
+    line = line.split("#", 1)[0].strip()
+    if not line:
+        continue
+    req = Requirement(line)
+    try:
+        v = version(req.name)
+    except PackageNotFoundError:
+        bad.append(f"{req.name} (missing)")
+        continue
+    if not req.specifier.contains(v, prereleases=True):
+        bad.append(f"{req.name} {v} (want {req.specifier})")
+if bad:
+    print("install-test-deps: to install: " + ", ".join(bad))
+    sys.exit(1)
+PYEOF
+then
+  echo "install-test-deps: Python packages present ($REQ)"
+else
+  pip_args=(-m pip install --quiet --disable-pip-version-check -r "$REQ")
+  # Debian's own python3 is "externally managed" (PEP 668)
+  if "$PY" -c 'import sys, sysconfig, os; sys.exit(0 if os.path.exists(os.path.join(sysconfig.get_path("stdlib"), "EXTERNALLY-MANAGED")) else 1)'; then
+    pip_args+=(--break-system-packages)
+  fi
+  "$PY" "${pip_args[@]}"
+fi
+echo "install-test-deps: done"
