@@ -4,7 +4,7 @@ use crate::error::StoreError;
 use crate::walk::{self, Form};
 use dicom_core::{Tag, VR};
 use dicom_dictionary_std::tags;
-use dicom_object::{DefaultDicomObject, OpenFileOptions};
+use dicom_object::{DefaultDicomObject, FileMetaTable, OpenFileOptions};
 use pacsgrid_dicom::query::{normalise_date, normalise_time, trim_value};
 use pacsgrid_dicom::uid::{self, DatasetEncoding};
 use pacsgrid_store::{InstanceAttrs, InstanceRecord, PatientAttrs, SeriesAttrs, StudyAttrs};
@@ -32,14 +32,22 @@ pub fn parse_staged(
     dataset_offset: u64,
     default_issuer: &str,
 ) -> Result<ParsedHeader, StoreError> {
+    // The structural walk runs first: it is cheap, bounded, and refuses garbage and
+    // truncation before dicom-rs spends time on a data set that cannot be right.
+    let meta = {
+        let mut f = BufReader::new(File::open(path)?);
+        f.seek(SeekFrom::Start(128))?;
+        FileMetaTable::from_reader(f)
+            .map_err(|e| StoreError::CannotUnderstand(flatten(&e.to_string())))?
+    };
+    let ts = uid::trim_uid(meta.transfer_syntax()).to_string();
+    let info = uid::transfer_syntax(&ts)
+        .ok_or_else(|| StoreError::CannotUnderstand(format!("unsupported transfer syntax {ts}")))?;
+    check_structure(path, dataset_offset, info.encoding)?;
     let obj = OpenFileOptions::new()
         .read_until(tags::PIXEL_DATA)
         .open_file(path)
         .map_err(|e| StoreError::CannotUnderstand(flatten(&e.to_string())))?;
-    let ts = uid::trim_uid(obj.meta().transfer_syntax()).to_string();
-    let info = uid::transfer_syntax(&ts)
-        .ok_or_else(|| StoreError::CannotUnderstand(format!("unsupported transfer syntax {ts}")))?;
-    check_structure(path, dataset_offset, info.encoding)?;
     let record = record_from(&obj, &ts, dataset_offset, default_issuer)?;
     Ok(ParsedHeader {
         record,

@@ -17,4 +17,4 @@ pub use blob::{BlobError, BlobReader, BlobStore, StagedBlob};
 pub use folder::FolderBlobStore;
 pub use index::{Index, IndexError, InsertOutcome};
 pub use model::*;
-pub use sqlite::SqliteIndex;
+pub use sqlite::{Durability, SqliteIndex};

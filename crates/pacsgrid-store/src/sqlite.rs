@@ -212,6 +212,17 @@ fn configure(conn: &Connection, reader: bool) -> Result<(), IndexError> {
     Ok(())
 }
 
+/// How durable a commit is when `insert` returns.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Durability {
+    /// On disk (fsync of the WAL): survives power loss on its own.
+    Full,
+    /// Survives a process crash; after power loss the last commits may be missing. Only
+    /// for an owner that can rebuild them, as the archive does from its fsynced blobs
+    /// (every blob is a complete Part 10 object, re-indexed on the next start).
+    Rebuildable,
+}
+
 /// Brings the schema up to the newest version, one transaction per step.
 fn migrate(conn: &mut Connection) -> Result<(), IndexError> {
     let known = MIGRATIONS.len() as i64;
@@ -264,12 +275,20 @@ impl Inner {
 impl SqliteIndex {
     /// Opens (creating and migrating if needed) the index database at `path`.
     pub fn open(path: &Path) -> Result<SqliteIndex, IndexError> {
+        SqliteIndex::open_with(path, Durability::Full)
+    }
+
+    /// Opens an index with a chosen commit durability (see [`Durability`]).
+    pub fn open_with(path: &Path, durability: Durability) -> Result<SqliteIndex, IndexError> {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir)
                 .map_err(|e| IndexError::Database(format!("creating {}: {e}", dir.display())))?;
         }
         let mut writer = Connection::open(path)?;
         configure(&writer, false)?;
+        if durability == Durability::Rebuildable {
+            writer.pragma_update(None, "synchronous", "NORMAL")?;
+        }
         migrate(&mut writer)?;
         let readers = (0..READERS)
             .map(|_| open_reader(path))
