@@ -193,8 +193,8 @@ impl Archive {
                 "unknown transfer syntax {ts}"
             )));
         }
-        let header = part10::meta_header(&sop_class, &sop_instance, &ts, &meta.source)
-            .map_err(StoreError::Internal)?;
+        let header =
+            part10::meta_header(&sop_class, &sop_instance, &ts).map_err(StoreError::Internal)?;
         let meta = IncomingMeta {
             sop_class_uid: sop_class,
             sop_instance_uid: sop_instance,

@@ -10,12 +10,10 @@ pub fn meta_header(
     sop_class_uid: &str,
     sop_instance_uid: &str,
     transfer_syntax: &str,
-    source_ae: &str,
 ) -> Result<Vec<u8>, String> {
     // The meta group is a pure function of the object's identity and syntax (no sender AE,
     // no time), so that the same data set sent twice, by anyone, hashes the same and counts
     // as a duplicate rather than a conflict.
-    let _ = source_ae;
     let builder = FileMetaTableBuilder::new()
         .media_storage_sop_class_uid(sop_class_uid)
         .media_storage_sop_instance_uid(sop_instance_uid)
@@ -57,7 +55,6 @@ mod tests {
             "1.2.840.10008.5.1.4.1.1.2",
             "1.2.3.4",
             "1.2.840.10008.1.2.1",
-            "MOD",
         )
         .unwrap();
         assert_eq!(dataset_offset(&h[..]).unwrap(), h.len() as u64);
