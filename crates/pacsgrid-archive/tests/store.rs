@@ -226,7 +226,7 @@ async fn an_unclean_stop_is_reconciled_on_the_next_open() {
     let mut bytes = Vec::new();
     extra.write_all(&mut bytes).unwrap();
     let hash = blake3::hash(&bytes).to_hex().to_string();
-    let p = dir.path().join("blobs").join(&hash[0..2]).join(&hash[2..4]);
+    let p = dir.path().join("blobs").join(&hash[0..2]);
     std::fs::create_dir_all(&p).unwrap();
     std::fs::write(p.join(&hash), &bytes).unwrap();
     let a = archive(dir.path()).await;

@@ -33,6 +33,8 @@ use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
+/// How long we wait for a rejected requestor to close the connection (the ARTIM timer).
+const REJECT_LINGER: std::time::Duration = std::time::Duration::from_secs(5);
 /// The DICOM application context name, the only one there is.
 pub const APPLICATION_CONTEXT_NAME: &str = "1.2.840.10008.3.1.1.1";
 
@@ -559,6 +561,19 @@ impl Association {
             Err(reason) => {
                 // best effort: the peer may already be gone, and we are closing anyway
                 let _ = assoc.send_pdu(&Pdu::AssociationRJ(reason.to_pdu())).await;
+                // PS3.8 9.2 (state Sta13): after an A-ASSOCIATE-RJ the requestor closes the
+                // connection; closing first can make it see a dropped connection instead of
+                // the rejection (pynetdicom does, now and then). Wait for its close, bounded
+                // by an ARTIM-like timer.
+                let mut sink = [0u8; 1024];
+                let _ = tokio::time::timeout(REJECT_LINGER, async {
+                    while let Ok(n) = assoc.stream.read(&mut sink).await {
+                        if n == 0 {
+                            break;
+                        }
+                    }
+                })
+                .await;
                 let _ = assoc.stream.shutdown().await;
                 Err(AcceptError::Rejected {
                     reason,
