@@ -167,7 +167,6 @@ impl Archive {
             writer: Some(BufWriter::with_capacity(1 << 20, file)),
             hasher: blake3::Hasher::new(),
             size: 0,
-            dataset_offset: 0,
             declared,
             source: String::new(),
         })
@@ -203,7 +202,6 @@ impl Archive {
         };
         let mut staging = self.new_staging(Some(meta)).await?;
         staging.write(&header).await?;
-        staging.dataset_offset = header.len() as u64;
         Ok(Incoming {
             archive: Arc::clone(self),
             inner: staging,
@@ -227,14 +225,6 @@ impl Archive {
             }
             staging.write(&buf[..n]).await?;
         }
-        // read from the source: the staged copy is still in the write buffer
-        let path = path.to_path_buf();
-        staging.dataset_offset = tokio::task::spawn_blocking(move || -> Result<u64, StoreError> {
-            let f = File::open(&path)?;
-            part10::dataset_offset(std::io::BufReader::new(f)).map_err(StoreError::CannotUnderstand)
-        })
-        .await
-        .map_err(|e| StoreError::Internal(e.to_string()))??;
         self.commit(staging).await
     }
 
@@ -243,12 +233,10 @@ impl Archive {
     pub(crate) async fn commit(&self, mut staging: Staging) -> Result<StoreOutcome, StoreError> {
         staging.flush_and_sync().await?;
         let path = staging.path().to_path_buf();
-        let offset = staging.dataset_offset;
         let issuer = self.cfg.default_issuer.clone();
-        let parsed =
-            tokio::task::spawn_blocking(move || header::parse_staged(&path, offset, &issuer))
-                .await
-                .map_err(|e| StoreError::Internal(e.to_string()))??;
+        let parsed = tokio::task::spawn_blocking(move || header::parse_staged(&path, &issuer))
+            .await
+            .map_err(|e| StoreError::Internal(e.to_string()))??;
         let mut record = parsed.record;
         let (declared_class, declared_instance, source) = match &staging.declared {
             Some(d) => (
@@ -487,14 +475,9 @@ impl Archive {
             };
             let issuer = self.cfg.default_issuer.clone();
             let size = self.blobs.size(&hash).await?;
-            let parsed = tokio::task::spawn_blocking(move || -> Result<_, StoreError> {
-                let f = File::open(&path)?;
-                let offset = part10::dataset_offset(std::io::BufReader::new(f))
-                    .map_err(StoreError::CannotUnderstand)?;
-                header::parse_staged(&path, offset, &issuer)
-            })
-            .await
-            .map_err(|e| ArchiveError::Io(std::io::Error::other(e.to_string())))?;
+            let parsed = tokio::task::spawn_blocking(move || header::parse_staged(&path, &issuer))
+                .await
+                .map_err(|e| ArchiveError::Io(std::io::Error::other(e.to_string())))?;
             match parsed {
                 Ok(p) => {
                     let mut record = p.record;
@@ -542,7 +525,6 @@ pub(crate) struct Staging {
     writer: Option<BufWriter<tokio::fs::File>>,
     hasher: blake3::Hasher,
     size: u64,
-    dataset_offset: u64,
     declared: Option<IncomingMeta>,
     source: String,
 }

@@ -4,12 +4,13 @@ use crate::error::StoreError;
 use crate::walk::{self, Form};
 use dicom_core::{Tag, VR};
 use dicom_dictionary_std::tags;
-use dicom_object::{DefaultDicomObject, FileMetaTable, OpenFileOptions};
+use dicom_object::{DefaultDicomObject, OpenFileOptions};
+use pacsgrid_dicom::part10::{parse_part10_header, Part10Header, MAX_META_GROUP};
 use pacsgrid_dicom::query::{normalise_date, normalise_time, trim_value};
 use pacsgrid_dicom::uid::{self, DatasetEncoding};
 use pacsgrid_store::{InstanceAttrs, InstanceRecord, PatientAttrs, SeriesAttrs, StudyAttrs};
 use std::fs::File;
-use std::io::{BufReader, Seek, SeekFrom};
+use std::io::{BufReader, Read, Seek, SeekFrom};
 use std::path::Path;
 
 /// What a parsed header yields: the index record (without hash, size, site, time) and the
@@ -27,20 +28,12 @@ pub struct ParsedHeader {
 /// Parses and checks a staged Part 10 file: structure complete (walked to the end without
 /// loading values), header attributes read, identifying UIDs present, valid and consistent
 /// with the file meta group.
-pub fn parse_staged(
-    path: &Path,
-    dataset_offset: u64,
-    default_issuer: &str,
-) -> Result<ParsedHeader, StoreError> {
+pub fn parse_staged(path: &Path, default_issuer: &str) -> Result<ParsedHeader, StoreError> {
     // The structural walk runs first: it is cheap, bounded, and refuses garbage and
     // truncation before dicom-rs spends time on a data set that cannot be right.
-    let meta = {
-        let mut f = BufReader::new(File::open(path)?);
-        f.seek(SeekFrom::Start(128))?;
-        FileMetaTable::from_reader(f)
-            .map_err(|e| StoreError::CannotUnderstand(flatten(&e.to_string())))?
-    };
-    let ts = uid::trim_uid(meta.transfer_syntax()).to_string();
+    let meta = read_meta(path)?;
+    let dataset_offset = meta.dataset_offset;
+    let ts = uid::trim_uid(&meta.transfer_syntax).to_string();
     let info = uid::transfer_syntax(&ts)
         .ok_or_else(|| StoreError::CannotUnderstand(format!("unsupported transfer syntax {ts}")))?;
     check_structure(path, dataset_offset, info.encoding)?;
@@ -51,10 +44,25 @@ pub fn parse_staged(
     let record = record_from(&obj, &ts, dataset_offset, default_issuer)?;
     Ok(ParsedHeader {
         record,
-        meta_sop_class_uid: uid::trim_uid(obj.meta().media_storage_sop_class_uid()).to_string(),
-        meta_sop_instance_uid: uid::trim_uid(obj.meta().media_storage_sop_instance_uid())
-            .to_string(),
+        meta_sop_class_uid: uid::trim_uid(&meta.sop_class_uid).to_string(),
+        meta_sop_instance_uid: uid::trim_uid(&meta.sop_instance_uid).to_string(),
     })
+}
+
+/// Reads a file's meta group with the parser the C-STORE client uses too; a file without the
+/// 128-byte preamble PS3.10 requires is refused.
+fn read_meta(path: &Path) -> Result<Part10Header, StoreError> {
+    let mut head = Vec::new();
+    File::open(path)?
+        .take((MAX_META_GROUP + 256) as u64)
+        .read_to_end(&mut head)?;
+    let meta = parse_part10_header(&head).map_err(StoreError::CannotUnderstand)?;
+    if !meta.has_preamble {
+        return Err(StoreError::CannotUnderstand(
+            "no 128-byte preamble before DICM: not a DICOM Part 10 file".into(),
+        ));
+    }
+    Ok(meta)
 }
 
 fn flatten(s: &str) -> String {

@@ -2,7 +2,6 @@
 
 use dicom_object::meta::FileMetaTableBuilder;
 use pacsgrid_dicom::uid;
-use std::io::Read;
 
 /// Builds the preamble, magic and file meta group that precede a data set received over
 /// the network, so the stored object is a valid Part 10 file with the bytes as received.
@@ -28,23 +27,6 @@ pub fn meta_header(
     Ok(out)
 }
 
-/// Reads where the data set starts in a Part 10 stream: 132 bytes of preamble and magic,
-/// then the meta group, whose length its first element (0002,0000) gives.
-pub fn dataset_offset(mut r: impl Read) -> Result<u64, String> {
-    let mut head = [0u8; 144];
-    r.read_exact(&mut head)
-        .map_err(|_| "shorter than a DICOM Part 10 header".to_string())?;
-    if &head[128..132] != b"DICM" {
-        return Err("no DICM prefix: not a DICOM Part 10 file".into());
-    }
-    // (0002,0000) UL 4 <len>, explicit VR little endian
-    if head[132..136] != [0x02, 0x00, 0x00, 0x00] || &head[136..138] != b"UL" {
-        return Err("file meta group does not start with its group length (0002,0000)".into());
-    }
-    let len = u32::from_le_bytes([head[140], head[141], head[142], head[143]]);
-    Ok(144 + u64::from(len))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -57,12 +39,9 @@ mod tests {
             "1.2.840.10008.1.2.1",
         )
         .unwrap();
-        assert_eq!(dataset_offset(&h[..]).unwrap(), h.len() as u64);
-    }
-
-    #[test]
-    fn refuses_non_part10() {
-        assert!(dataset_offset(&[0u8; 200][..]).is_err());
-        assert!(dataset_offset(&[0u8; 10][..]).is_err());
+        let parsed = pacsgrid_dicom::part10::parse_part10_header(&h).unwrap();
+        assert_eq!(parsed.dataset_offset, h.len() as u64);
+        assert_eq!(parsed.sop_instance_uid, "1.2.3.4");
+        assert!(parsed.has_preamble);
     }
 }

@@ -4,6 +4,7 @@
 //! describes queries, so that the fabric, the archive and the protocols agree on one model.
 
 pub mod attrs;
+pub mod part10;
 pub mod query;
 pub mod status;
 pub mod uid;
