@@ -169,6 +169,7 @@ impl Archive {
             size: 0,
             declared,
             source: String::new(),
+            expect_study: None,
         })
     }
 
@@ -202,6 +203,23 @@ impl Archive {
         };
         let mut staging = self.new_staging(Some(meta)).await?;
         staging.write(&header).await?;
+        Ok(Incoming {
+            archive: Arc::clone(self),
+            inner: staging,
+        })
+    }
+
+    /// Starts receiving a whole Part 10 object (preamble, meta group, data set) as a stream,
+    /// as STOW-RS delivers it. With `expect_study`, an object of another study is refused
+    /// (the request URL named the study) and nothing is stored.
+    pub async fn begin_file(
+        self: &Arc<Self>,
+        source: &str,
+        expect_study: Option<String>,
+    ) -> Result<Incoming, StoreError> {
+        let mut staging = self.new_staging(None).await?;
+        staging.source_hint(source);
+        staging.expect_study = expect_study;
         Ok(Incoming {
             archive: Arc::clone(self),
             inner: staging,
@@ -269,6 +287,14 @@ impl Archive {
         }
         if !uid::is_storage_sop_class(&record.instance.sop_class_uid) {
             return Err(StoreError::NotStorage(record.instance.sop_class_uid));
+        }
+        if let Some(study) = &staging.expect_study {
+            if &record.study.study_uid != study {
+                return Err(StoreError::Mismatch(format!(
+                    "StudyInstanceUID {} is not the study {study} named in the request",
+                    record.study.study_uid
+                )));
+            }
         }
         let hash = staging.hash();
         record.hash = hash.clone();
@@ -527,6 +553,7 @@ pub(crate) struct Staging {
     size: u64,
     declared: Option<IncomingMeta>,
     source: String,
+    expect_study: Option<String>,
 }
 
 impl Staging {

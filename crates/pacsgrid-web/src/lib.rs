@@ -1,15 +1,44 @@
-//! The HTTP surface of a node: health and metrics today; DICOMweb and the REST API build on
-//! the same router. Calls the archive only.
+//! The HTTP surface of a node: health, metrics, DICOMweb (`/dicom-web`) and the REST API
+//! (`/api/v1`), all on one router. Calls the archive only.
 
+mod dicomweb;
 mod health;
 mod metrics;
+pub mod problem;
+mod rest;
 
 pub use metrics::{MetricsSource, PromText};
+pub use problem::Problem;
 
+use axum::http::{HeaderValue, Method};
 use axum::routing::get;
 use axum::Router;
 use pacsgrid_archive::Archive;
 use std::sync::Arc;
+use tower_http::cors::{AllowOrigin, CorsLayer};
+
+/// Where DICOMweb is served.
+pub const DICOMWEB_BASE: &str = "/dicom-web";
+/// Where the REST API is served.
+pub const REST_BASE: &str = "/api/v1";
+
+/// HTTP settings that handlers and layers need.
+#[derive(Debug, Clone)]
+pub struct HttpOptions {
+    /// Origins browsers may call from (CORS). Empty: no CORS headers; `*`: any origin.
+    pub cors_allow_origins: Vec<String>,
+    /// Largest STOW-RS request body accepted; larger ones get 413.
+    pub max_upload_bytes: u64,
+}
+
+impl Default for HttpOptions {
+    fn default() -> Self {
+        HttpOptions {
+            cors_allow_origins: Vec::new(),
+            max_upload_bytes: 16 << 30,
+        }
+    }
+}
 
 /// What every HTTP handler can reach.
 #[derive(Clone)]
@@ -18,14 +47,52 @@ pub struct HttpState {
     pub archive: Arc<Archive>,
     /// Metrics from other parts of the node (DIMSE counters...), rendered after the archive's.
     pub extra_metrics: Vec<Arc<dyn MetricsSource>>,
+    /// HTTP settings.
+    pub options: Arc<HttpOptions>,
 }
 
 /// Builds the node's HTTP router.
 pub fn router(state: HttpState) -> Router {
-    Router::new()
+    let cors = cors_layer(&state.options.cors_allow_origins);
+    let router = Router::new()
         .route("/healthz", get(health::healthz))
         .route("/metrics", get(metrics::metrics))
-        .with_state(state)
+        .nest(DICOMWEB_BASE, dicomweb::routes())
+        .nest(REST_BASE, rest::routes())
+        .with_state(state);
+    match cors {
+        Some(layer) => router.layer(layer),
+        None => router,
+    }
+}
+
+/// The CORS layer for the configured origins, or none when no origin is allowed.
+fn cors_layer(origins: &[String]) -> Option<CorsLayer> {
+    if origins.is_empty() {
+        return None;
+    }
+    let allow = if origins.iter().any(|o| o == "*") {
+        AllowOrigin::any()
+    } else {
+        let list: Vec<HeaderValue> = origins
+            .iter()
+            .filter_map(|o| match HeaderValue::from_str(o) {
+                Ok(v) => Some(v),
+                Err(_) => {
+                    tracing::warn!(origin = %o, "ignoring a CORS origin that is not a valid header value");
+                    None
+                }
+            })
+            .collect();
+        AllowOrigin::list(list)
+    };
+    Some(
+        CorsLayer::new()
+            .allow_origin(allow)
+            .allow_methods([Method::GET, Method::POST, Method::DELETE, Method::OPTIONS])
+            .allow_headers(tower_http::cors::Any)
+            .expose_headers(tower_http::cors::Any),
+    )
 }
 
 /// Serves the router on a listener until `shutdown` completes.

@@ -79,6 +79,13 @@ pub struct HttpSection {
     /// Address to listen on.
     #[serde(default = "default_bind")]
     pub bind: String,
+    /// Origins that browser viewers may call the node from (CORS); `["*"]` allows any,
+    /// empty (the default) sends no CORS headers.
+    #[serde(default)]
+    pub cors_allow_origins: Vec<String>,
+    /// Largest STOW-RS request body accepted, in bytes; larger uploads get 413.
+    #[serde(default = "default_max_upload_bytes")]
+    pub max_upload_bytes: u64,
 }
 
 /// One `[[remote_ae]]`: a destination for C-MOVE.
@@ -107,6 +114,9 @@ fn default_dicom_port() -> u16 {
 }
 fn default_http_port() -> u16 {
     8080
+}
+fn default_max_upload_bytes() -> u64 {
+    16 << 30
 }
 fn default_bind() -> String {
     "0.0.0.0".into()
@@ -155,6 +165,8 @@ impl Default for HttpSection {
         HttpSection {
             port: default_http_port(),
             bind: default_bind(),
+            cors_allow_origins: Vec::new(),
+            max_upload_bytes: default_max_upload_bytes(),
         }
     }
 }

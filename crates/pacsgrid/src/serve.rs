@@ -118,6 +118,10 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     let http_state = pacsgrid_web::HttpState {
         archive: Arc::clone(&archive),
         extra_metrics: vec![Arc::new(crate::metrics::DimseMetricsSource(metrics))],
+        options: Arc::new(pacsgrid_web::HttpOptions {
+            cors_allow_origins: cfg.http.cors_allow_origins.clone(),
+            max_upload_bytes: cfg.http.max_upload_bytes,
+        }),
     };
     let http_task = tokio::spawn(pacsgrid_web::serve(
         http_listener,
