@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# pacsgrid ingest / query / retrieve benchmark against dcmtk storescp (raw sink) and Orthanc.
+# pacsgrid ingest / query / retrieve benchmark against dcmtk storescp (raw sink) and Orthanc
+# (with its DICOMweb plugin): DIMSE ingest, C-FIND, C-GET, WADO-RS study retrieval, QIDO-RS search.
 #
 #   bench/ingest.sh [--instances N] [--keep] [--targets LIST] [--no-build] [--no-install]
-#                   [--find-repeats N] [--get-repeats N]
+#                   [--find-repeats N] [--get-repeats N] [--web-repeats N]
 #
 # See bench/README.md for what it measures and how to read the results.
 # Results: printed at the end and written to bench/out/results.md (logs in bench/out/logs/).
@@ -18,6 +19,7 @@ BUILD=1
 INSTALL=1
 FIND_REPEATS=50
 GET_REPEATS=3
+WEB_REPEATS=5
 
 usage() { sed -n '2,9p' "$0" | sed 's/^# \{0,1\}//'; }
 
@@ -32,6 +34,7 @@ while [ $# -gt 0 ]; do
         --no-install) INSTALL=0; shift ;;
         --find-repeats) FIND_REPEATS="$2"; shift 2 ;;
         --get-repeats) GET_REPEATS="$2"; shift 2 ;;
+        --web-repeats) WEB_REPEATS="$2"; shift 2 ;;
         -h|--help) usage; exit 0 ;;
         *) echo "ingest.sh: unknown argument: $1" >&2; usage >&2; exit 2 ;;
     esac
@@ -251,12 +254,13 @@ make_corpus() {
     [ "$CORPUS_FILES" = "$INSTANCES" ] || die "corpus has $CORPUS_FILES files, expected $INSTANCES (delete $CORPUS)"
     CORPUS_MB=$(fdiv "$CORPUS_BYTES" 1000000 1)
     # Query targets from the manifest: the first patient and its first study.
-    read -r Q_PATIENT Q_STUDY Q_STUDY_INSTANCES Q_PATIENT_STUDIES N_STUDIES <<<"$("$PY" - "$CORPUS/manifest.json" <<'EOF'
+    read -r Q_PATIENT Q_STUDY Q_STUDY_INSTANCES Q_PATIENT_STUDIES N_STUDIES Q_STUDY_BYTES <<<"$("$PY" - "$CORPUS/manifest.json" <<'EOF'
 import json, sys
 m = json.load(open(sys.argv[1]))
 st = m["studies"]
 p = st[0]["PatientID"]
-print(p, st[0]["StudyInstanceUID"], st[0]["instances"], sum(1 for s in st if s["PatientID"] == p), len(st))
+print(p, st[0]["StudyInstanceUID"], st[0]["instances"], sum(1 for s in st if s["PatientID"] == p), len(st),
+      st[0]["bytes"])
 EOF
 )"
     # Warm the page cache so every target reads the corpus from memory.
@@ -360,6 +364,51 @@ query() {
         "C-GET ${R[$name.get_s]} s (best $best s), $got/$Q_STUDY_INSTANCES files"
 }
 
+# dicomweb NAME BASE_URL: WADO-RS retrieval of the query study (bytes as stored) and QIDO-RS
+# study search by PatientID on one keep-alive connection, both with curl.
+dicomweb() {
+    local name="$1" base="$2" i t total=0 best="" size parts qurl wurl
+    local accept='multipart/related; type="application/dicom"; transfer-syntax=*'
+    wurl="$base/studies/$Q_STUDY"
+    R[$name.cmd_wado]="curl -s -H $(qcmd "Accept: $accept") -o study.multipart $wurl"
+    log "$name: WADO-RS study $Q_STUDY ($Q_STUDY_INSTANCES instances) x$WEB_REPEATS"
+    for i in $(seq 1 "$WEB_REPEATS"); do
+        t=$(curl -sS -H "Accept: $accept" -o "$WORK/$name.wado" -w '%{time_total}' "$wurl" 2>>"$LOGS/$name.wado.log" || echo "")
+        [ -n "$t" ] || { log "WARNING: $name: WADO-RS request failed (see $LOGS/$name.wado.log)"; continue; }
+        total=$(awk -v a="$total" -v b="$t" 'BEGIN { print a + b }')
+        if [ -z "$best" ] || awk -v a="$t" -v b="$best" 'BEGIN { exit !(a < b) }'; then best=$t; fi
+    done
+    size=$(stat -c %s "$WORK/$name.wado" 2>/dev/null || echo 0)
+    parts=$(grep -a -c -i '^content-type: *application/dicom' "$WORK/$name.wado" || true)
+    R[$name.wado_parts]=$parts
+    R[$name.wado_bytes]=$size
+    R[$name.wado_s]=$(fdiv "$total" "$WEB_REPEATS" 3)
+    R[$name.wado_best_s]=$best
+    R[$name.wado_mbps]=$(fdiv "$(fdiv "$Q_STUDY_BYTES" 1000000 3)" "${R[$name.wado_s]}" 1)
+    [ "$parts" = "$Q_STUDY_INSTANCES" ] \
+        || log "WARNING: $name: WADO-RS answer has $parts parts, expected $Q_STUDY_INSTANCES"
+    [ "$size" -ge "$Q_STUDY_BYTES" ] \
+        || log "WARNING: $name: WADO-RS answer has $size bytes, less than the study's $Q_STUDY_BYTES"
+    rm -f "$WORK/$name.wado"
+
+    qurl="$base/studies?PatientID=$Q_PATIENT"
+    R[$name.cmd_qido]="curl -s -H 'Accept: application/dicom+json' $qurl"
+    curl -sS -H 'Accept: application/dicom+json' "$qurl" -o "$WORK/$name.qido" 2>>"$LOGS/$name.qido.log" || true
+    R[$name.qido_matches]=$("$PY" -c 'import json,sys; print(len(json.load(open(sys.argv[1]))))' "$WORK/$name.qido" 2>/dev/null || echo "?")
+    [ "${R[$name.qido_matches]}" = "$Q_PATIENT_STUDIES" ] \
+        || log "WARNING: $name: QIDO-RS PatientID=$Q_PATIENT found ${R[$name.qido_matches]} studies, expected $Q_PATIENT_STUDIES"
+    local args=()
+    for i in $(seq 1 "$FIND_REPEATS"); do args+=(-o /dev/null "$qurl"); done
+    log "$name: QIDO-RS x$FIND_REPEATS (one curl, one keep-alive connection)"
+    local t0 t1
+    t0=$(now)
+    curl -sS -H 'Accept: application/dicom+json' "${args[@]}" 2>>"$LOGS/$name.qido.log" || log "$name: curl exited with status $?"
+    t1=$(now)
+    R[$name.qido_ms]=$(fmul "$(fdiv "$(fsub "$t1" "$t0")" "$FIND_REPEATS" 6)" 1000 2)
+    log "$name: WADO-RS ${R[$name.wado_s]} s (best $best s, ${R[$name.wado_mbps]} MB/s, $parts parts)," \
+        "QIDO-RS ${R[$name.qido_ms]} ms/query (${R[$name.qido_matches]} studies)"
+}
+
 finish_server() {  # finish_server NAME PID
     local name="$1" pid="$2" t0
     R[$name.rss_end]=$(kb_to_mb "$(rss_now "$pid")")
@@ -425,6 +474,8 @@ EOF
     ingest orthanc ORTHANC "$dport" "$pid"
     R[orthanc.files]=$(curl -fsS "http://$HOST:$hport/statistics" | "$PY" -c 'import json,sys; print(json.load(sys.stdin)["CountInstances"])' || echo "?")
     query orthanc ORTHANC "$dport"
+    if [ -n "$ORTHANC_DICOMWEB" ]; then dicomweb orthanc "http://$HOST:$hport/dicom-web"
+    else log "orthanc: DICOMweb plugin not found, no WADO/QIDO figures"; fi
     finish_server orthanc "$pid"
     cp "$dir/config.json" "$LOGS/orthanc.config.json"
     [ "$KEEP" = 1 ] || rm -rf "$dir"
@@ -446,6 +497,7 @@ run_pacsgrid() {
     ingest pacsgrid PACSGRID "$dport" "$pid"
     R[pacsgrid.files]=$(find "$dir" -type f -path '*blobs*' | wc -l)
     query pacsgrid PACSGRID "$dport"
+    dicomweb pacsgrid "http://$HOST:$hport/dicom-web"
     curl -fsS "http://$HOST:$hport/metrics" >"$LOGS/pacsgrid.metrics.txt" 2>/dev/null || true
     finish_server pacsgrid "$pid"
     R[pacsgrid.data_bytes]=$(du -sb "$dir" 2>/dev/null | cut -f1 || echo "?")
@@ -482,6 +534,16 @@ report() {
             echo "| $t | $(v $t.ingest_s) | $(v $t.ingest_ips) | $(v $t.ingest_mbps) | $(v $t.stored_ok)/$INSTANCES | $(kb_to_mb "$(v $t.rss_idle)") | $(v $t.rss_peak) | $find | $finda | $get |"
         done
         echo
+        echo "DICOMweb (curl; WADO-RS: the query study, $Q_STUDY_INSTANCES instances, $(fdiv "$Q_STUDY_BYTES" 1000000 1) MB, \`transfer-syntax=*\`, x$WEB_REPEATS;" \
+             "QIDO-RS: \`/studies?PatientID=$Q_PATIENT\` x$FIND_REPEATS on one keep-alive connection):"
+        echo
+        echo "| target | WADO-RS study s (mean / best) | WADO-RS MB/s | parts | QIDO-RS ms/query | studies found |"
+        echo "|---|---:|---:|---:|---:|---:|"
+        for t in orthanc pacsgrid; do
+            want "$t" || continue
+            echo "| $t | $(v $t.wado_s) / $(v $t.wado_best_s) | $(v $t.wado_mbps) | $(v $t.wado_parts)/$Q_STUDY_INSTANCES | $(v $t.qido_ms) | $(v $t.qido_matches)/$Q_PATIENT_STUDIES |"
+        done
+        echo
         echo "## Ratios"
         echo
         echo "| ratio | value | reading |"
@@ -491,6 +553,8 @@ report() {
         echo "| C-FIND, new association: Orthanc time / pacsgrid time | $(fdiv "$(v orthanc.find_ms)" "$(v pacsgrid.find_ms)") | > 1: pacsgrid faster |"
         echo "| C-FIND, same association: Orthanc time / pacsgrid time | $(fdiv "$(v orthanc.find_assoc_ms)" "$(v pacsgrid.find_assoc_ms)") | > 1: pacsgrid faster |"
         echo "| C-GET study: Orthanc time / pacsgrid time | $(fdiv "$(v orthanc.get_s)" "$(v pacsgrid.get_s)") | > 1: pacsgrid faster |"
+        echo "| WADO-RS study throughput: pacsgrid / Orthanc | $(fdiv "$(v orthanc.wado_s)" "$(v pacsgrid.wado_s)") | target >= 2 |"
+        echo "| QIDO-RS study search: Orthanc time / pacsgrid time | $(fdiv "$(v orthanc.qido_ms)" "$(v pacsgrid.qido_ms)") | target >= 1 |"
         echo "| peak RSS: pacsgrid / Orthanc | $(fdiv "$(v pacsgrid.rss_peak_kb)" "$(v orthanc.rss_peak_kb)") | < 1: pacsgrid smaller |"
         echo
         echo "## Checks"
@@ -521,6 +585,8 @@ report() {
             echo "$(v $t.cmd_find)      # x$FIND_REPEATS, one process each"
             echo "${R[$t.cmd_find]/findscu -S -pdu $PDU/findscu -S -pdu $PDU --repeat $FIND_REPEATS}      # once"
             echo "$(v $t.cmd_get)      # x$GET_REPEATS"
+            echo "$(v $t.cmd_wado)      # x$WEB_REPEATS"
+            echo "$(v $t.cmd_qido)      # x$FIND_REPEATS, one connection"
         done
         echo '```'
         echo
