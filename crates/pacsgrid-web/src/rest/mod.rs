@@ -19,7 +19,8 @@ mod tests;
 
 use crate::problem::Problem;
 use crate::HttpState;
-use axum::http::{Method, Uri};
+use axum::extract::OriginalUri;
+use axum::http::Method;
 use axum::routing::get;
 use axum::Router;
 
@@ -67,7 +68,7 @@ pub(crate) fn routes() -> Router<HttpState> {
 }
 
 /// Unknown paths under `/api/v1` answer problem+json like everything else.
-async fn not_found(uri: Uri) -> Problem {
+async fn not_found(OriginalUri(uri): OriginalUri) -> Problem {
     Problem::not_found(format!(
         "no REST resource at {}; see {}/openapi.json",
         uri.path(),
@@ -75,7 +76,8 @@ async fn not_found(uri: Uri) -> Problem {
     ))
 }
 
-async fn method_not_allowed(method: Method, uri: Uri) -> Problem {
+/// Known paths with another method answer problem+json too.
+async fn method_not_allowed(method: Method, OriginalUri(uri): OriginalUri) -> Problem {
     Problem::new(
         axum::http::StatusCode::METHOD_NOT_ALLOWED,
         format!("{method} is not allowed on {}", uri.path()),

@@ -126,7 +126,11 @@ pub(crate) fn patient_param(raw: PathPair) -> Result<(String, String), Problem> 
     let Path((issuer, id)) =
         raw.map_err(|e| Problem::bad_request(format!("malformed patient path: {e}")))?;
     for (name, v) in [("issuer", &issuer), ("patient ID", &id)] {
-        if v.is_empty() || v.len() > 64 || v.chars().any(char::is_control) || v.contains('\\') {
+        if v.is_empty()
+            || v.chars().count() > 64
+            || v.chars().any(char::is_control)
+            || v.contains('\\')
+        {
             return Err(Problem::bad_request(format!(
                 "{name} {v:?} is not a valid value (1 to 64 characters, no control characters \
                  or backslash)"

@@ -207,11 +207,15 @@ async fn errors_are_problem_json() {
         400,
         "since must be",
     );
-    assert_problem(&get(&f, "/api/v1/nothing").await, 404, "no REST resource");
+    assert_problem(
+        &get(&f, "/api/v1/nothing").await,
+        404,
+        "no REST resource at /api/v1/nothing",
+    );
     assert_problem(
         &call(&f, Method::POST, "/api/v1/studies").await,
         405,
-        "POST is not allowed",
+        "POST is not allowed on /api/v1/studies",
     );
 }
 
