@@ -6,8 +6,9 @@ use crate::incoming::{Incoming, IncomingMeta, StoreOutcome};
 use crate::part10;
 use pacsgrid_dicom::{uid, Query};
 use pacsgrid_store::{
-    AttrValues, BlobReader, BlobStore, Change, Durability, FolderBlobStore, Index, IndexStats,
-    InsertOutcome, QuarantineEntry, SqliteIndex, StagedBlob, StoredInstance,
+    AttrValues, BlobReader, BlobStore, Change, DeleteTarget, Durability, FolderBlobStore, Index,
+    IndexStats, InsertOutcome, Provenance, QuarantineEntry, SqliteIndex, StagedBlob,
+    StoredInstance,
 };
 use serde::Serialize;
 use std::collections::HashSet;
@@ -51,12 +52,35 @@ impl ConsistencyReport {
     }
 }
 
+/// What [`Archive::delete`] removed.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct DeleteReport {
+    /// Patients removed (left without studies).
+    pub patients: u64,
+    /// Studies removed.
+    pub studies: u64,
+    /// Series removed.
+    pub series: u64,
+    /// Instances removed.
+    pub instances: u64,
+    /// Sum of the removed instances' sizes.
+    pub bytes: u64,
+    /// Blobs removed from this node's blob store.
+    pub blobs_removed: u64,
+    /// The tombstones written to the change feed, one per instance.
+    pub tombstones: Vec<Change>,
+}
+
 /// A node's archive: stores, queries and opens instances.
 pub struct Archive {
     cfg: ArchiveConfig,
     blobs: Arc<dyn BlobStore>,
     index: Arc<dyn Index>,
     next_staging: AtomicU64,
+    /// Stores hold it shared from putting a blob to indexing it; a deletion holds it
+    /// exclusively while it removes blobs, so it never removes a blob that a store has just
+    /// found already present (content addressing) and is about to index.
+    blob_gc: tokio::sync::RwLock<()>,
     /// Held for the archive's lifetime so that two processes never share a data directory.
     _lock: Option<File>,
 }
@@ -134,6 +158,7 @@ impl Archive {
             blobs,
             index,
             next_staging: AtomicU64::new(0),
+            blob_gc: tokio::sync::RwLock::new(()),
             _lock: None,
         }
     }
@@ -307,6 +332,7 @@ impl Archive {
             hash: hash.clone(),
             size: staging.size,
         };
+        let _gc = self.blob_gc.read().await;
         self.blobs.put(staged).await?;
         staging.guard.disarm();
         self.record(record, &source).await
@@ -446,6 +472,109 @@ impl Archive {
         Ok(self.index.stats().await?)
     }
 
+    /// Origin site, source, arrival time and holders of one instance.
+    pub async fn provenance(
+        &self,
+        sop_instance_uid: &str,
+    ) -> Result<Option<Provenance>, ArchiveError> {
+        Ok(self.index.provenance(sop_instance_uid).await?)
+    }
+
+    /// The newest change-feed sequence number (0 when nothing happened yet).
+    pub async fn feed_head(&self) -> Result<i64, ArchiveError> {
+        Ok(self.index.feed_head().await?)
+    }
+
+    /// Deletes a study and everything in it (see [`Archive::delete`]).
+    pub async fn delete_study(&self, study_uid: &str) -> Result<DeleteReport, ArchiveError> {
+        self.delete(DeleteTarget::Study(study_uid.to_string()))
+            .await
+    }
+
+    /// Deletes a series and its instances (see [`Archive::delete`]).
+    pub async fn delete_series(&self, series_uid: &str) -> Result<DeleteReport, ArchiveError> {
+        self.delete(DeleteTarget::Series(series_uid.to_string()))
+            .await
+    }
+
+    /// Deletes one instance (see [`Archive::delete`]).
+    pub async fn delete_instance(
+        &self,
+        sop_instance_uid: &str,
+    ) -> Result<DeleteReport, ArchiveError> {
+        self.delete(DeleteTarget::Instance(sop_instance_uid.to_string()))
+            .await
+    }
+
+    /// Deletes a patient (PatientID under one issuer) and all their studies.
+    pub async fn delete_patient(
+        &self,
+        patient_id: &str,
+        issuer: &str,
+    ) -> Result<DeleteReport, ArchiveError> {
+        self.delete(DeleteTarget::Patient {
+            patient_id: patient_id.to_string(),
+            issuer: issuer.to_string(),
+        })
+        .await
+    }
+
+    /// Deletes `target` and everything under it: the index drops the rows and writes one
+    /// tombstone per instance to the change feed in one transaction, then the blobs nothing
+    /// references any more are removed. Entities left empty disappear. An unknown target
+    /// deletes nothing (all counts zero).
+    pub async fn delete(&self, target: DeleteTarget) -> Result<DeleteReport, ArchiveError> {
+        // Exclusive from before the index change to the last blob removal: no store can sit
+        // between "blob already present" and "row inserted" for a hash removed here.
+        let _gc = self.blob_gc.write().await;
+        let deletion = self.index.delete(&target, now_ms()).await?;
+        for t in &deletion.tombstones {
+            tracing::info!(
+                sop_instance_uid = %t.sop_instance_uid,
+                study_uid = %t.study_uid,
+                series_uid = %t.series_uid,
+                hash = %t.hash,
+                seq = t.seq,
+                "instance deleted (tombstone written)"
+            );
+        }
+        let mut report = DeleteReport {
+            patients: deletion.patients,
+            studies: deletion.studies,
+            series: deletion.series,
+            instances: deletion.instances,
+            bytes: deletion.bytes,
+            blobs_removed: 0,
+            tombstones: deletion.tombstones,
+        };
+        // Physical removal. Today this node is the only holder of what it stores, so the
+        // bytes go as soon as the tombstone is committed. In the grid, other sites hold
+        // copies and pull this node's feed: removal must then wait until every holder has
+        // seen the tombstone (the grid layer will defer this step, not the index change).
+        // A crash before this loop leaves blobs that recovery removes (they are tombstoned).
+        for hash in &deletion.unreferenced_hashes {
+            match self.blobs.delete(hash).await {
+                Ok(()) => report.blobs_removed += 1,
+                Err(e) => {
+                    // The index no longer references it: it is an orphan `check` reports,
+                    // not a failed deletion.
+                    tracing::error!(%hash, error = %e, "could not remove the blob of a deleted instance");
+                }
+            }
+        }
+        tracing::info!(
+            target = ?target,
+            patients = report.patients,
+            studies = report.studies,
+            series = report.series,
+            instances = report.instances,
+            bytes = report.bytes,
+            blobs_removed = report.blobs_removed,
+            "deletion done"
+        );
+        Ok(report)
+    }
+
     /// Compares the index with the blob store; with `rehash`, also re-reads every blob and
     /// compares it with its hash.
     pub async fn check(&self, rehash: bool) -> Result<ConsistencyReport, ArchiveError> {
@@ -494,6 +623,15 @@ impl Archive {
         let mut removed = 0;
         for hash in self.blobs.list().await? {
             if indexed.contains(&hash) {
+                continue;
+            }
+            if self.index.tombstoned(&hash).await? {
+                // Deleted, then the node stopped before the blob was removed: finish the
+                // deletion rather than bring the instance back. (A store of the same bytes
+                // after the deletion that had no index row yet was never acknowledged.)
+                tracing::info!(%hash, "removing the blob of a deleted instance");
+                self.blobs.delete(&hash).await?;
+                removed += 1;
                 continue;
             }
             let Some(path) = self.blobs.local_path(&hash) else {

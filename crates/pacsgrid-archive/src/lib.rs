@@ -12,9 +12,10 @@ mod incoming;
 mod part10;
 mod walk;
 
-pub use archive::{Archive, ArchiveConfig, ConsistencyReport};
+pub use archive::{Archive, ArchiveConfig, ConsistencyReport, DeleteReport};
 pub use error::{ArchiveError, StoreError};
 pub use incoming::{Incoming, IncomingMeta, StoreOutcome};
 pub use pacsgrid_store::{
-    AttrValues, BlobReader, Change, IndexStats, QuarantineEntry, StoredInstance,
+    AttrValues, BlobReader, Change, ChangeKind, DeleteTarget, IndexStats, Provenance,
+    QuarantineEntry, StoredInstance,
 };

@@ -1561,6 +1561,282 @@ pub(crate) mod index_tests {
         assert_eq!(index.stats().await.unwrap().quarantined, 1);
         assert_eq!(index.stats().await.unwrap().instances, 14);
     }
+    /// The whole index, at every level, equals the model, and the totals count the model.
+    async fn check_everything<I: Index>(index: &I, model: &Model) {
+        for (qmodel, level) in [
+            (QueryModel::PatientRoot, Level::Patient),
+            (QueryModel::StudyRoot, Level::Study),
+            (QueryModel::StudyRoot, Level::Series),
+            (QueryModel::StudyRoot, Level::Image),
+        ] {
+            let q = query(qmodel, level, &[]);
+            let got = sorted(index.find(&q, 0, 0).await.unwrap());
+            assert_eq!(got, model.find(&q), "everything at {level:?}");
+        }
+        let count = |level| model.entities(level).len() as u64;
+        assert_eq!(
+            index.stats().await.unwrap(),
+            IndexStats {
+                patients: count(Level::Patient),
+                studies: count(Level::Study),
+                series: count(Level::Series),
+                instances: count(Level::Image),
+                bytes: model.recs.iter().map(|r| r.size).sum(),
+                quarantined: 0,
+            }
+        );
+    }
+
+    pub async fn delete_at_each_level<I: Index>(index: Arc<I>) {
+        let mut model = load(&*index).await;
+        let head = index.feed_head().await.unwrap();
+        let at = 1_800_000_000_000;
+        // (target, what it must remove: patients, studies, series, instances)
+        let steps: Vec<(DeleteTarget, [u64; 4])> = vec![
+            // one of three instances of a series: only the instance goes
+            (
+                DeleteTarget::Instance("1.2.840.9.1.1.2".into()),
+                [0, 0, 0, 1],
+            ),
+            // the only series of its modality and SOP class in study 1
+            (DeleteTarget::Series("1.2.840.9.1.2".into()), [0, 0, 1, 1]),
+            // the last instance of a series takes the series with it
+            (
+                DeleteTarget::Instance("1.2.840.9.2.2.1".into()),
+                [0, 0, 1, 1],
+            ),
+            // a whole study; its patient keeps study 1
+            (DeleteTarget::Study("1.2.840.9.2".into()), [0, 1, 2, 3]),
+            // a patient with one study of two series
+            (
+                DeleteTarget::Patient {
+                    patient_id: "777".into(),
+                    issuer: "SITEA".into(),
+                },
+                [1, 1, 2, 3],
+            ),
+            // a study of a patient with two studies: the patient stays...
+            (DeleteTarget::Study("1.2.840.9.6".into()), [0, 1, 1, 1]),
+            // ...until its last study goes
+            (DeleteTarget::Study("1.2.840.9.3".into()), [1, 1, 1, 1]),
+        ];
+        let mut seen_seq = head;
+        for (target, [patients, studies, series, instances]) in steps {
+            let gone: Vec<InstanceRecord> = model
+                .recs
+                .iter()
+                .filter(|r| match &target {
+                    DeleteTarget::Patient { patient_id, issuer } => {
+                        r.patient.patient_id == *patient_id && r.patient.issuer == *issuer
+                    }
+                    DeleteTarget::Study(u) => r.study.study_uid == *u,
+                    DeleteTarget::Series(u) => r.series.series_uid == *u,
+                    DeleteTarget::Instance(u) => r.instance.sop_instance_uid == *u,
+                })
+                .cloned()
+                .collect();
+            let d = index.delete(&target, at).await.unwrap();
+            assert_eq!(
+                [d.patients, d.studies, d.series, d.instances],
+                [patients, studies, series, instances],
+                "{target:?}"
+            );
+            assert_eq!(d.bytes, gone.iter().map(|r| r.size).sum::<u64>());
+            // One tombstone per instance, in the feed, after everything before.
+            let feed = index.changes(seen_seq, 0).await.unwrap();
+            assert_eq!(feed, d.tombstones, "{target:?}");
+            let mut tomb: Vec<(String, String, String, String)> = feed
+                .iter()
+                .map(|c| {
+                    assert_eq!((c.kind, c.at_ms), (ChangeKind::Deleted, at));
+                    assert!(c.seq > seen_seq);
+                    (
+                        c.sop_instance_uid.clone(),
+                        c.study_uid.clone(),
+                        c.series_uid.clone(),
+                        c.hash.clone(),
+                    )
+                })
+                .collect();
+            tomb.sort();
+            let mut want: Vec<_> = gone
+                .iter()
+                .map(|r| {
+                    (
+                        r.instance.sop_instance_uid.clone(),
+                        r.study.study_uid.clone(),
+                        r.series.series_uid.clone(),
+                        r.hash.clone(),
+                    )
+                })
+                .collect();
+            want.sort();
+            assert_eq!(tomb, want, "{target:?}");
+            seen_seq = index.feed_head().await.unwrap();
+            let mut unref = d.unreferenced_hashes.clone();
+            unref.sort();
+            let mut hashes: Vec<String> = gone.iter().map(|r| r.hash.clone()).collect();
+            hashes.sort();
+            assert_eq!(unref, hashes);
+            for r in &gone {
+                let uid = &r.instance.sop_instance_uid;
+                assert_eq!(index.instance(uid).await.unwrap(), None);
+                assert_eq!(index.provenance(uid).await.unwrap(), None);
+                assert!(index.tombstoned(&r.hash).await.unwrap());
+            }
+            model
+                .recs
+                .retain(|r| !gone.iter().any(|g| g.instance == r.instance));
+            // Counts, ModalitiesInStudy and SOPClassesInStudy of what stays follow.
+            check_everything(&*index, &model).await;
+            let mut hashes = index.all_hashes().await.unwrap();
+            hashes.sort();
+            let mut want: Vec<String> = model.recs.iter().map(|r| r.hash.clone()).collect();
+            want.sort();
+            assert_eq!(hashes, want);
+        }
+        for r in &model.recs {
+            assert!(!index.tombstoned(&r.hash).await.unwrap());
+        }
+        // Unknown targets remove nothing and write no tombstone.
+        for target in [
+            DeleteTarget::Instance("1.2.840.9.1.1.2".into()),
+            DeleteTarget::Series("1.2.404".into()),
+            DeleteTarget::Study("1.2.404".into()),
+            DeleteTarget::Patient {
+                patient_id: "12345".into(),
+                issuer: "NOBODY".into(),
+            },
+        ] {
+            assert_eq!(
+                index.delete(&target, at).await.unwrap(),
+                Deletion::default()
+            );
+        }
+        assert_eq!(index.feed_head().await.unwrap(), seen_seq);
+        check_everything(&*index, &model).await;
+    }
+
+    pub async fn deleted_can_be_stored_again<I: Index>(index: Arc<I>) {
+        let model = load(&*index).await;
+        let study: Vec<&InstanceRecord> = model
+            .recs
+            .iter()
+            .filter(|r| r.study.study_uid == "1.2.840.9.1")
+            .collect();
+        let d = index
+            .delete(&DeleteTarget::Study("1.2.840.9.1".into()), 1)
+            .await
+            .unwrap();
+        assert_eq!(d.instances, study.len() as u64);
+        let head = index.feed_head().await.unwrap();
+        for r in &study {
+            match index.insert(r, "SITEA").await.unwrap() {
+                InsertOutcome::Inserted { seq } => assert!(seq > head),
+                other => panic!("{other:?}"),
+            }
+        }
+        check_everything(&*index, &model).await;
+        let feed = index.changes(0, 0).await.unwrap();
+        let kinds: Vec<ChangeKind> = feed.iter().map(|c| c.kind).collect();
+        let n = model.recs.len();
+        let k = study.len();
+        assert_eq!(kinds.len(), n + 2 * k);
+        assert!(kinds[..n].iter().all(|k| *k == ChangeKind::Stored));
+        assert!(kinds[n..n + k].iter().all(|k| *k == ChangeKind::Deleted));
+        assert!(kinds[n + k..].iter().all(|k| *k == ChangeKind::Stored));
+    }
+
+    pub async fn delete_keeps_blobs_still_referenced<I: Index>(index: Arc<I>) {
+        // Two instances with the same bytes hash (content addressing shares the blob), and a
+        // quarantined object whose hash is a third instance's.
+        let a = record(7, 1, 1, 1);
+        let mut b = record(7, 1, 2, 2);
+        b.hash = a.hash.clone();
+        let c = record(7, 1, 1, 3);
+        let d = record(7, 1, 2, 1);
+        for r in [&a, &b, &c, &d] {
+            index.insert(r, "SITEA").await.unwrap();
+        }
+        index
+            .quarantine(&QuarantineEntry {
+                id: 0,
+                sop_instance_uid: d.instance.sop_instance_uid.clone(),
+                kept_hash: d.hash.clone(),
+                quarantined_hash: c.hash.clone(),
+                reason: "test".into(),
+                source: "T".into(),
+                at_ms: 1,
+            })
+            .await
+            .unwrap();
+        let del = index
+            .delete(&DeleteTarget::Series(a.series.series_uid.clone()), 2)
+            .await
+            .unwrap();
+        assert_eq!((del.series, del.instances), (1, 2));
+        assert!(
+            del.unreferenced_hashes.is_empty(),
+            "b still holds a's hash, the quarantine holds c's: {:?}",
+            del.unreferenced_hashes
+        );
+        let del = index
+            .delete(
+                &DeleteTarget::Instance(d.instance.sop_instance_uid.clone()),
+                3,
+            )
+            .await
+            .unwrap();
+        assert_eq!(
+            (del.patients, del.studies, del.series, del.instances),
+            (0, 0, 0, 1)
+        );
+        assert_eq!(del.unreferenced_hashes, vec![d.hash.clone()]);
+        let del = index
+            .delete(
+                &DeleteTarget::Instance(b.instance.sop_instance_uid.clone()),
+                4,
+            )
+            .await
+            .unwrap();
+        assert_eq!(
+            (del.patients, del.studies, del.series, del.instances),
+            (1, 1, 1, 1)
+        );
+        assert_eq!(del.unreferenced_hashes, vec![a.hash.clone()]);
+        let stats = index.stats().await.unwrap();
+        assert_eq!(
+            (
+                stats.patients,
+                stats.instances,
+                stats.bytes,
+                stats.quarantined
+            ),
+            (0, 0, 0, 1)
+        );
+    }
+
+    pub async fn provenance_and_feed_head<I: Index>(index: Arc<I>) {
+        assert_eq!(index.feed_head().await.unwrap(), 0);
+        let rec = record(8, 1, 1, 1);
+        let InsertOutcome::Inserted { seq } = index.insert(&rec, "SITEB").await.unwrap() else {
+            panic!("not inserted");
+        };
+        assert_eq!(index.feed_head().await.unwrap(), seq);
+        assert_eq!(
+            index
+                .provenance(&rec.instance.sop_instance_uid)
+                .await
+                .unwrap(),
+            Some(Provenance {
+                origin_site: rec.origin_site.clone(),
+                source: rec.source.clone(),
+                received_at_ms: rec.received_at_ms,
+                holders: vec!["SITEB".into()],
+            })
+        );
+        assert_eq!(index.provenance("1.2.404").await.unwrap(), None);
+    }
 }
 
 /// Instantiates the index suite for a backend: `index_suite!(name, fixture)` where
@@ -1575,7 +1851,8 @@ macro_rules! index_suite {
                 matching_at_study_level, matching_at_series_level, matching_at_image_level,
                 matching_known_answers, computed_attributes, limit_and_offset,
                 locate_at_each_level, keys_below_the_level, feed_and_quarantine,
-                stats_count_everything);
+                stats_count_everything, delete_at_each_level, deleted_can_be_stored_again,
+                delete_keeps_blobs_still_referenced, provenance_and_feed_head);
         }
     };
     (@each $fixture:path; $($test:ident),* $(,)?) => {

@@ -86,4 +86,20 @@ pub trait Index: Send + Sync + 'static {
 
     /// Counts for status and metrics.
     async fn stats(&self) -> Result<IndexStats, IndexError>;
+
+    /// Removes `target` and every instance under it, writing one `deleted` feed entry (a
+    /// tombstone, stamped `at_ms`) per instance in the same transaction. Series, studies and
+    /// patients left without instances are removed too, and the counters of those that stay
+    /// are lowered. An unknown target removes nothing and returns an empty [`Deletion`].
+    async fn delete(&self, target: &DeleteTarget, at_ms: i64) -> Result<Deletion, IndexError>;
+
+    /// Whether the feed holds a tombstone for this content hash (an unindexed blob with one
+    /// was deleted, and must not be brought back by crash recovery).
+    async fn tombstoned(&self, hash: &str) -> Result<bool, IndexError>;
+
+    /// Origin, source, arrival time and holders of one instance.
+    async fn provenance(&self, sop_instance_uid: &str) -> Result<Option<Provenance>, IndexError>;
+
+    /// The newest change-feed sequence number (0 for an empty feed).
+    async fn feed_head(&self) -> Result<i64, IndexError>;
 }

@@ -208,3 +208,54 @@ pub struct IndexStats {
     /// Quarantined objects.
     pub quarantined: u64,
 }
+
+/// What a deletion removes: one entity and everything under it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum DeleteTarget {
+    /// A patient, by (PatientID, IssuerOfPatientID): every study of that patient.
+    Patient {
+        /// PatientID.
+        patient_id: String,
+        /// IssuerOfPatientID as recorded.
+        issuer: String,
+    },
+    /// A study by StudyInstanceUID.
+    Study(String),
+    /// A series by SeriesInstanceUID.
+    Series(String),
+    /// An instance by SOPInstanceUID.
+    Instance(String),
+}
+
+/// What [`crate::Index::delete`] removed from the index.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Deletion {
+    /// Patients left without any study, and so removed.
+    pub patients: u64,
+    /// Studies removed (the target, or studies left empty).
+    pub studies: u64,
+    /// Series removed.
+    pub series: u64,
+    /// Instances removed.
+    pub instances: u64,
+    /// Sum of the removed instances' sizes.
+    pub bytes: u64,
+    /// The tombstones written, one `deleted` feed entry per instance, oldest first.
+    pub tombstones: Vec<Change>,
+    /// Content hashes of removed instances that nothing in the index references any more
+    /// (no other instance, no quarantine entry): their blobs may go.
+    pub unreferenced_hashes: Vec<String>,
+}
+
+/// Where an instance came from and who holds its bytes.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Provenance {
+    /// The site where the instance first entered the grid.
+    pub origin_site: String,
+    /// Calling AE title or other source description.
+    pub source: String,
+    /// When this node received it, in milliseconds since the Unix epoch.
+    pub received_at_ms: i64,
+    /// The sites known to hold its bytes, sorted.
+    pub holders: Vec<String>,
+}

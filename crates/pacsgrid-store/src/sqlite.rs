@@ -18,6 +18,7 @@ use pacsgrid_dicom::query::{self, Matcher};
 use pacsgrid_dicom::{Query, QueryKey};
 use rusqlite::types::{Value, ValueRef};
 use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -29,7 +30,7 @@ const READERS: usize = 4;
 const BUSY_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Schema steps; `PRAGMA user_version` is the number of steps applied. Append, never edit.
-static MIGRATIONS: &[&str] = &[SCHEMA_V1];
+static MIGRATIONS: &[&str] = &[SCHEMA_V1, SCHEMA_V2];
 
 const SCHEMA_V1: &str = r"
 CREATE TABLE patients (
@@ -160,6 +161,12 @@ CREATE TABLE totals (
     quarantined INTEGER NOT NULL
 );
 INSERT INTO totals VALUES (1, 0, 0, 0, 0, 0, 0);
+";
+
+/// Crash recovery asks whether a blob's hash was deleted; tombstones are few, so a partial
+/// index keeps that lookup cheap without indexing every feed entry.
+const SCHEMA_V2: &str = r"
+CREATE INDEX changes_deleted_hash ON changes(hash) WHERE kind = 'deleted';
 ";
 
 impl From<rusqlite::Error> for IndexError {
@@ -1199,6 +1206,200 @@ fn quarantine_tx(conn: &mut Connection, e: &QuarantineEntry) -> Result<i64, Inde
     Ok(id)
 }
 
+// ---------------------------------------------------------------------------------------
+// delete
+
+/// One instance row about to be removed, with the rows above it.
+struct Doomed {
+    id: i64,
+    sop_instance_uid: String,
+    study_uid: String,
+    series_uid: String,
+    hash: String,
+    size: i64,
+    series: i64,
+    study: i64,
+    patient: i64,
+}
+
+fn delete_tx(
+    conn: &mut Connection,
+    target: &DeleteTarget,
+    at_ms: i64,
+) -> Result<Deletion, IndexError> {
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    let (cond, args): (&str, Vec<&str>) = match target {
+        DeleteTarget::Patient { patient_id, issuer } => (
+            "p.patient_id = ?1 AND p.issuer = ?2",
+            vec![patient_id.as_str(), issuer.as_str()],
+        ),
+        DeleteTarget::Study(uid) => ("st.study_uid = ?1", vec![uid.as_str()]),
+        DeleteTarget::Series(uid) => ("se.series_uid = ?1", vec![uid.as_str()]),
+        DeleteTarget::Instance(uid) => ("i.sop_instance_uid = ?1", vec![uid.as_str()]),
+    };
+    let sql = format!(
+        "SELECT i.id, i.sop_instance_uid, st.study_uid, se.series_uid, i.hash, i.size,
+                se.id, st.id, p.id
+         FROM {} WHERE {cond}
+         ORDER BY st.id, se.number IS NULL, se.number, se.id, i.number IS NULL, i.number, i.id",
+        from_clause(Level::Image)
+    );
+    let doomed: Vec<Doomed> = tx
+        .prepare(&sql)?
+        .query_map(rusqlite::params_from_iter(args), |r| {
+            Ok(Doomed {
+                id: r.get(0)?,
+                sop_instance_uid: r.get(1)?,
+                study_uid: r.get(2)?,
+                series_uid: r.get(3)?,
+                hash: r.get(4)?,
+                size: r.get(5)?,
+                series: r.get(6)?,
+                study: r.get(7)?,
+                patient: r.get(8)?,
+            })
+        })?
+        .collect::<Result<_, _>>()?;
+    let mut out = Deletion::default();
+    if doomed.is_empty() {
+        return Ok(out);
+    }
+
+    let mut per_series: BTreeMap<i64, i64> = BTreeMap::new();
+    let mut per_study: BTreeMap<i64, i64> = BTreeMap::new();
+    let mut per_patient: BTreeMap<i64, i64> = BTreeMap::new();
+    let mut hashes: BTreeSet<String> = BTreeSet::new();
+    let mut bytes = 0i64;
+    for d in &doomed {
+        // instance_holders go with the row (ON DELETE CASCADE).
+        tx.prepare_cached("DELETE FROM instances WHERE id = ?1")?
+            .execute([d.id])?;
+        let seq = append_change(
+            &tx,
+            ChangeKind::Deleted,
+            &d.sop_instance_uid,
+            &d.study_uid,
+            &d.series_uid,
+            &d.hash,
+            at_ms,
+        )?;
+        out.tombstones.push(Change {
+            seq,
+            kind: ChangeKind::Deleted,
+            sop_instance_uid: d.sop_instance_uid.clone(),
+            study_uid: d.study_uid.clone(),
+            series_uid: d.series_uid.clone(),
+            hash: d.hash.clone(),
+            at_ms,
+        });
+        *per_series.entry(d.series).or_default() += 1;
+        *per_study.entry(d.study).or_default() += 1;
+        *per_patient.entry(d.patient).or_default() += 1;
+        hashes.insert(d.hash.clone());
+        bytes += d.size;
+    }
+
+    let mut removed_series_of_study: BTreeMap<i64, i64> = BTreeMap::new();
+    let mut removed_series_of_patient: BTreeMap<i64, i64> = BTreeMap::new();
+    for (&series, &n) in &per_series {
+        let left: i64 = tx
+            .prepare_cached(
+                "UPDATE series SET num_instances = num_instances - ?2 WHERE id = ?1
+                 RETURNING num_instances",
+            )?
+            .query_row(params![series, n], |r| r.get(0))?;
+        if left <= 0 {
+            tx.prepare_cached("DELETE FROM series WHERE id = ?1")?
+                .execute([series])?;
+            out.series += 1;
+            if let Some(d) = doomed.iter().find(|d| d.series == series) {
+                *removed_series_of_study.entry(d.study).or_default() += 1;
+                *removed_series_of_patient.entry(d.patient).or_default() += 1;
+            }
+        }
+    }
+
+    let mut removed_studies_of_patient: BTreeMap<i64, i64> = BTreeMap::new();
+    for (&study, &n) in &per_study {
+        let gone_series = removed_series_of_study.get(&study).copied().unwrap_or(0);
+        let left: i64 = tx
+            .prepare_cached(
+                "UPDATE studies SET num_instances = num_instances - ?2,
+                     num_series = num_series - ?3 WHERE id = ?1
+                 RETURNING num_instances",
+            )?
+            .query_row(params![study, n, gone_series], |r| r.get(0))?;
+        if left <= 0 {
+            // study_sop_classes go with the row (ON DELETE CASCADE).
+            tx.prepare_cached("DELETE FROM studies WHERE id = ?1")?
+                .execute([study])?;
+            out.studies += 1;
+            if let Some(d) = doomed.iter().find(|d| d.study == study) {
+                *removed_studies_of_patient.entry(d.patient).or_default() += 1;
+            }
+        } else {
+            // SOPClassesInStudy must forget a class whose last instance went.
+            tx.prepare_cached(
+                "DELETE FROM study_sop_classes WHERE study = ?1 AND sop_class_uid NOT IN
+                     (SELECT i.sop_class_uid FROM instances i JOIN series se ON se.id = i.series
+                      WHERE se.study = ?1)",
+            )?
+            .execute([study])?;
+        }
+    }
+
+    for (&patient, &n) in &per_patient {
+        let gone_series = removed_series_of_patient
+            .get(&patient)
+            .copied()
+            .unwrap_or(0);
+        let gone_studies = removed_studies_of_patient
+            .get(&patient)
+            .copied()
+            .unwrap_or(0);
+        let left: i64 = tx
+            .prepare_cached(
+                "UPDATE patients SET num_instances = num_instances - ?2,
+                     num_series = num_series - ?3, num_studies = num_studies - ?4 WHERE id = ?1
+                 RETURNING num_instances",
+            )?
+            .query_row(params![patient, n, gone_series, gone_studies], |r| r.get(0))?;
+        if left <= 0 {
+            tx.prepare_cached("DELETE FROM patients WHERE id = ?1")?
+                .execute([patient])?;
+            out.patients += 1;
+        }
+    }
+
+    out.instances = doomed.len() as u64;
+    out.bytes = u64::try_from(bytes).unwrap_or(0);
+    tx.prepare_cached(
+        "UPDATE totals SET patients = patients - ?1, studies = studies - ?2,
+             series = series - ?3, instances = instances - ?4, bytes = bytes - ?5 WHERE id = 1",
+    )?
+    .execute(params![
+        out.patients as i64,
+        out.studies as i64,
+        out.series as i64,
+        out.instances as i64,
+        bytes
+    ])?;
+
+    for hash in hashes {
+        let referenced: bool = tx
+            .prepare_cached(
+                "SELECT EXISTS (SELECT 1 FROM instances WHERE hash = ?1)
+                     OR EXISTS (SELECT 1 FROM quarantine WHERE quarantined_hash = ?1)",
+            )?
+            .query_row([&hash], |r| r.get(0))?;
+        if !referenced {
+            out.unreferenced_hashes.push(hash);
+        }
+    }
+    tx.commit()?;
+    Ok(out)
+}
+
 #[async_trait]
 impl Index for SqliteIndex {
     async fn insert(
@@ -1352,6 +1553,66 @@ impl Index for SqliteIndex {
                     quarantined: r.get(5)?,
                 })
             })?)
+        })
+        .await
+    }
+
+    async fn delete(&self, target: &DeleteTarget, at_ms: i64) -> Result<Deletion, IndexError> {
+        let target = target.clone();
+        self.write(move |c| delete_tx(c, &target, at_ms)).await
+    }
+
+    async fn tombstoned(&self, hash: &str) -> Result<bool, IndexError> {
+        let hash = hash.to_string();
+        self.read(move |c| {
+            Ok(c.prepare_cached(
+                "SELECT EXISTS (SELECT 1 FROM changes WHERE kind = 'deleted' AND hash = ?1)",
+            )?
+            .query_row([&hash], |r| r.get(0))?)
+        })
+        .await
+    }
+
+    async fn provenance(&self, sop_instance_uid: &str) -> Result<Option<Provenance>, IndexError> {
+        let uid = sop_instance_uid.to_string();
+        self.read(move |c| {
+            let row: Option<(i64, Provenance)> = c
+                .prepare_cached(
+                    "SELECT id, origin_site, source, received_at_ms FROM instances
+                     WHERE sop_instance_uid = ?1",
+                )?
+                .query_row([&uid], |r| {
+                    Ok((
+                        r.get(0)?,
+                        Provenance {
+                            origin_site: r.get(1)?,
+                            source: r.get(2)?,
+                            received_at_ms: r.get(3)?,
+                            holders: Vec::new(),
+                        },
+                    ))
+                })
+                .optional()?;
+            let Some((id, mut prov)) = row else {
+                return Ok(None);
+            };
+            prov.holders = c
+                .prepare_cached(
+                    "SELECT site FROM instance_holders WHERE instance = ?1 ORDER BY site",
+                )?
+                .query_map([id], |r| r.get(0))?
+                .collect::<Result<_, _>>()?;
+            Ok(Some(prov))
+        })
+        .await
+    }
+
+    async fn feed_head(&self) -> Result<i64, IndexError> {
+        self.read(|c| {
+            Ok(
+                c.prepare_cached("SELECT COALESCE(MAX(seq), 0) FROM changes")?
+                    .query_row([], |r| r.get(0))?,
+            )
         })
         .await
     }
