@@ -8,11 +8,12 @@ mod multipart;
 mod pixels;
 
 use crate::problem::Problem;
-use crate::HttpState;
+use crate::{HttpState, LocalAddr};
 use accept::TsChoice;
 use axum::extract::{Path, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
+use axum::Extension;
 use bytes::Bytes;
 use dicom_dictionary_std::tags;
 use dicom_object::meta::FileMetaTableBuilder;
@@ -102,18 +103,38 @@ fn accept_header(headers: &HeaderMap) -> Result<Option<String>, Problem> {
 }
 
 /// The absolute URL of the DICOMweb base, from the request's Host header.
-fn base_url(headers: &HeaderMap) -> String {
+///
+/// dicomweb-client (0.61) sends `Host` without the port on its GET requests; a URL built
+/// from that would point at port 80. When the request did not come through a proxy (no
+/// forwarding headers) and the Host has no port, the listener's own port is added.
+fn base_url(headers: &HeaderMap, local: Option<LocalAddr>) -> String {
     let host = headers
         .get(header::HOST)
         .and_then(|h| h.to_str().ok())
-        .filter(|h| !h.is_empty() && !h.contains(['/', ' ']));
+        .filter(|h| !h.is_empty() && !h.contains(['/', ' ', '@']));
     let proto = headers
         .get("x-forwarded-proto")
         .and_then(|h| h.to_str().ok())
         .filter(|p| *p == "https" || *p == "http")
         .unwrap_or("http");
+    let proxied = [
+        "forwarded",
+        "x-forwarded-for",
+        "x-forwarded-host",
+        "x-forwarded-proto",
+    ]
+    .iter()
+    .any(|h| headers.contains_key(*h));
     match host {
-        Some(h) => format!("{proto}://{h}{}", crate::DICOMWEB_BASE),
+        Some(h) => {
+            let has_port = h.rsplit_once(':').is_some_and(|(_, p)| !p.contains(']'));
+            match local {
+                Some(LocalAddr(addr)) if !has_port && !proxied && addr.port() != 80 => {
+                    format!("{proto}://{h}:{}{}", addr.port(), crate::DICOMWEB_BASE)
+                }
+                _ => format!("{proto}://{h}{}", crate::DICOMWEB_BASE),
+            }
+        }
         None => crate::DICOMWEB_BASE.to_string(),
     }
 }
@@ -387,10 +408,15 @@ fn check_json_accept(headers: &HeaderMap) -> Result<(), Problem> {
 }
 
 /// Answers a metadata request: a JSON array streamed instance by instance.
-async fn metadata(st: HttpState, headers: HeaderMap, t: Target) -> Result<Response, Problem> {
+async fn metadata(
+    st: HttpState,
+    headers: HeaderMap,
+    local: Option<LocalAddr>,
+    t: Target,
+) -> Result<Response, Problem> {
     check_json_accept(&headers)?;
     let found = locate(&st.archive, &t).await?;
-    let base = base_url(&headers);
+    let base = base_url(&headers, local);
     let (mut w, body) = multipart::channel("");
     let archive = Arc::clone(&st.archive);
     let what = t.describe();
@@ -455,13 +481,14 @@ pub(crate) async fn study_metadata(
     State(st): State<HttpState>,
     Path(study): Path<String>,
     headers: HeaderMap,
+    local: Option<Extension<LocalAddr>>,
 ) -> Result<Response, Problem> {
     let t = Target {
         study,
         series: None,
         instance: None,
     };
-    metadata(st, headers, t).await
+    metadata(st, headers, local.map(|Extension(l)| l), t).await
 }
 
 /// GET /studies/{study}/series/{series}/metadata.
@@ -469,13 +496,14 @@ pub(crate) async fn series_metadata(
     State(st): State<HttpState>,
     Path((study, series)): Path<(String, String)>,
     headers: HeaderMap,
+    local: Option<Extension<LocalAddr>>,
 ) -> Result<Response, Problem> {
     let t = Target {
         study,
         series: Some(series),
         instance: None,
     };
-    metadata(st, headers, t).await
+    metadata(st, headers, local.map(|Extension(l)| l), t).await
 }
 
 /// GET /studies/{study}/series/{series}/instances/{instance}/metadata.
@@ -483,13 +511,14 @@ pub(crate) async fn instance_metadata(
     State(st): State<HttpState>,
     Path((study, series, instance)): Path<(String, String, String)>,
     headers: HeaderMap,
+    local: Option<Extension<LocalAddr>>,
 ) -> Result<Response, Problem> {
     let t = Target {
         study,
         series: Some(series),
         instance: Some(instance),
     };
-    metadata(st, headers, t).await
+    metadata(st, headers, local.map(|Extension(l)| l), t).await
 }
 
 /// Sends parts built in memory (frames, bulk data of one instance) as a multipart answer.
@@ -684,9 +713,12 @@ mod tests {
     fn base_url_from_host() {
         let mut h = HeaderMap::new();
         h.insert(header::HOST, HeaderValue::from_static("example.org:8042"));
-        assert_eq!(base_url(&h), "http://example.org:8042/dicom-web");
+        let local = Some(LocalAddr(([127, 0, 0, 1], 9000).into()));
+        assert_eq!(base_url(&h, local), "http://example.org:8042/dicom-web");
+        h.insert(header::HOST, HeaderValue::from_static("127.0.0.1"));
+        assert_eq!(base_url(&h, local), "http://127.0.0.1:9000/dicom-web");
         h.insert("x-forwarded-proto", HeaderValue::from_static("https"));
-        assert_eq!(base_url(&h), "https://example.org:8042/dicom-web");
-        assert_eq!(base_url(&HeaderMap::new()), "/dicom-web");
+        assert_eq!(base_url(&h, local), "https://127.0.0.1/dicom-web");
+        assert_eq!(base_url(&HeaderMap::new(), local), "/dicom-web");
     }
 }

@@ -345,7 +345,7 @@ pub(crate) fn parse_tag_path(path: &str) -> Result<(Vec<(Tag, usize)>, Tag), Pro
         ))
     };
     let parts: Vec<&str> = path.trim_matches('/').split('/').collect();
-    if parts.len() % 2 == 0 {
+    if parts.len().is_multiple_of(2) {
         return Err(bad());
     }
     let tag = |s: &str| -> Result<Tag, Problem> {
