@@ -395,3 +395,42 @@ def test_not_acceptable(loaded):
                    "application/dicom+json")
     assert_problem(requests.get(instance_url(base, native) + "/frames/1", headers={
         "Accept": 'multipart/related; type="image/jp2"'}), 406, "uncompressed")
+
+
+# ----------------------------------------------------------------------------------- memory
+def rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise AssertionError("no VmRSS")
+
+
+def test_large_study_streams_in_bounded_memory(node, corpora, tmp_path):
+    """A 100 MB study goes out as a stream: the node's resident memory grows by far less than
+    the study while a slow client reads it, and every byte arrives."""
+    src = next(i for i in corpora.native.instances if i.ts == EVRLE)
+    ds = pydicom.dcmread(src.path)
+    ds.StudyInstanceUID = study = generate_uid(prefix="1.2.826.0.1.3680043.10.1082.")
+    paths = []
+    for n in range(800):  # 800 x 128 KiB
+        ds.SOPInstanceUID = generate_uid(prefix="1.2.826.0.1.3680043.10.1082.")
+        ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+        p = tmp_path / f"big{n:04d}.dcm"
+        ds.save_as(p, enforce_file_format=True)
+        paths.append(p)
+    harness.store_ok(node, paths)
+    pid = node.proc.pid
+    before = rss_mb(pid)
+    peak = before
+    total = 0
+    with requests.get(f"http://{harness.HOST}:{node.http_port}/dicom-web/studies/{study}",
+                      headers={"Accept": 'multipart/related; type="application/dicom"; '
+                                         'transfer-syntax=*'}, stream=True) as rsp:
+        assert rsp.status_code == 200
+        for k, chunk in enumerate(rsp.iter_content(1 << 20)):
+            total += len(chunk)
+            if k % 10 == 0:
+                peak = max(peak, rss_mb(pid))
+    expected = sum(p.stat().st_size for p in paths)
+    assert total > expected, (total, expected)  # parts carry their headers and delimiters
+    assert peak - before < 40, f"RSS grew {peak - before:.0f} MB for a {expected >> 20} MB study"
