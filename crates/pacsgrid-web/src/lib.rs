@@ -95,13 +95,19 @@ fn cors_layer(origins: &[String]) -> Option<CorsLayer> {
     )
 }
 
+/// The address the HTTP listener is bound to, for handlers that build absolute URLs when a
+/// client's Host header leaves the port out.
+#[derive(Debug, Clone, Copy)]
+pub struct LocalAddr(pub std::net::SocketAddr);
+
 /// Serves the router on a listener until `shutdown` completes.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     state: HttpState,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router(state))
+    let local = LocalAddr(listener.local_addr()?);
+    axum::serve(listener, router(state).layer(axum::Extension(local)))
         .with_graceful_shutdown(shutdown)
         .await
 }

@@ -1,67 +1,724 @@
-//! WADO-RS: instances as multipart/related, metadata as DICOM JSON, frames and bulk data.
+//! WADO-RS (PS3.18 10.4): instances as multipart/related, metadata as DICOM JSON, frames and
+//! bulk data. Instances stream from the archive one after another; only decoding a
+//! compressed object (or cutting frames out of one) holds that one instance in memory.
+
+mod accept;
+mod metadata;
+mod multipart;
+mod pixels;
 
 use crate::problem::Problem;
+use crate::{HttpState, LocalAddr};
+use accept::TsChoice;
+use axum::extract::{Path, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Extension;
+use bytes::Bytes;
+use dicom_dictionary_std::tags;
+use dicom_object::meta::FileMetaTableBuilder;
+use multipart::{Closed, PartWriter};
+use pacsgrid_archive::{Archive, StoredInstance};
+use pacsgrid_dicom::{uid, Level, Query, QueryModel, Tag};
+use std::sync::Arc;
+use std::time::Instant;
+use tokio::io::AsyncReadExt;
 
-/// Placeholder until this handler is written.
-pub(crate) async fn retrieve_study() -> Problem {
-    Problem::new(
-        axum::http::StatusCode::NOT_IMPLEMENTED,
-        "not implemented yet",
-    )
+/// Content type of metadata answers.
+const DICOM_JSON: &str = "application/dicom+json";
+/// Size of the chunks read from the blob store.
+const CHUNK: usize = 256 << 10;
+
+/// What the URL names: a study, a series or an instance.
+struct Target {
+    study: String,
+    series: Option<String>,
+    instance: Option<String>,
 }
 
-/// Placeholder until this handler is written.
-pub(crate) async fn retrieve_series() -> Problem {
-    Problem::new(
-        axum::http::StatusCode::NOT_IMPLEMENTED,
-        "not implemented yet",
-    )
+impl Target {
+    fn describe(&self) -> String {
+        match (&self.series, &self.instance) {
+            (None, _) => format!("study {}", self.study),
+            (Some(se), None) => format!("series {se} of study {}", self.study),
+            (Some(se), Some(i)) => format!("instance {i} of series {se} of study {}", self.study),
+        }
+    }
 }
 
-/// Placeholder until this handler is written.
-pub(crate) async fn retrieve_instance() -> Problem {
-    Problem::new(
-        axum::http::StatusCode::NOT_IMPLEMENTED,
-        "not implemented yet",
-    )
+/// Every stored instance under the URL's UIDs; 400 for a malformed UID, 404 when nothing is
+/// stored there (an instance stored under another study or series is not "there").
+async fn locate(archive: &Archive, t: &Target) -> Result<Vec<StoredInstance>, Problem> {
+    let mut pairs: Vec<(Tag, &str)> = vec![(tags::STUDY_INSTANCE_UID, &t.study)];
+    let mut level = Level::Study;
+    for (name, tag, v, l) in [
+        (
+            "SeriesInstanceUID",
+            tags::SERIES_INSTANCE_UID,
+            &t.series,
+            Level::Series,
+        ),
+        (
+            "SOPInstanceUID",
+            tags::SOP_INSTANCE_UID,
+            &t.instance,
+            Level::Image,
+        ),
+    ] {
+        if let Some(v) = v {
+            if !uid::is_valid_uid(v) {
+                return Err(Problem::bad_request(format!(
+                    "{name} {v:?} in the URL is not a valid UID"
+                )));
+            }
+            pairs.push((tag, v));
+            level = l;
+        }
+    }
+    if !uid::is_valid_uid(&t.study) {
+        return Err(Problem::bad_request(format!(
+            "StudyInstanceUID {:?} in the URL is not a valid UID",
+            t.study
+        )));
+    }
+    let query = Query::parse(QueryModel::StudyRoot, level, pairs)?;
+    let found = archive.locate(&query).await?;
+    if found.is_empty() {
+        return Err(Problem::not_found(format!("no {} is stored", t.describe())));
+    }
+    Ok(found)
 }
 
-/// Placeholder until this handler is written.
-pub(crate) async fn study_metadata() -> Problem {
-    Problem::new(
-        axum::http::StatusCode::NOT_IMPLEMENTED,
-        "not implemented yet",
-    )
+fn accept_header(headers: &HeaderMap) -> Result<Option<String>, Problem> {
+    // several Accept headers are one list (RFC 9110 5.3)
+    let mut all = Vec::new();
+    for v in headers.get_all(header::ACCEPT) {
+        all.push(
+            v.to_str()
+                .map_err(|_| Problem::bad_request("the Accept header is not ASCII text"))?
+                .to_string(),
+        );
+    }
+    Ok((!all.is_empty()).then(|| all.join(", ")))
 }
 
-/// Placeholder until this handler is written.
-pub(crate) async fn series_metadata() -> Problem {
-    Problem::new(
-        axum::http::StatusCode::NOT_IMPLEMENTED,
-        "not implemented yet",
-    )
+/// The absolute URL of the DICOMweb base, from the request's Host header.
+///
+/// dicomweb-client (0.61) sends `Host` without the port on its GET requests; a URL built
+/// from that would point at port 80. When the request did not come through a proxy (no
+/// forwarding headers) and the Host has no port, the listener's own port is added.
+fn base_url(headers: &HeaderMap, local: Option<LocalAddr>) -> String {
+    let host = headers
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .filter(|h| !h.is_empty() && !h.contains(['/', ' ', '@']));
+    let proto = headers
+        .get("x-forwarded-proto")
+        .and_then(|h| h.to_str().ok())
+        .filter(|p| *p == "https" || *p == "http")
+        .unwrap_or("http");
+    let proxied = [
+        "forwarded",
+        "x-forwarded-for",
+        "x-forwarded-host",
+        "x-forwarded-proto",
+    ]
+    .iter()
+    .any(|h| headers.contains_key(*h));
+    match host {
+        Some(h) => {
+            let has_port = h.rsplit_once(':').is_some_and(|(_, p)| !p.contains(']'));
+            match local {
+                Some(LocalAddr(addr)) if !has_port && !proxied && addr.port() != 80 => {
+                    format!("{proto}://{h}:{}{}", addr.port(), crate::DICOMWEB_BASE)
+                }
+                _ => format!("{proto}://{h}{}", crate::DICOMWEB_BASE),
+            }
+        }
+        None => crate::DICOMWEB_BASE.to_string(),
+    }
 }
 
-/// Placeholder until this handler is written.
-pub(crate) async fn instance_metadata() -> Problem {
-    Problem::new(
-        axum::http::StatusCode::NOT_IMPLEMENTED,
-        "not implemented yet",
-    )
+/// How one instance goes out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Delivery {
+    /// The stored bytes.
+    AsStored,
+    /// Uncompressed to another uncompressed syntax (the archive converts the data set).
+    Convert(&'static str),
+    /// Compressed stored, decoded to this uncompressed syntax here.
+    Decode(&'static str),
 }
 
-/// Placeholder until this handler is written.
-pub(crate) async fn retrieve_frames() -> Problem {
-    Problem::new(
-        axum::http::StatusCode::NOT_IMPLEMENTED,
-        "not implemented yet",
-    )
+/// The uncompressed syntaxes instances are converted to on request.
+fn is_target_native(ts: &str) -> bool {
+    ts == uid::EXPLICIT_VR_LE || ts == uid::IMPLICIT_VR_LE
 }
 
-/// Placeholder until this handler is written.
-pub(crate) async fn bulkdata() -> Problem {
-    Problem::new(
-        axum::http::StatusCode::NOT_IMPLEMENTED,
-        "not implemented yet",
+/// Picks the first acceptable delivery for an instance, or says why none is.
+fn plan(choices: &[TsChoice], inst: &StoredInstance) -> Result<Delivery, String> {
+    let stored = inst.transfer_syntax.as_str();
+    let info = uid::transfer_syntax(stored);
+    let encapsulated = info.is_some_and(|i| i.encapsulated);
+    let name = info.map(|i| i.name).unwrap_or("an unknown syntax");
+    let mut why = Vec::new();
+    for c in choices {
+        match *c {
+            TsChoice::AsStored => return Ok(Delivery::AsStored),
+            TsChoice::Syntax(ts) if ts == stored => return Ok(Delivery::AsStored),
+            TsChoice::Syntax(ts) if is_target_native(ts) => {
+                if !encapsulated {
+                    return Ok(Delivery::Convert(ts));
+                }
+                match pixels::cannot_decode(stored) {
+                    None => return Ok(Delivery::Decode(ts)),
+                    Some(w) => why.push(w),
+                }
+            }
+            TsChoice::Syntax(ts) => {
+                let to = uid::transfer_syntax(ts).map(|i| i.name).unwrap_or(ts);
+                why.push(format!("this node does not convert {name} to {to} ({ts})"));
+            }
+        }
+    }
+    Err(format!(
+        "instance {} is stored as {name} ({stored}) and cannot be sent in any accepted transfer syntax: {}; ask with transfer-syntax=* for the stored bytes",
+        inst.sop_instance_uid,
+        why.join("; ")
+    ))
+}
+
+/// The preamble and file meta group for a data set converted to `ts`.
+fn meta_header(inst: &StoredInstance, ts: &str) -> Result<Vec<u8>, Problem> {
+    let meta = FileMetaTableBuilder::new()
+        .media_storage_sop_class_uid(inst.sop_class_uid.as_str())
+        .media_storage_sop_instance_uid(inst.sop_instance_uid.as_str())
+        .transfer_syntax(ts)
+        .implementation_class_uid(uid::IMPLEMENTATION_CLASS_UID)
+        .implementation_version_name(uid::IMPLEMENTATION_VERSION_NAME)
+        .build()
+        .map_err(|e| Problem::internal(format!("file meta group: {e}")))?;
+    let mut out = Vec::with_capacity(256);
+    out.extend_from_slice(&[0u8; 128]);
+    out.extend_from_slice(b"DICM");
+    meta.write(&mut out)
+        .map_err(|e| Problem::internal(format!("file meta group: {e}")))?;
+    Ok(out)
+}
+
+/// Reads a whole stored object; only for the one instance being decoded or cut into frames.
+async fn read_whole(archive: &Archive, inst: &StoredInstance) -> Result<Vec<u8>, Problem> {
+    let mut r = archive.open_file(inst).await?;
+    let mut buf = Vec::with_capacity(usize::try_from(inst.size).unwrap_or(0).min(1 << 30));
+    r.read_to_end(&mut buf).await.map_err(|e| {
+        Problem::internal(format!("reading instance {}: {e}", inst.sop_instance_uid))
+    })?;
+    Ok(buf)
+}
+
+/// Why a streamed response stopped early.
+#[derive(Debug, thiserror::Error)]
+enum StreamError {
+    #[error("{0}")]
+    Closed(#[from] Closed),
+    #[error("{0}")]
+    Failed(String),
+}
+
+impl From<Problem> for StreamError {
+    fn from(p: Problem) -> Self {
+        StreamError::Failed(p.detail)
+    }
+}
+
+/// Writes one instance as a part.
+async fn send_instance(
+    archive: &Archive,
+    w: &mut PartWriter,
+    inst: &StoredInstance,
+    how: Delivery,
+) -> Result<(), StreamError> {
+    let ts = match how {
+        Delivery::AsStored => inst.transfer_syntax.as_str(),
+        Delivery::Convert(ts) | Delivery::Decode(ts) => ts,
+    };
+    match how {
+        Delivery::AsStored => {
+            let mut r = archive.open_file(inst).await.map_err(Problem::from)?;
+            w.begin_part(&format!("application/dicom; transfer-syntax={ts}"))
+                .await?;
+            loop {
+                let mut buf = vec![0u8; CHUNK];
+                let n = r.read(&mut buf).await.map_err(|e| {
+                    StreamError::Failed(format!("reading {}: {e}", inst.sop_instance_uid))
+                })?;
+                if n == 0 {
+                    break;
+                }
+                buf.truncate(n);
+                w.send(Bytes::from(buf)).await?;
+            }
+        }
+        Delivery::Convert(ts) => {
+            let data = archive
+                .transcode_dataset(inst, ts)
+                .await
+                .map_err(|e| StreamError::Failed(e.to_string()))?;
+            let head = meta_header(inst, ts)?;
+            w.begin_part(&format!("application/dicom; transfer-syntax={ts}"))
+                .await?;
+            w.send(Bytes::from(head)).await?;
+            w.send(Bytes::from(data)).await?;
+        }
+        Delivery::Decode(ts) => {
+            let bytes = read_whole(archive, inst).await?;
+            let out = tokio::task::spawn_blocking(move || pixels::decode_to(&bytes, ts))
+                .await
+                .map_err(|e| StreamError::Failed(e.to_string()))??;
+            w.begin_part(&format!("application/dicom; transfer-syntax={ts}"))
+                .await?;
+            w.send(Bytes::from(out)).await?;
+        }
+    }
+    Ok(())
+}
+
+/// Answers a retrieve of instances: negotiates, then streams them.
+async fn retrieve(st: HttpState, headers: HeaderMap, t: Target) -> Result<Response, Problem> {
+    let accept = accept_header(&headers)?;
+    let choices = accept::dicom_choices(&accept::parse_accept(accept.as_deref())?)?;
+    let found = locate(&st.archive, &t).await?;
+    // decide every instance before the first byte: a 406 after a 200 is impossible
+    let mut planned = Vec::with_capacity(found.len());
+    for inst in found {
+        let how = plan(&choices, &inst).map_err(Problem::not_acceptable)?;
+        planned.push((inst, how));
+    }
+    let boundary = multipart::new_boundary();
+    let (mut w, body) = multipart::channel(&boundary);
+    let archive = Arc::clone(&st.archive);
+    let what = t.describe();
+    tokio::spawn(async move {
+        let started = Instant::now();
+        let n = planned.len();
+        let mut result = Ok(());
+        for (inst, how) in &planned {
+            result = send_instance(&archive, &mut w, inst, *how).await;
+            if result.is_err() {
+                break;
+            }
+        }
+        let bytes = w.bytes;
+        let result = match result {
+            Ok(()) => w.finish().await.map_err(StreamError::from),
+            Err(StreamError::Failed(why)) => {
+                w.fail(why.clone()).await;
+                Err(StreamError::Failed(why))
+            }
+            Err(e) => Err(e),
+        };
+        let elapsed_ms = started.elapsed().as_millis() as u64;
+        match result {
+            Ok(()) => {
+                tracing::info!(what = %what, instances = n, bytes, elapsed_ms, "WADO-RS retrieve")
+            }
+            Err(e) => {
+                tracing::warn!(what = %what, instances = n, bytes, elapsed_ms, error = %e, "WADO-RS retrieve ended early")
+            }
+        }
+    });
+    Ok(multipart_response(
+        &multipart::content_type("application/dicom", &boundary),
+        body,
+    ))
+}
+
+fn multipart_response(content_type: &str, body: axum::body::Body) -> Response {
+    let mut rsp = (StatusCode::OK, body).into_response();
+    if let Ok(v) = HeaderValue::from_str(content_type) {
+        rsp.headers_mut().insert(header::CONTENT_TYPE, v);
+    }
+    rsp
+}
+
+/// GET /studies/{study}: every instance of a study.
+pub(crate) async fn retrieve_study(
+    State(st): State<HttpState>,
+    Path(study): Path<String>,
+    headers: HeaderMap,
+) -> Result<Response, Problem> {
+    let t = Target {
+        study,
+        series: None,
+        instance: None,
+    };
+    retrieve(st, headers, t).await
+}
+
+/// GET /studies/{study}/series/{series}: every instance of a series.
+pub(crate) async fn retrieve_series(
+    State(st): State<HttpState>,
+    Path((study, series)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> Result<Response, Problem> {
+    let t = Target {
+        study,
+        series: Some(series),
+        instance: None,
+    };
+    retrieve(st, headers, t).await
+}
+
+/// GET /studies/{study}/series/{series}/instances/{instance}: one instance.
+pub(crate) async fn retrieve_instance(
+    State(st): State<HttpState>,
+    Path((study, series, instance)): Path<(String, String, String)>,
+    headers: HeaderMap,
+) -> Result<Response, Problem> {
+    let t = Target {
+        study,
+        series: Some(series),
+        instance: Some(instance),
+    };
+    retrieve(st, headers, t).await
+}
+
+/// Refuses metadata requests that accept no JSON.
+fn check_json_accept(headers: &HeaderMap) -> Result<(), Problem> {
+    let accept = accept_header(headers)?;
+    let ranges = accept::parse_accept(accept.as_deref())?;
+    let ok = ranges.iter().any(|r| {
+        matches!(
+            r.media_type.as_str(),
+            "application/dicom+json" | "application/json" | "application/*" | "*/*"
+        )
+    });
+    if ok {
+        Ok(())
+    } else {
+        Err(Problem::not_acceptable(format!(
+            "metadata is served as application/dicom+json; the request accepts only: {}",
+            ranges
+                .iter()
+                .map(|r| r.media_type.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        )))
+    }
+}
+
+/// Answers a metadata request: a JSON array streamed instance by instance.
+async fn metadata(
+    st: HttpState,
+    headers: HeaderMap,
+    local: Option<LocalAddr>,
+    t: Target,
+) -> Result<Response, Problem> {
+    check_json_accept(&headers)?;
+    let found = locate(&st.archive, &t).await?;
+    let base = base_url(&headers, local);
+    let (mut w, body) = multipart::channel("");
+    let archive = Arc::clone(&st.archive);
+    let what = t.describe();
+    tokio::spawn(async move {
+        let started = Instant::now();
+        let n = found.len();
+        let mut result: Result<(), StreamError> =
+            w.send(Bytes::from_static(b"[")).await.map_err(Into::into);
+        for (i, inst) in found.iter().enumerate() {
+            if result.is_err() {
+                break;
+            }
+            result = async {
+                let url = format!(
+                    "{base}/studies/{}/series/{}/instances/{}",
+                    inst.study_uid, inst.series_uid, inst.sop_instance_uid
+                );
+                let reader = metadata::BlockingRead::new(
+                    archive.open_file(inst).await.map_err(Problem::from)?,
+                );
+                let ts = inst.transfer_syntax.clone();
+                let json = tokio::task::spawn_blocking(move || {
+                    let obj = metadata::read_header(reader)?;
+                    let v = metadata::instance_json(&obj, &url, &ts)?;
+                    serde_json::to_vec(&v).map_err(|e| Problem::internal(e.to_string()))
+                })
+                .await
+                .map_err(|e| StreamError::Failed(e.to_string()))??;
+                if i > 0 {
+                    w.send(Bytes::from_static(b",")).await?;
+                }
+                w.send(Bytes::from(json)).await?;
+                Ok(())
+            }
+            .await;
+        }
+        if result.is_ok() {
+            result = w.send(Bytes::from_static(b"]")).await.map_err(Into::into);
+        }
+        let bytes = w.bytes;
+        let elapsed_ms = started.elapsed().as_millis() as u64;
+        match result {
+            Ok(()) => {
+                tracing::info!(what = %what, instances = n, bytes, elapsed_ms, "WADO-RS metadata")
+            }
+            Err(e) => {
+                if let StreamError::Failed(why) = &e {
+                    w.fail(why.clone()).await;
+                }
+                tracing::warn!(what = %what, instances = n, bytes, elapsed_ms, error = %e, "WADO-RS metadata ended early")
+            }
+        }
+    });
+    let mut rsp = (StatusCode::OK, body).into_response();
+    rsp.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(DICOM_JSON));
+    Ok(rsp)
+}
+
+/// GET /studies/{study}/metadata.
+pub(crate) async fn study_metadata(
+    State(st): State<HttpState>,
+    Path(study): Path<String>,
+    headers: HeaderMap,
+    local: Option<Extension<LocalAddr>>,
+) -> Result<Response, Problem> {
+    let t = Target {
+        study,
+        series: None,
+        instance: None,
+    };
+    metadata(st, headers, local.map(|Extension(l)| l), t).await
+}
+
+/// GET /studies/{study}/series/{series}/metadata.
+pub(crate) async fn series_metadata(
+    State(st): State<HttpState>,
+    Path((study, series)): Path<(String, String)>,
+    headers: HeaderMap,
+    local: Option<Extension<LocalAddr>>,
+) -> Result<Response, Problem> {
+    let t = Target {
+        study,
+        series: Some(series),
+        instance: None,
+    };
+    metadata(st, headers, local.map(|Extension(l)| l), t).await
+}
+
+/// GET /studies/{study}/series/{series}/instances/{instance}/metadata.
+pub(crate) async fn instance_metadata(
+    State(st): State<HttpState>,
+    Path((study, series, instance)): Path<(String, String, String)>,
+    headers: HeaderMap,
+    local: Option<Extension<LocalAddr>>,
+) -> Result<Response, Problem> {
+    let t = Target {
+        study,
+        series: Some(series),
+        instance: Some(instance),
+    };
+    metadata(st, headers, local.map(|Extension(l)| l), t).await
+}
+
+/// Sends parts built in memory (frames, bulk data of one instance) as a multipart answer.
+async fn parts_response(
+    parts: Vec<pixels::Part>,
+    what: String,
+    started: Instant,
+) -> Result<Response, Problem> {
+    let top = parts
+        .first()
+        .map(|p| {
+            p.content_type
+                .split(';')
+                .next()
+                .unwrap_or("")
+                .trim()
+                .to_string()
+        })
+        .unwrap_or_else(|| pixels::OCTET_STREAM.to_string());
+    let boundary = multipart::new_boundary();
+    let (mut w, body) = multipart::channel(&boundary);
+    tokio::spawn(async move {
+        let n = parts.len();
+        let mut result = Ok(());
+        for p in parts {
+            result = async {
+                w.begin_part(&p.content_type).await?;
+                w.send(Bytes::from(p.data)).await
+            }
+            .await;
+            if result.is_err() {
+                break;
+            }
+        }
+        let bytes = w.bytes;
+        if result.is_ok() {
+            result = w.finish().await;
+        }
+        let elapsed_ms = started.elapsed().as_millis() as u64;
+        match result {
+            Ok(()) => {
+                tracing::info!(what = %what, parts = n, bytes, elapsed_ms, "WADO-RS retrieve")
+            }
+            Err(e) => {
+                tracing::warn!(what = %what, parts = n, bytes, elapsed_ms, error = %e, "WADO-RS retrieve ended early")
+            }
+        }
+    });
+    Ok(multipart_response(
+        &multipart::content_type(&top, &boundary),
+        body,
+    ))
+}
+
+/// GET …/instances/{instance}/frames/{frames}: frames as uncompressed bytes or as their
+/// stored bitstreams.
+pub(crate) async fn retrieve_frames(
+    State(st): State<HttpState>,
+    Path((study, series, instance, frames)): Path<(String, String, String, String)>,
+    headers: HeaderMap,
+) -> Result<Response, Problem> {
+    let started = Instant::now();
+    let list = pixels::parse_frame_list(&frames)?;
+    let accept = accept_header(&headers)?;
+    let choices = accept::pixel_choices(&accept::parse_accept(accept.as_deref())?)?;
+    let t = Target {
+        study,
+        series: Some(series),
+        instance: Some(instance),
+    };
+    let inst = first(locate(&st.archive, &t).await?)?;
+    let bytes = read_whole(&st.archive, &inst).await?;
+    let ts = inst.transfer_syntax.clone();
+    let parts = tokio::task::spawn_blocking(move || pixels::frames(&bytes, &ts, &list, &choices))
+        .await
+        .map_err(|e| Problem::internal(e.to_string()))??;
+    parts_response(
+        parts,
+        format!("frames {frames} of {}", t.describe()),
+        started,
     )
+    .await
+}
+
+fn first(found: Vec<StoredInstance>) -> Result<StoredInstance, Problem> {
+    found
+        .into_iter()
+        .next()
+        .ok_or_else(|| Problem::not_found("no such instance is stored"))
+}
+
+/// GET …/instances/{instance}/bulkdata/{path}: the value a metadata BulkDataURI points at.
+pub(crate) async fn bulkdata(
+    State(st): State<HttpState>,
+    Path((study, series, instance, path)): Path<(String, String, String, String)>,
+    headers: HeaderMap,
+) -> Result<Response, Problem> {
+    let started = Instant::now();
+    let (seqs, tag) = pixels::parse_tag_path(&path)?;
+    let accept = accept_header(&headers)?;
+    let choices = accept::pixel_choices(&accept::parse_accept(accept.as_deref())?)?;
+    let t = Target {
+        study,
+        series: Some(series),
+        instance: Some(instance),
+    };
+    let inst = first(locate(&st.archive, &t).await?)?;
+    let bytes = read_whole(&st.archive, &inst).await?;
+    let ts = inst.transfer_syntax.clone();
+    let parts = tokio::task::spawn_blocking(move || {
+        if seqs.is_empty() && tag == tags::PIXEL_DATA {
+            pixels::pixel_bulk(&bytes, &ts, &choices)
+        } else {
+            if !choices.contains(&accept::PixelChoice::Uncompressed)
+                && !choices.contains(&accept::PixelChoice::AsStored)
+            {
+                return Err(Problem::not_acceptable(
+                    "bulk data values other than pixel data are served as application/octet-stream",
+                ));
+            }
+            Ok(vec![pixels::Part {
+                content_type: pixels::OCTET_STREAM.to_string(),
+                data: pixels::bulk_value(&bytes, &seqs, tag)?,
+            }])
+        }
+    })
+    .await
+    .map_err(|e| Problem::internal(e.to_string()))??;
+    parts_response(
+        parts,
+        format!("bulk data {path} of {}", t.describe()),
+        started,
+    )
+    .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn inst(ts: &str) -> StoredInstance {
+        StoredInstance {
+            study_uid: "1.2".into(),
+            series_uid: "1.2.3".into(),
+            sop_instance_uid: "1.2.3.4".into(),
+            sop_class_uid: "1.2.840.10008.5.1.4.1.1.4".into(),
+            transfer_syntax: ts.into(),
+            hash: String::new(),
+            size: 0,
+            dataset_offset: 0,
+        }
+    }
+
+    #[test]
+    fn plans_follow_preference_and_capability() {
+        let evrle = [TsChoice::Syntax(uid::EXPLICIT_VR_LE)];
+        assert_eq!(
+            plan(&evrle, &inst(uid::EXPLICIT_VR_LE)),
+            Ok(Delivery::AsStored)
+        );
+        assert_eq!(
+            plan(&evrle, &inst(uid::IMPLICIT_VR_LE)),
+            Ok(Delivery::Convert(uid::EXPLICIT_VR_LE))
+        );
+        assert_eq!(
+            plan(&evrle, &inst("1.2.840.10008.1.2.5")),
+            Ok(Delivery::Decode(uid::EXPLICIT_VR_LE))
+        );
+        let why = plan(&evrle, &inst("1.2.840.10008.1.2.4.80")).unwrap_err();
+        assert!(
+            why.contains("JPEG-LS") && why.contains("1.2.840.10008.1.2.4.80"),
+            "{why}"
+        );
+        let both = [TsChoice::Syntax(uid::EXPLICIT_VR_LE), TsChoice::AsStored];
+        assert_eq!(
+            plan(&both, &inst("1.2.840.10008.1.2.4.80")),
+            Ok(Delivery::AsStored)
+        );
+        let jpeg = [TsChoice::Syntax("1.2.840.10008.1.2.4.50")];
+        assert!(plan(&jpeg, &inst(uid::EXPLICIT_VR_LE)).is_err());
+    }
+
+    #[test]
+    fn meta_header_is_part10() {
+        let h = meta_header(&inst(uid::EXPLICIT_VR_LE), uid::EXPLICIT_VR_LE).unwrap();
+        assert_eq!(&h[128..132], b"DICM");
+        let parsed = pacsgrid_dicom::part10::parse_part10_header(&h).unwrap();
+        assert_eq!(parsed.dataset_offset, h.len() as u64);
+    }
+
+    #[test]
+    fn base_url_from_host() {
+        let mut h = HeaderMap::new();
+        h.insert(header::HOST, HeaderValue::from_static("example.org:8042"));
+        let local = Some(LocalAddr(([127, 0, 0, 1], 9000).into()));
+        assert_eq!(base_url(&h, local), "http://example.org:8042/dicom-web");
+        h.insert(header::HOST, HeaderValue::from_static("127.0.0.1"));
+        assert_eq!(base_url(&h, local), "http://127.0.0.1:9000/dicom-web");
+        h.insert("x-forwarded-proto", HeaderValue::from_static("https"));
+        assert_eq!(base_url(&h, local), "https://127.0.0.1/dicom-web");
+        assert_eq!(base_url(&HeaderMap::new(), local), "/dicom-web");
+    }
 }
