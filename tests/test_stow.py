@@ -51,12 +51,13 @@ def multipart(parts: list[bytes], content_types: list[str | None] | None = None)
     return out + f"\r\n--{BOUNDARY}--\r\n".encode()
 
 
-def post(node, parts_or_body, path="/studies", content_type=None, **kw) -> requests.Response:
+def post(node, parts_or_body, path="/studies", content_type=None, headers=None
+         ) -> requests.Response:
+    """POST a list of parts (made a multipart body), raw bytes or a generator (chunked)."""
     body = parts_or_body if isinstance(parts_or_body, (bytes, bytearray)) or callable(
         getattr(parts_or_body, "__next__", None)) else multipart(parts_or_body)
-    return requests.post(base(node) + path, data=body, timeout=120,
-                         headers={"Content-Type": content_type or RELATED.format(b=BOUNDARY)},
-                         **kw)
+    h = {"Content-Type": content_type or RELATED.format(b=BOUNDARY), **(headers or {})}
+    return requests.post(base(node) + path, data=body, timeout=120, headers=h)
 
 
 def seq(js: dict, tag: str) -> list[dict]:
@@ -217,6 +218,16 @@ def test_wrong_content_type_is_415(node, corpora, content_type):
     assert instance_uids(node) == []
 
 
+def test_accept_without_dicom_json_is_406(node, corpora):
+    (inst, data), = native_bytes(corpora, 1)
+    r = post(node, [data], headers={"Accept": "application/dicom+xml"})
+    assert r.status_code == 406, r.text
+    assert r.headers["Content-Type"] == PROBLEM_JSON
+    assert find_sop(node, inst) == 0
+    r = post(node, [data], headers={"Accept": "application/dicom+json"})
+    assert r.status_code == 200, r.text
+
+
 def test_unparsable_multipart_is_400(node, corpora):
     (_, data), = native_bytes(corpora, 1)
     r = post(node, data, content_type='multipart/related; type="application/dicom"')
@@ -275,3 +286,42 @@ def test_oversized_body_is_413(small_node, corpora):
     (inst, small), = native_bytes(corpora, 1)
     assert len(small) < LIMIT
     assert post(node, [small]).status_code == 200
+
+
+# --------------------------------------------------------------------------- bounded memory
+def peak_rss_kib(node) -> int:
+    for line in Path(f"/proc/{node.proc.pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1])
+    raise AssertionError("no VmHWM in /proc status")
+
+
+def test_large_upload_streams_in_bounded_memory(node, corpora):
+    """A 256 MiB object, sent chunked from a generator (never whole in the client either):
+    stored, and the node's peak RSS grows by far less than the object."""
+    frames, rows, cols = 512, 512, 512
+    ds = pydicom.dcmread(corpora.native.instances[0].path)
+    del ds.PixelData
+    ds.SOPInstanceUID = pydicom.uid.generate_uid()
+    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    ds.file_meta.TransferSyntaxUID = pydicom.uid.ExplicitVRLittleEndian
+    ds.Rows, ds.Columns, ds.NumberOfFrames = rows, cols, frames
+    head = BytesIO()
+    ds.save_as(head, enforce_file_format=True)
+    pixel_len = frames * rows * cols * 2
+    pixel_header = b"\xe0\x7f\x10\x00OW\x00\x00" + pixel_len.to_bytes(4, "little")
+    frame = bytes(range(256)) * (rows * cols * 2 // 256)
+
+    def body():
+        yield f"\r\n--{BOUNDARY}\r\nContent-Type: application/dicom\r\n\r\n".encode()
+        yield head.getvalue() + pixel_header
+        for _ in range(frames):
+            yield frame
+        yield f"\r\n--{BOUNDARY}--\r\n".encode()
+
+    before = peak_rss_kib(node)
+    r = post(node, body())
+    assert r.status_code == 200, r.text
+    assert val(seq(r.json(), "00081199")[0], "00081155") == ds.SOPInstanceUID
+    grown_mib = (peak_rss_kib(node) - before) / 1024
+    assert grown_mib < 64, f"peak RSS grew by {grown_mib:.0f} MiB for a 256 MiB upload"

@@ -109,6 +109,41 @@ fn body_kind(headers: &HeaderMap) -> Result<BodyKind, Problem> {
     }
 }
 
+/// Refuses (406) a request whose Accept excludes the one response type, DICOM JSON, before
+/// anything is stored.
+fn check_accept(headers: &HeaderMap) -> Result<(), Problem> {
+    let values: Vec<&str> = headers
+        .get_all(header::ACCEPT)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .collect();
+    if values.is_empty() {
+        return Ok(());
+    }
+    let ok = values.iter().flat_map(|v| v.split(',')).any(|range| {
+        let mut items = range.split(';');
+        let essence = items.next().unwrap_or("").trim().to_ascii_lowercase();
+        let refused = items.any(|p| {
+            p.split_once('=').is_some_and(|(k, v)| {
+                k.trim().eq_ignore_ascii_case("q") && v.trim().parse::<f32>().ok() == Some(0.0)
+            })
+        });
+        !refused
+            && matches!(
+                essence.as_str(),
+                "application/dicom+json" | "application/json" | "application/*" | "*/*" | "*"
+            )
+    });
+    if ok {
+        Ok(())
+    } else {
+        Err(Problem::not_acceptable(format!(
+            "the STOW-RS response is {DICOM_JSON}; Accept allows only {:?}",
+            values.join(", ")
+        )))
+    }
+}
+
 /// `scheme://host/dicom-web` as the client addressed the node (proxies may say otherwise in
 /// X-Forwarded-*), for RetrieveURLs. Without a usable Host the URLs are relative.
 fn base_url(headers: &HeaderMap) -> String {
@@ -375,6 +410,7 @@ async fn receive(
         .get::<ConnectInfo<SocketAddr>>()
         .map(|c| c.0.to_string())
         .unwrap_or_else(|| "unknown peer".into());
+    check_accept(&parts.headers)?;
     let kind = body_kind(&parts.headers)?;
     let max = state.options.max_upload_bytes;
     let declared = parts

@@ -319,3 +319,25 @@ fn base_url_from_host_and_proxies() {
     h.insert("x-forwarded-host", HeaderValue::from_static("evil/\"host"));
     assert_eq!(base_url(&h), "https://node:8042/dicom-web");
 }
+
+#[test]
+fn accept_must_allow_dicom_json() {
+    let mut h = HeaderMap::new();
+    assert!(check_accept(&h).is_ok());
+    for ok in [
+        "application/dicom+json",
+        "*/*",
+        "application/json",
+        "text/html, application/*",
+    ] {
+        h.insert(header::ACCEPT, HeaderValue::from_static(ok));
+        assert!(check_accept(&h).is_ok(), "{ok}");
+    }
+    for bad in [
+        "application/dicom+xml",
+        "application/dicom+json;q=0, application/xml",
+    ] {
+        h.insert(header::ACCEPT, HeaderValue::from_static(bad));
+        assert_eq!(check_accept(&h).unwrap_err().status.as_u16(), 406, "{bad}");
+    }
+}
