@@ -19,7 +19,7 @@ use bytes::Bytes;
 use futures::{Stream, StreamExt};
 use limit::{limited, BodyMeter, BoxError};
 use media_type::MediaType;
-use multipart::{MultipartError, MultipartReader};
+use multipart::MultipartReader;
 use pacsgrid_archive::{Archive, StoreError, StoreOutcome};
 use pacsgrid_dicom::part10::{parse_part10_header, Part10Header, MAX_META_GROUP};
 use pacsgrid_dicom::{status, uid};
@@ -214,12 +214,8 @@ impl<S: Stream<Item = Result<Bytes, BoxError>> + Send> PartSource for FieldSourc
         self.reader
             .chunk()
             .await
-            .map_err(|e| multipart_error(self.meter, e))
+            .map_err(|e| body_error(self.meter, e))
     }
-}
-
-fn multipart_error(meter: &BodyMeter, e: MultipartError) -> BodyError {
-    body_error(meter, e)
 }
 
 /// A whole single-part body.
@@ -514,7 +510,7 @@ async fn receive_multipart(
             Ok(Some(h)) => h,
             Ok(None) => return None,
             Err(e) => {
-                let error = multipart_error(meter, e);
+                let error = body_error(meter, e);
                 if rx.parts > 0 && matches!(error, BodyError::Malformed(_)) {
                     // The parts so far were complete; only what follows them is amiss.
                     tracing::warn!("STOW-RS body broken after {} complete parts", rx.parts);
