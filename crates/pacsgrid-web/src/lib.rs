@@ -107,7 +107,11 @@ pub async fn serve(
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let local = LocalAddr(listener.local_addr()?);
-    axum::serve(listener, router(state).layer(axum::Extension(local)))
+    // Peer addresses reach handlers (STOW-RS records who sent an object).
+    let app = router(state)
+        .layer(axum::Extension(local))
+        .into_make_service_with_connect_info::<std::net::SocketAddr>();
+    axum::serve(listener, app)
         .with_graceful_shutdown(shutdown)
         .await
 }
