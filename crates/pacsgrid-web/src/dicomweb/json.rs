@@ -140,13 +140,6 @@ pub(crate) fn dataset<'a>(pairs: impl IntoIterator<Item = (Tag, Option<&'a str>)
     Value::Object(obj)
 }
 
-/// A whole index answer row as a DICOM JSON data set: every attribute it holds.
-// Meant for the REST API's listings, written on another branch; unused until it lands.
-#[allow(dead_code)]
-pub(crate) fn row(values: &pacsgrid_archive::AttrValues) -> Value {
-    dataset(values.iter().map(|(t, v)| (*t, Some(v.as_str()))))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -260,7 +253,7 @@ mod tests {
         row.insert(tags::STUDY_INSTANCE_UID, "1.2.3".into());
         row.insert(tags::PATIENT_ID, "P1".into());
         row.insert(tags::STUDY_DATE, "20200101".into());
-        let v = super::row(&row);
+        let v = super::dataset(row.iter().map(|(t, v)| (*t, Some(v.as_str()))));
         let keys: Vec<&String> = v.as_object().unwrap().keys().collect();
         assert_eq!(keys, ["00080020", "00100020", "0020000D"]);
         assert_eq!(v["00080020"], json!({"vr": "DA", "Value": ["20200101"]}));

@@ -6,7 +6,7 @@ use futures::{Stream, StreamExt};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
-/// Error type of the limited stream, as multer wants it.
+/// Error type of the limited stream.
 pub(crate) type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// The body went past the budget.
@@ -15,7 +15,7 @@ pub(crate) type BoxError = Box<dyn std::error::Error + Send + Sync>;
 pub(crate) struct TooLarge(pub u64);
 
 /// What the handler reads after the stream ended or failed: how much came and whether the
-/// budget was exceeded (multer wraps stream errors, so the flag is the reliable signal).
+/// budget was exceeded (the multipart reader wraps stream errors, so the flag is the reliable signal).
 #[derive(Debug, Default)]
 pub(crate) struct BodyMeter {
     seen: AtomicU64,
