@@ -65,6 +65,24 @@ def test_import_into_data_dir_then_serve(node_factory, corpora):
     retrieve_all_identical(node, corpus)
 
 
+def test_import_with_node_config_records_its_site_and_issuer(node_factory, corpora):
+    corpus = corpora.issuers  # includes a patient without IssuerOfPatientID
+    node = node_factory(start=False, site="site-imp", default_issuer="HOSP_IMP")
+    r = run_pacsgrid(["import", "--config", node.config_path, *corpus.top_dirs()])
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert summary(r) == (len(corpus), 0, 0), r.stdout
+    node.start()
+    no_issuer = [i for i in corpus.instances if i.patient_id.startswith("NOISS")][0]
+    status, _, body = http_get(node.http_port, f"/api/v1/instances/{no_issuer.sop_uid}")
+    assert status == 200, body
+    inst = json.loads(body)
+    text = json.dumps(inst)
+    # The REST view names origin site and issuer; both come from the node's config file.
+    assert "site-imp" in text, inst
+    status, _, body = http_get(node.http_port, "/api/v1/patients/HOSP_IMP/" + no_issuer.patient_id)
+    assert status == 200, f"patient not under the config's default issuer: {body[:500]}"
+
+
 def test_import_reports_each_rejected_file(tmp_path, corpora):
     inst = corpora.native.instances[0]
     src = tmp_path / "in"
@@ -303,3 +321,31 @@ def test_healthz_and_metrics(node, corpora):
     assert grown, ("no pacsgrid store counter grew by 3 after 3 C-STOREs:\n" +
                    "\n".join(f"{k} {v}" for k, v in after.items() if "stor" in k.lower()))
     assert http_get(node.http_port, "/no-such-page")[0] == 404
+
+
+def test_cors_for_browser_viewers(node_factory):
+    import requests
+    origin = "http://viewer.example:3000"
+    node = node_factory(start=False)
+    # [http] is the last table of the generated config when no remote AE is listed.
+    with open(node.config_path, "a") as f:
+        f.write(f'cors_allow_origins = ["{origin}"]\n')
+    node.start()
+    base = f"http://127.0.0.1:{node.http_port}"
+    pre = requests.options(f"{base}/dicom-web/studies", timeout=10, headers={
+        "Origin": origin, "Access-Control-Request-Method": "GET",
+        "Access-Control-Request-Headers": "accept"})
+    assert pre.status_code == 200, pre.text
+    assert pre.headers.get("Access-Control-Allow-Origin") == origin, dict(pre.headers)
+    got = requests.get(f"{base}/dicom-web/studies", headers={"Origin": origin}, timeout=10)
+    assert got.headers.get("Access-Control-Allow-Origin") == origin, dict(got.headers)
+    other = requests.get(f"{base}/dicom-web/studies", headers={"Origin": "http://evil.example"},
+                         timeout=10)
+    assert "Access-Control-Allow-Origin" not in other.headers, dict(other.headers)
+
+
+def test_no_cors_headers_by_default(node):
+    import requests
+    got = requests.get(f"http://127.0.0.1:{node.http_port}/dicom-web/studies",
+                       headers={"Origin": "http://viewer.example"}, timeout=10)
+    assert "Access-Control-Allow-Origin" not in got.headers, dict(got.headers)

@@ -19,12 +19,18 @@ pub struct ImportArgs {
     /// Our calling AE title when sending.
     #[arg(long, default_value = "PACSGRID-IMPORT")]
     pub calling_ae: String,
-    /// Issuer recorded for patients without IssuerOfPatientID (local import).
-    #[arg(long, default_value = "PACSGRID")]
-    pub default_issuer: String,
-    /// Site name recorded as origin (local import).
-    #[arg(long, default_value = "local")]
-    pub site: String,
+    /// The node's TOML configuration: a local import then uses its data directory, site and
+    /// default issuer, so imported objects are recorded as the node would record them.
+    #[arg(long, env = "PACSGRID_CONFIG", conflicts_with = "to")]
+    pub config: Option<PathBuf>,
+    /// Issuer recorded for patients without IssuerOfPatientID (local import). Default: the
+    /// config's `node.default_issuer`, else PACSGRID.
+    #[arg(long)]
+    pub default_issuer: Option<String>,
+    /// Site name recorded as origin (local import). Default: the config's `node.site`, else
+    /// "local".
+    #[arg(long, env = "PACSGRID_SITE")]
+    pub site: Option<String>,
     /// Files or folders (folders are walked recursively).
     #[arg(required = true)]
     pub paths: Vec<PathBuf>,
@@ -106,14 +112,19 @@ async fn import_local(
     files: &[PathBuf],
     bar: &ProgressBar,
 ) -> anyhow::Result<Summary> {
+    let node = match &args.config {
+        Some(path) => crate::config::Config::load(path)?.node,
+        None => crate::config::Config::default().node,
+    };
     let data = args
         .data
         .clone()
+        .or(node.data_dir)
         .unwrap_or_else(|| PathBuf::from("./pacsgrid-data"));
     let archive = Archive::open(ArchiveConfig {
         data_dir: data.clone(),
-        site: args.site.clone(),
-        default_issuer: args.default_issuer.clone(),
+        site: args.site.clone().unwrap_or(node.site),
+        default_issuer: args.default_issuer.clone().unwrap_or(node.default_issuer),
     })
     .await
     .with_context(|| format!("opening {} (is a node running on it?)", data.display()))?;
