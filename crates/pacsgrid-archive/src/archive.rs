@@ -6,9 +6,9 @@ use crate::incoming::{Incoming, IncomingMeta, StoreOutcome};
 use crate::part10;
 use pacsgrid_dicom::{uid, Query};
 use pacsgrid_store::{
-    AttrValues, BlobReader, BlobStore, Change, DeleteTarget, Durability, FolderBlobStore, Index,
-    IndexStats, InsertOutcome, Provenance, QuarantineEntry, SqliteIndex, StagedBlob,
-    StoredInstance,
+    AttrValues, BlobChunks, BlobReader, BlobStore, Change, DeleteTarget, Durability,
+    FolderBlobStore, Index, IndexStats, InsertOutcome, Provenance, QuarantineEntry, SqliteIndex,
+    StagedBlob, StoredInstance,
 };
 use serde::Serialize;
 use std::collections::HashSet;
@@ -410,6 +410,16 @@ impl Archive {
     /// Opens a stored instance's data set (the bytes after its file meta group).
     pub async fn open_dataset(&self, inst: &StoredInstance) -> Result<BlobReader, ArchiveError> {
         Ok(self.blobs.open(&inst.hash, inst.dataset_offset).await?)
+    }
+
+    /// A stored instance's whole Part 10 bytes as chunks of up to `chunk` bytes, for sending
+    /// on as they are read (WADO-RS).
+    pub async fn stream_file(
+        &self,
+        inst: &StoredInstance,
+        chunk: usize,
+    ) -> Result<BlobChunks, ArchiveError> {
+        Ok(self.blobs.chunks(&inst.hash, 0, chunk).await?)
     }
 
     /// Opens a stored instance's whole Part 10 bytes.

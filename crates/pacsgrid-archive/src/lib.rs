@@ -16,6 +16,6 @@ pub use archive::{Archive, ArchiveConfig, ConsistencyReport, DeleteReport};
 pub use error::{ArchiveError, StoreError};
 pub use incoming::{Incoming, IncomingMeta, StoreOutcome};
 pub use pacsgrid_store::{
-    AttrValues, BlobReader, Change, ChangeKind, DeleteTarget, IndexStats, Provenance,
+    AttrValues, BlobChunks, BlobReader, Change, ChangeKind, DeleteTarget, IndexStats, Provenance,
     QuarantineEntry, StoredInstance,
 };

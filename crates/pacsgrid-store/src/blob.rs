@@ -1,12 +1,17 @@
 //! The blob store contract: immutable objects named by content hash.
 
 use async_trait::async_trait;
+use bytes::Bytes;
+use futures::Stream;
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use tokio::io::AsyncRead;
 
 /// A readable blob, positioned where the caller asked.
 pub type BlobReader = Pin<Box<dyn AsyncRead + Send + Unpin>>;
+
+/// A blob as a stream of chunks, for sending it on as it is read (HTTP bodies).
+pub type BlobChunks = Pin<Box<dyn Stream<Item = Result<Bytes, BlobError>> + Send>>;
 
 /// Errors of a blob store.
 #[derive(Debug, thiserror::Error)]
@@ -56,6 +61,20 @@ pub trait BlobStore: Send + Sync + 'static {
 
     /// Opens a blob for reading from byte `offset`.
     async fn open(&self, hash: &str, offset: u64) -> Result<BlobReader, BlobError>;
+
+    /// Reads a blob from byte `offset` as chunks of up to `chunk` bytes. The default reads
+    /// through [`BlobStore::open`]; a backend overrides it when it can read with fewer copies.
+    async fn chunks(&self, hash: &str, offset: u64, chunk: usize) -> Result<BlobChunks, BlobError> {
+        let reader = self.open(hash, offset).await?;
+        let what = PathBuf::from(hash);
+        let stream = tokio_util::io::ReaderStream::with_capacity(reader, chunk.max(1));
+        Ok(Box::pin(futures::StreamExt::map(stream, move |r| {
+            r.map_err(|source| BlobError::Io {
+                path: what.clone(),
+                source,
+            })
+        })))
+    }
 
     /// The size of a blob, or `NotFound`.
     async fn size(&self, hash: &str) -> Result<u64, BlobError>;

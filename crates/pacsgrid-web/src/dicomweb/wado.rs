@@ -27,7 +27,7 @@ use tokio::io::AsyncReadExt;
 /// Content type of metadata answers.
 const DICOM_JSON: &str = "application/dicom+json";
 /// Size of the chunks read from the blob store.
-const CHUNK: usize = 256 << 10;
+const CHUNK: usize = 1 << 20;
 
 /// What the URL names: a study, a series or an instance.
 struct Target {
@@ -244,19 +244,17 @@ async fn send_instance(
     };
     match how {
         Delivery::AsStored => {
-            let mut r = archive.open_file(inst).await.map_err(Problem::from)?;
+            let mut chunks = archive
+                .stream_file(inst, CHUNK)
+                .await
+                .map_err(Problem::from)?;
             w.begin_part(&format!("application/dicom; transfer-syntax={ts}"))
                 .await?;
-            loop {
-                let mut buf = vec![0u8; CHUNK];
-                let n = r.read(&mut buf).await.map_err(|e| {
+            while let Some(chunk) = futures::StreamExt::next(&mut chunks).await {
+                let chunk = chunk.map_err(|e| {
                     StreamError::Failed(format!("reading {}: {e}", inst.sop_instance_uid))
                 })?;
-                if n == 0 {
-                    break;
-                }
-                buf.truncate(n);
-                w.send(Bytes::from(buf)).await?;
+                w.send(chunk).await?;
             }
         }
         Delivery::Convert(ts) => {

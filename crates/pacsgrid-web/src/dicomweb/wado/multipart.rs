@@ -7,9 +7,9 @@ use bytes::Bytes;
 use std::hash::{BuildHasher, Hasher};
 use tokio::sync::mpsc;
 
-/// Chunks queued between the producer and the socket; with 256 KiB chunks a response holds
-/// at most about 2 MiB.
-const QUEUE: usize = 8;
+/// Chunks queued between the producer and the socket; with chunks of at most 1 MiB a
+/// response holds at most about 4 MiB.
+const QUEUE: usize = 4;
 
 /// The client went away; the producer should stop.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
