@@ -283,18 +283,16 @@ fn read_chunk(state: ChunkState, chunk: usize) -> std::io::Result<(Vec<u8>, Chun
         ChunkState::Open { path, file, hash } => (path, file, hash),
         ChunkState::Done => return Ok((Vec::new(), ChunkState::Done)),
     };
-    let mut buf = vec![0u8; chunk];
-    let mut filled = 0;
-    while filled < chunk {
-        match file.read(&mut buf[filled..]) {
-            Ok(0) => break,
-            Ok(n) => filled += n,
-            Err(e) if e.kind() == ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    buf.truncate(filled);
-    let next = if filled < chunk {
+    // Size the buffer to what is left, and let read_to_end fill uninitialised capacity:
+    // zeroing a full chunk for a smaller object cost more than the read itself.
+    let len = file.metadata()?.len();
+    let pos = file.stream_position()?;
+    let want = usize::try_from(len.saturating_sub(pos))
+        .unwrap_or(usize::MAX)
+        .min(chunk);
+    let mut buf = Vec::with_capacity(want);
+    (&mut file).take(want as u64).read_to_end(&mut buf)?;
+    let next = if buf.len() < chunk {
         ChunkState::Done
     } else {
         ChunkState::Open { path, file, hash }
