@@ -11,7 +11,6 @@ use async_trait::async_trait;
 use std::io::ErrorKind;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use tokio::io::AsyncSeekExt;
 
 /// A [`BlobStore`] that keeps each object as a file under a local folder.
 #[derive(Debug, Clone)]
@@ -135,20 +134,13 @@ impl BlobStore for FolderBlobStore {
     }
 
     async fn open(&self, hash: &str, offset: u64) -> Result<BlobReader, BlobError> {
-        let path = self.path_of(hash)?;
-        let mut file = match tokio::fs::File::open(&path).await {
-            Ok(f) => f,
-            Err(e) if e.kind() == ErrorKind::NotFound => {
-                return Err(BlobError::NotFound(hash.to_string()))
-            }
-            Err(e) => return Err(io_err(&path, e)),
-        };
-        if offset > 0 {
-            file.seek(std::io::SeekFrom::Start(offset))
-                .await
-                .map_err(|e| io_err(&path, e))?;
-        }
-        Ok(Box::pin(file))
+        // A reader over `chunks`: one blocking hop per MiB instead of one per read, and the
+        // first chunk is read here so that a missing blob is NotFound at open, not later.
+        let mut chunks = self.chunks(hash, offset, READ_CHUNK).await?;
+        let first = futures::StreamExt::next(&mut chunks).await.transpose()?;
+        let rest = futures::StreamExt::chain(futures::stream::iter(first.map(Ok)), chunks);
+        let io = futures::StreamExt::map(rest, |r| r.map_err(std::io::Error::other));
+        Ok(Box::pin(tokio_util::io::StreamReader::new(io)))
     }
 
     async fn chunks(&self, hash: &str, offset: u64, chunk: usize) -> Result<BlobChunks, BlobError> {
@@ -250,6 +242,9 @@ fn read_dir_sorted(dir: &Path) -> Result<Vec<PathBuf>, BlobError> {
     out.sort();
     Ok(out)
 }
+
+/// Chunk size of readers returned by `open`.
+const READ_CHUNK: usize = 1 << 20;
 
 /// Where a chunked read of a blob file stands.
 enum ChunkState {
