@@ -13,6 +13,7 @@ use dicom_core::{DataElement, PrimitiveValue, Tag, VR};
 use dicom_dictionary_std::tags;
 use dicom_object::InMemDicomObject;
 use dicom_ul::pdu::Pdu;
+use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt};
 
 /// Command Field values (PS3.7 E.1).
@@ -340,6 +341,15 @@ impl Association {
         }
     }
 
+    /// Returns an event that arrives within `grace`, or `None`. Unlike [`Self::poll_event`]
+    /// this also sees bytes already in the socket that the reactor has not reported yet.
+    pub async fn event_within(&mut self, grace: Duration) -> Result<Option<Event>, AssocError> {
+        match tokio::time::timeout(grace, self.next_event()).await {
+            Ok(r) => r.map(Some),
+            Err(_) => Ok(None),
+        }
+    }
+
     /// Checks, without waiting, whether the peer cancelled request `message_id`
     /// (C-CANCEL-RQ). Other events read meanwhile are kept for later; an abort ends
     /// the operation at once.
@@ -517,7 +527,6 @@ mod tests {
     use super::*;
     use crate::association::{parse_pdata, pdata_header};
     use bytes::Bytes;
-    use std::time::Duration;
 
     fn store_rq() -> Command {
         Command::builder(field::C_STORE_RQ)

@@ -171,14 +171,18 @@ async fn serve_connection(
     .await
 }
 
+/// How long an association may take, once shutdown began, to show a request it already sent.
+const SHUTDOWN_READ_GRACE: std::time::Duration = std::time::Duration::from_millis(100);
+
 /// Serves messages until release, abort, error or shutdown.
 async fn serve(svc: &Services, mut assoc: Association, stop: CancellationToken) {
     loop {
         let event = if stop.is_cancelled() {
             // shutting down: serve what has already arrived (a request sent just before the
             // stop), abort only an association that is idle between messages, where
-            // nothing is lost
-            match assoc.poll_event().await {
+            // nothing is lost. The short grace lets bytes already in the socket be seen even
+            // if the reactor has not reported them yet.
+            match assoc.event_within(SHUTDOWN_READ_GRACE).await {
                 Ok(Some(ev)) => Ok(ev),
                 Ok(None) => {
                     tracing::info!("aborting idle association for shutdown");
