@@ -312,6 +312,9 @@ def test_healthz_and_metrics(node, corpora):
     text = body.decode()
     assert re.search(r"^# TYPE pacsgrid_\w+ counter", text, re.M), text[:2000]
     before = metric_samples(text)
+    disk = os.statvfs(node.data_dir)
+    assert before["pacsgrid_blob_disk_total_bytes"] == disk.f_blocks * disk.f_frsize
+    assert 0 < before["pacsgrid_blob_disk_available_bytes"] <= disk.f_blocks * disk.f_frsize
 
     n = 3
     store_ok(node, corpora.native.instances[:n])

@@ -7,6 +7,7 @@ from __future__ import annotations
 import datetime
 import http
 import json
+import os
 import re
 import subprocess
 import sys
@@ -159,6 +160,11 @@ def test_status_counts_equal_the_corpus(loaded):
         "quarantined": 0,
     }
     assert st["storage"]["stored_bytes"] == sum(i.path.stat().st_size for i in corpus.instances)
+    disk = os.statvfs(node.data_dir)
+    assert st["storage"]["disk_total_bytes"] == disk.f_blocks * disk.f_frsize
+    # other processes write meanwhile: the free figure is only close to what statvfs says now
+    assert 0 < st["storage"]["disk_available_bytes"] <= st["storage"]["disk_total_bytes"]
+    assert abs(st["storage"]["disk_available_bytes"] - disk.f_bavail * disk.f_frsize) < 1 << 30
     assert st["change_feed"]["head"] == len(corpus)
 
 

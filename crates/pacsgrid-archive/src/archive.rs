@@ -7,8 +7,8 @@ use crate::part10;
 use pacsgrid_dicom::{uid, Query};
 use pacsgrid_store::{
     AttrValues, BlobChunks, BlobReader, BlobStore, Change, DeleteTarget, Durability,
-    FolderBlobStore, Index, IndexStats, InsertOutcome, Provenance, QuarantineEntry, SqliteIndex,
-    StagedBlob, StoredInstance,
+    FolderBlobStore, Index, IndexStats, InsertOutcome, Provenance, QuarantineEntry, Space,
+    SqliteIndex, StagedBlob, StoredInstance,
 };
 use serde::Serialize;
 use std::collections::HashSet;
@@ -475,6 +475,11 @@ impl Archive {
     /// Quarantined objects, newest first.
     pub async fn quarantined(&self, limit: u32) -> Result<Vec<QuarantineEntry>, ArchiveError> {
         Ok(self.index.quarantined(limit).await?)
+    }
+
+    /// Room left on the blob store's file system, when the backend can tell.
+    pub async fn storage_space(&self) -> Result<Option<Space>, ArchiveError> {
+        Ok(self.blobs.space().await?)
     }
 
     /// Counts for status and metrics.

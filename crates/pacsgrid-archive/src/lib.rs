@@ -17,5 +17,5 @@ pub use error::{ArchiveError, StoreError};
 pub use incoming::{Incoming, IncomingMeta, StoreOutcome};
 pub use pacsgrid_store::{
     AttrValues, BlobChunks, BlobReader, Change, ChangeKind, DeleteTarget, IndexStats, Provenance,
-    QuarantineEntry, StoredInstance,
+    QuarantineEntry, Space, StoredInstance,
 };

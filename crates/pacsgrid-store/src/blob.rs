@@ -33,6 +33,15 @@ pub enum BlobError {
     },
 }
 
+/// Capacity of the file system (or bucket) a blob store writes to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Space {
+    /// Size of the file system.
+    pub total_bytes: u64,
+    /// What an unprivileged writer can still use.
+    pub available_bytes: u64,
+}
+
 /// A fully written, fsynced file in the store's staging area, with its hash, ready to be
 /// moved into place by [`BlobStore::put`].
 #[derive(Debug, Clone)]
@@ -74,6 +83,11 @@ pub trait BlobStore: Send + Sync + 'static {
                 source,
             })
         })))
+    }
+
+    /// Room left where blobs are written, when the backend can tell (an object store may not).
+    async fn space(&self) -> Result<Option<Space>, BlobError> {
+        Ok(None)
     }
 
     /// The size of a blob, or `NotFound`.

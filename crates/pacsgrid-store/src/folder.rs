@@ -6,7 +6,7 @@
 //! extra directory fsyncs, a third of the ingest time. One level keeps ten million objects at
 //! about 40 000 files a directory, which ext4 and XFS index without trouble.
 
-use crate::blob::{is_valid_hash, BlobChunks, BlobError, BlobReader, BlobStore, StagedBlob};
+use crate::blob::{is_valid_hash, BlobChunks, BlobError, BlobReader, BlobStore, Space, StagedBlob};
 use async_trait::async_trait;
 use std::io::ErrorKind;
 use std::path::{Path, PathBuf};
@@ -171,6 +171,22 @@ impl BlobStore for FolderBlobStore {
             }
         });
         Ok(Box::pin(stream))
+    }
+
+    async fn space(&self) -> Result<Option<Space>, BlobError> {
+        let dir = self.inner.blobs.clone();
+        let stat = tokio::task::spawn_blocking({
+            let dir = dir.clone();
+            move || rustix::fs::statvfs(&dir)
+        })
+        .await
+        .map_err(|e| io_err(&dir, std::io::Error::other(e)))?
+        .map_err(|e| io_err(&dir, e.into()))?;
+        let frag = stat.f_frsize;
+        Ok(Some(Space {
+            total_bytes: stat.f_blocks.saturating_mul(frag),
+            available_bytes: stat.f_bavail.saturating_mul(frag),
+        }))
     }
 
     async fn size(&self, hash: &str) -> Result<u64, BlobError> {

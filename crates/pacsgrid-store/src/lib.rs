@@ -13,7 +13,7 @@ pub mod index;
 pub mod model;
 pub mod sqlite;
 
-pub use blob::{BlobChunks, BlobError, BlobReader, BlobStore, StagedBlob};
+pub use blob::{BlobChunks, BlobError, BlobReader, BlobStore, Space, StagedBlob};
 pub use folder::FolderBlobStore;
 pub use index::{Index, IndexError, InsertOutcome};
 pub use model::*;

@@ -70,6 +70,19 @@ pub async fn metrics(State(state): State<HttpState>) -> impl IntoResponse {
             );
         }
     }
+    // Disk figures are optional: a store that cannot tell leaves them out rather than failing.
+    if let Ok(Some(space)) = state.archive.storage_space().await {
+        out.gauge(
+            "pacsgrid_blob_disk_total_bytes",
+            "Size of the file system holding the blobs.",
+            space.total_bytes,
+        );
+        out.gauge(
+            "pacsgrid_blob_disk_available_bytes",
+            "Room left for new objects on the file system holding the blobs.",
+            space.available_bytes,
+        );
+    }
     for src in &state.extra_metrics {
         src.render(&mut out);
     }

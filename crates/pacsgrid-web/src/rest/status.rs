@@ -42,6 +42,12 @@ pub(crate) struct Counts {
 pub(crate) struct Storage {
     /// Sum of the stored instances' sizes (quarantined objects not included).
     pub stored_bytes: u64,
+    /// Size of the file system holding the blobs, when the store can tell.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub disk_total_bytes: Option<u64>,
+    /// Room left there for new objects, when the store can tell.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub disk_available_bytes: Option<u64>,
 }
 
 /// Where the change feed stands.
@@ -60,6 +66,7 @@ pub(crate) async fn status(
     Params::new(raw, &[])?;
     let stats = state.archive.stats().await?;
     let head = state.archive.feed_head().await?;
+    let space = state.archive.storage_space().await?;
     Ok(Json(Status {
         site: state.archive.config().site.clone(),
         version: env!("CARGO_PKG_VERSION"),
@@ -72,6 +79,8 @@ pub(crate) async fn status(
         },
         storage: Storage {
             stored_bytes: stats.bytes,
+            disk_total_bytes: space.map(|s| s.total_bytes),
+            disk_available_bytes: space.map(|s| s.available_bytes),
         },
         change_feed: Feed { head },
     }))
