@@ -353,6 +353,28 @@ def dataset_bytes(path_or_bytes: Path | bytes) -> bytes:
     return data[meta_end(data):]
 
 
+def multipart_parts(rsp) -> tuple[str, list[tuple[dict, bytes]]]:
+    """(boundary, [(part headers, part body)]) of a multipart/related response, parsed
+    strictly: every part is delimited as RFC 2046 says, and the close delimiter ends the body."""
+    ct = rsp.headers["Content-Type"]
+    m = re.search(r'boundary="?([^";]+)"?', ct)
+    assert m, f"no boundary in Content-Type {ct!r}"
+    boundary = m.group(1).encode()
+    body = rsp.content
+    assert body.startswith(b"--" + boundary + b"\r\n"), body[:80]
+    assert body.endswith(b"\r\n--" + boundary + b"--\r\n"), body[-80:]
+    inner = body[len(boundary) + 4:-(len(boundary) + 8)]
+    parts = []
+    for chunk in inner.split(b"\r\n--" + boundary + b"\r\n"):
+        head, _, content = chunk.partition(b"\r\n\r\n")
+        headers = {}
+        for line in head.decode("latin-1").split("\r\n"):
+            k, _, v = line.partition(":")
+            headers[k.strip().lower()] = v.strip()
+        parts.append((headers, content))
+    return boundary.decode(), parts
+
+
 def _meta_element(tag_elem: int, vr: bytes, value: bytes) -> bytes:
     if len(value) % 2:
         value += b"\0" if vr == b"UI" or vr == b"OB" else b" "

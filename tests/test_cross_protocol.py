@@ -3,13 +3,12 @@ Stored by dcmtk storescu → found by QIDO-RS, retrieved by WADO-RS byte for byt
 STOW-RS (dicomweb-client) → found by QIDO-RS and C-FIND, retrieved by WADO-RS and C-GET."""
 from __future__ import annotations
 
-import re
-
 import pydicom
 import requests
 from dicomweb_client.api import DICOMwebClient
 
-from harness import STORESCU_MIXED_CFG, assert_identical, c_get, dataset_bytes, dcmtk, find
+from harness import (STORESCU_MIXED_CFG, assert_identical, c_get, dataset_bytes, dcmtk, find,
+                     multipart_parts)
 
 ACCEPT_AS_STORED = 'multipart/related; type="application/dicom"; transfer-syntax=*'
 
@@ -18,27 +17,12 @@ def web(node) -> str:
     return f"http://127.0.0.1:{node.http_port}/dicom-web"
 
 
-def multipart_parts(rsp: requests.Response) -> list[bytes]:
-    """The bodies of a multipart/related answer (RFC 2046), split on its boundary."""
-    ctype = rsp.headers["Content-Type"]
-    assert ctype.startswith("multipart/related"), ctype
-    m = re.search(r'boundary="?([^";]+)"?', ctype)
-    assert m, f"no boundary in {ctype}"
-    parts = []
-    for piece in rsp.content.split(b"--" + m.group(1).encode())[1:]:
-        if piece.startswith(b"--"):
-            break  # the close delimiter
-        _, _, data = piece.partition(b"\r\n\r\n")
-        # The CRLF before the next delimiter belongs to the delimiter.
-        parts.append(data[:-2] if data.endswith(b"\r\n") else data)
-    return parts
-
-
 def wado_as_stored(node, path: str) -> dict[str, bytes]:
     rsp = requests.get(web(node) + path, headers={"Accept": ACCEPT_AS_STORED}, timeout=60)
     assert rsp.status_code == 200, f"GET {path}: {rsp.status_code} {rsp.text[:500]}"
     out = {}
-    for data in multipart_parts(rsp):
+    _, parts = multipart_parts(rsp)
+    for _, data in parts:
         ds = pydicom.dcmread(pydicom.filebase.DicomBytesIO(data), stop_before_pixels=True)
         out[str(ds.SOPInstanceUID)] = data
     return out

@@ -3,8 +3,6 @@ instances, metadata, frames and bulk data of a mixed corpus (seven transfer synt
 multi-frame and JPEG baseline objects made here."""
 from __future__ import annotations
 
-import json
-import re
 import subprocess
 from io import BytesIO
 from pathlib import Path
@@ -20,7 +18,7 @@ from pydicom.uid import (ExplicitVRLittleEndian, ImplicitVRLittleEndian, JPEG200
                          JPEGLSLossless, RLELossless, generate_uid)
 
 import harness
-from harness import Corpus, Inst, dataset_bytes
+from harness import Corpus, Inst, dataset_bytes, multipart_parts
 
 EVRLE = str(ExplicitVRLittleEndian)
 JPEG_BASELINE = "1.2.840.10008.1.2.4.50"
@@ -28,28 +26,6 @@ PROBLEM = "application/problem+json"
 
 
 # ----------------------------------------------------------------------------------- helpers
-def multipart_parts(rsp: requests.Response) -> tuple[str, list[tuple[dict, bytes]]]:
-    """(boundary, [(part headers, part body)]) of a multipart/related response, parsed
-    strictly: every part is delimited as RFC 2046 says, and the close delimiter ends the body."""
-    ct = rsp.headers["Content-Type"]
-    m = re.search(r'boundary="?([^";]+)"?', ct)
-    assert m, f"no boundary in Content-Type {ct!r}"
-    boundary = m.group(1).encode()
-    body = rsp.content
-    assert body.startswith(b"--" + boundary + b"\r\n"), body[:80]
-    assert body.endswith(b"\r\n--" + boundary + b"--\r\n"), body[-80:]
-    inner = body[len(boundary) + 4:-(len(boundary) + 8)]
-    parts = []
-    for chunk in inner.split(b"\r\n--" + boundary + b"\r\n"):
-        head, _, content = chunk.partition(b"\r\n\r\n")
-        headers = {}
-        for line in head.decode("latin-1").split("\r\n"):
-            k, _, v = line.partition(":")
-            headers[k.strip().lower()] = v.strip()
-        parts.append((headers, content))
-    return boundary.decode(), parts
-
-
 def assert_problem(rsp: requests.Response, status: int, *words: str) -> dict:
     assert rsp.status_code == status, (rsp.status_code, rsp.text[:500])
     assert rsp.headers["Content-Type"] == PROBLEM, rsp.headers
