@@ -146,28 +146,25 @@ impl BlobStore for FolderBlobStore {
     async fn chunks(&self, hash: &str, offset: u64, chunk: usize) -> Result<BlobChunks, BlobError> {
         // One blocking-pool hop per chunk, reading straight into the chunk's buffer: tokio's
         // File hops per read and copies through its own buffer, which halved WADO-RS speed.
-        let path = self.path_of(hash)?;
+        let path = Arc::new(self.path_of(hash)?);
         let chunk = chunk.max(1);
         let hash = hash.to_string();
-        let state = ChunkState::Closed { path, offset, hash };
-        let stream = futures::stream::try_unfold(state, move |state| async move {
-            let (path, hash) = match &state {
-                ChunkState::Closed { path, hash, .. } | ChunkState::Open { path, hash, .. } => {
-                    (path.clone(), hash.clone())
+        let stream = futures::stream::try_unfold(ChunkState::Start { offset }, move |state| {
+            let (path, hash) = (Arc::clone(&path), hash.clone());
+            async move {
+                if matches!(state, ChunkState::Done) {
+                    return Ok(None);
                 }
-                ChunkState::Done => return Ok(None),
-            };
-            let read = tokio::task::spawn_blocking(move || read_chunk(state, chunk))
-                .await
-                .map_err(|e| io_err(&path, std::io::Error::other(e)))?;
-            match read {
-                Ok((buf, next)) if buf.is_empty() => {
-                    drop(next);
-                    Ok(None)
+                let opened = Arc::clone(&path);
+                let read = tokio::task::spawn_blocking(move || read_chunk(&opened, state, chunk))
+                    .await
+                    .map_err(|e| io_err(&path, std::io::Error::other(e)))?;
+                match read {
+                    Ok((buf, _)) if buf.is_empty() => Ok(None),
+                    Ok((buf, next)) => Ok(Some((bytes::Bytes::from(buf), next))),
+                    Err(e) if e.kind() == ErrorKind::NotFound => Err(BlobError::NotFound(hash)),
+                    Err(e) => Err(io_err(&path, e)),
                 }
-                Ok((buf, next)) => Ok(Some((bytes::Bytes::from(buf), next))),
-                Err(e) if e.kind() == ErrorKind::NotFound => Err(BlobError::NotFound(hash)),
-                Err(e) => Err(io_err(&path, e)),
             }
         });
         Ok(Box::pin(stream))
@@ -265,48 +262,42 @@ const READ_CHUNK: usize = 1 << 20;
 /// Where a chunked read of a blob file stands.
 enum ChunkState {
     /// Not opened yet: the first chunk opens the file in the same blocking hop.
-    Closed {
-        path: PathBuf,
-        offset: u64,
-        hash: String,
-    },
-    /// Open, positioned after the last chunk.
-    Open {
-        path: PathBuf,
-        file: std::fs::File,
-        hash: String,
-    },
+    Start { offset: u64 },
+    /// Open, positioned after the last chunk, with this many bytes left.
+    Reading { file: std::fs::File, remaining: u64 },
     /// Everything was read.
     Done,
 }
 
 /// Reads the next chunk (up to `chunk` bytes; shorter only at the end of the file).
-fn read_chunk(state: ChunkState, chunk: usize) -> std::io::Result<(Vec<u8>, ChunkState)> {
+fn read_chunk(
+    path: &Path,
+    state: ChunkState,
+    chunk: usize,
+) -> std::io::Result<(Vec<u8>, ChunkState)> {
     use std::io::{Read, Seek};
-    let (path, mut file, hash) = match state {
-        ChunkState::Closed { path, offset, hash } => {
-            let mut file = std::fs::File::open(&path)?;
+    let (mut file, remaining) = match state {
+        ChunkState::Start { offset } => {
+            let mut file = std::fs::File::open(path)?;
+            let len = file.metadata()?.len();
             if offset > 0 {
                 file.seek(std::io::SeekFrom::Start(offset))?;
             }
-            (path, file, hash)
+            (file, len.saturating_sub(offset))
         }
-        ChunkState::Open { path, file, hash } => (path, file, hash),
+        ChunkState::Reading { file, remaining } => (file, remaining),
         ChunkState::Done => return Ok((Vec::new(), ChunkState::Done)),
     };
     // Size the buffer to what is left, and let read_to_end fill uninitialised capacity:
     // zeroing a full chunk for a smaller object cost more than the read itself.
-    let len = file.metadata()?.len();
-    let pos = file.stream_position()?;
-    let want = usize::try_from(len.saturating_sub(pos))
-        .unwrap_or(usize::MAX)
-        .min(chunk);
+    let want = usize::try_from(remaining).unwrap_or(usize::MAX).min(chunk);
     let mut buf = Vec::with_capacity(want);
     (&mut file).take(want as u64).read_to_end(&mut buf)?;
-    let next = if buf.len() < chunk {
+    let remaining = remaining.saturating_sub(buf.len() as u64);
+    let next = if buf.len() < chunk || remaining == 0 {
         ChunkState::Done
     } else {
-        ChunkState::Open { path, file, hash }
+        ChunkState::Reading { file, remaining }
     };
     Ok((buf, next))
 }
