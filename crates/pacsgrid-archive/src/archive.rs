@@ -1,12 +1,13 @@
 //! The archive service: the one way into and out of a node's fabric.
 
 use crate::error::{ArchiveError, StoreError};
+use crate::grid_link::{GridControl, RemoteFetch};
 use crate::header;
 use crate::incoming::{Incoming, IncomingMeta, StoreOutcome};
 use crate::part10;
 use pacsgrid_dicom::{uid, Query};
 use pacsgrid_store::{
-    AttrValues, BlobChunks, BlobReader, BlobStore, Change, DeleteTarget, Durability,
+    AttrValues, BlobChunks, BlobError, BlobReader, BlobStore, Change, DeleteTarget, Durability,
     FolderBlobStore, Index, IndexStats, InsertOutcome, Provenance, QuarantineEntry, Space,
     SqliteIndex, StagedBlob, StoredInstance,
 };
@@ -15,7 +16,7 @@ use std::collections::HashSet;
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::{SystemTime, UNIX_EPOCH};
 use tokio::io::{AsyncReadExt, AsyncWriteExt, BufWriter};
 
@@ -73,14 +74,18 @@ pub struct DeleteReport {
 
 /// A node's archive: stores, queries and opens instances.
 pub struct Archive {
-    cfg: ArchiveConfig,
-    blobs: Arc<dyn BlobStore>,
-    index: Arc<dyn Index>,
+    pub(crate) cfg: ArchiveConfig,
+    pub(crate) blobs: Arc<dyn BlobStore>,
+    pub(crate) index: Arc<dyn Index>,
     next_staging: AtomicU64,
+    /// Set when the node is part of a grid: where missing bytes come from.
+    pub(crate) remote: OnceLock<Arc<dyn RemoteFetch>>,
+    /// Set when the node is part of a grid: what the REST API may ask of it.
+    pub(crate) control: OnceLock<Arc<dyn GridControl>>,
     /// Stores hold it shared from putting a blob to indexing it; a deletion holds it
     /// exclusively while it removes blobs, so it never removes a blob that a store has just
     /// found already present (content addressing) and is about to index.
-    blob_gc: tokio::sync::RwLock<()>,
+    pub(crate) blob_gc: tokio::sync::RwLock<()>,
     /// Held for the archive's lifetime so that two processes never share a data directory.
     _lock: Option<File>,
 }
@@ -158,6 +163,8 @@ impl Archive {
             blobs,
             index,
             next_staging: AtomicU64::new(0),
+            remote: OnceLock::new(),
+            control: OnceLock::new(),
             blob_gc: tokio::sync::RwLock::new(()),
             _lock: None,
         }
@@ -173,14 +180,17 @@ impl Archive {
         &self.cfg
     }
 
-    fn staging_file(&self) -> PathBuf {
+    pub(crate) fn staging_file(&self) -> PathBuf {
         let n = self.next_staging.fetch_add(1, Ordering::Relaxed);
         self.blobs
             .staging_dir()
             .join(format!("{}-{}-{n}.part", std::process::id(), now_ms()))
     }
 
-    async fn new_staging(&self, declared: Option<IncomingMeta>) -> Result<Staging, StoreError> {
+    pub(crate) async fn new_staging(
+        &self,
+        declared: Option<IncomingMeta>,
+    ) -> Result<Staging, StoreError> {
         let path = self.staging_file();
         let file = tokio::fs::OpenOptions::new()
             .write(true)
@@ -409,7 +419,7 @@ impl Archive {
 
     /// Opens a stored instance's data set (the bytes after its file meta group).
     pub async fn open_dataset(&self, inst: &StoredInstance) -> Result<BlobReader, ArchiveError> {
-        Ok(self.blobs.open(&inst.hash, inst.dataset_offset).await?)
+        self.open_at(inst, inst.dataset_offset).await
     }
 
     /// A stored instance's whole Part 10 bytes as chunks of up to `chunk` bytes, for sending
@@ -419,12 +429,42 @@ impl Archive {
         inst: &StoredInstance,
         chunk: usize,
     ) -> Result<BlobChunks, ArchiveError> {
-        Ok(self.blobs.chunks(&inst.hash, 0, chunk).await?)
+        match self.blobs.chunks(&inst.hash, 0, chunk).await {
+            Err(BlobError::NotFound(_)) if self.remote.get().is_some() => {
+                let file = self.fetch_remote(inst).await?;
+                let what = PathBuf::from(&inst.hash);
+                let stream = tokio_util::io::ReaderStream::with_capacity(file, chunk.max(1));
+                Ok(Box::pin(futures::StreamExt::map(stream, move |r| {
+                    r.map_err(|source| BlobError::Io {
+                        path: what.clone(),
+                        source,
+                    })
+                })))
+            }
+            other => Ok(other?),
+        }
     }
 
     /// Opens a stored instance's whole Part 10 bytes.
     pub async fn open_file(&self, inst: &StoredInstance) -> Result<BlobReader, ArchiveError> {
-        Ok(self.blobs.open(&inst.hash, 0).await?)
+        self.open_at(inst, 0).await
+    }
+
+    /// Opens local bytes, or, in a grid, fetches them from a site that holds them.
+    async fn open_at(
+        &self,
+        inst: &StoredInstance,
+        offset: u64,
+    ) -> Result<BlobReader, ArchiveError> {
+        match self.blobs.open(&inst.hash, offset).await {
+            Err(BlobError::NotFound(_)) if self.remote.get().is_some() => {
+                use tokio::io::AsyncSeekExt;
+                let mut file = self.fetch_remote(inst).await?;
+                file.seek(std::io::SeekFrom::Start(offset)).await?;
+                Ok(Box::pin(file))
+            }
+            other => Ok(other?),
+        }
     }
 
     /// Re-encodes a stored instance's data set in another uncompressed transfer syntax, for
@@ -567,7 +607,10 @@ impl Archive {
         // copies and pull this node's feed: removal must then wait until every holder has
         // seen the tombstone (the grid layer will defer this step, not the index change).
         // A crash before this loop leaves blobs that recovery removes (they are tombstoned).
-        for hash in &deletion.unreferenced_hashes {
+        // In a grid the bytes stay until every peer has read the tombstone (the grid's
+        // collector removes them then).
+        let in_grid = self.remote.get().is_some();
+        for hash in deletion.unreferenced_hashes.iter().filter(|_| !in_grid) {
             match self.blobs.delete(hash).await {
                 Ok(()) => report.blobs_removed += 1,
                 Err(e) => {
@@ -685,7 +728,7 @@ impl Archive {
 pub(crate) struct StagedPath(Option<PathBuf>);
 
 impl StagedPath {
-    fn disarm(&mut self) {
+    pub(crate) fn disarm(&mut self) {
         self.0 = None;
     }
 }
@@ -700,17 +743,17 @@ impl Drop for StagedPath {
 
 /// An object being written to the staging area, hashed as it goes.
 pub(crate) struct Staging {
-    guard: StagedPath,
+    pub(crate) guard: StagedPath,
     writer: Option<BufWriter<tokio::fs::File>>,
     hasher: blake3::Hasher,
-    size: u64,
+    pub(crate) size: u64,
     declared: Option<IncomingMeta>,
     source: String,
     expect_study: Option<String>,
 }
 
 impl Staging {
-    fn path(&self) -> &Path {
+    pub(crate) fn path(&self) -> &Path {
         self.guard.0.as_deref().unwrap_or_else(|| Path::new(""))
     }
 
@@ -729,7 +772,7 @@ impl Staging {
         Ok(())
     }
 
-    async fn flush_and_sync(&mut self) -> Result<(), StoreError> {
+    pub(crate) async fn flush_and_sync(&mut self) -> Result<(), StoreError> {
         if let Some(mut w) = self.writer.take() {
             w.flush().await?;
             let f = w.into_inner();
@@ -738,7 +781,7 @@ impl Staging {
         Ok(())
     }
 
-    fn hash(&self) -> String {
+    pub(crate) fn hash(&self) -> String {
         self.hasher.finalize().to_hex().to_string()
     }
 }

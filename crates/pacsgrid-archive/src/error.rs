@@ -88,4 +88,20 @@ pub enum ArchiveError {
         /// Why not.
         why: String,
     },
+    /// The bytes are not on this node and no other site could provide them.
+    #[error("instance bytes {hash} are not held here and could not be fetched: {why}")]
+    Unavailable {
+        /// The content hash wanted.
+        hash: String,
+        /// What the grid reported.
+        why: String,
+    },
+    /// Bytes received from another site do not match their content hash.
+    #[error("bytes received for {expected} hash to {actual}: refused")]
+    HashMismatch {
+        /// The hash the bytes should have.
+        expected: String,
+        /// The hash they had.
+        actual: String,
+    },
 }

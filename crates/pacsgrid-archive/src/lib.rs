@@ -7,6 +7,8 @@
 
 mod archive;
 mod error;
+mod grid_link;
+mod grid_ops;
 mod header;
 mod incoming;
 mod part10;
@@ -14,8 +16,11 @@ mod walk;
 
 pub use archive::{Archive, ArchiveConfig, ConsistencyReport, DeleteReport};
 pub use error::{ArchiveError, StoreError};
+pub use grid_link::{GridControl, RemoteFetch};
+pub use grid_ops::{RemoteApply, Replica};
 pub use incoming::{Incoming, IncomingMeta, StoreOutcome};
 pub use pacsgrid_store::{
-    AttrValues, BlobChunks, BlobReader, Change, ChangeKind, DeleteTarget, IndexStats, Provenance,
-    QuarantineEntry, Space, StoredInstance,
+    AttrValues, BlobChunks, BlobReader, Change, ChangeKind, DeleteTarget, FeedEntry, GridConflict,
+    Holder, HolderChange, Holdings, IndexStats, InstanceRecord, PeerCursor, Provenance,
+    QuarantineEntry, Space, StoredInstance, Tombstone, TombstoneOutcome,
 };

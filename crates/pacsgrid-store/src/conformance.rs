@@ -19,6 +19,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+mod grid;
+
 /// Keeps a fixture's resources (a temporary directory, a test database) alive.
 pub(crate) type Guard = Box<dyn Any + Send>;
 
@@ -1853,6 +1855,10 @@ macro_rules! index_suite {
                 locate_at_each_level, keys_below_the_level, feed_and_quarantine,
                 stats_count_everything, delete_at_each_level, deleted_can_be_stored_again,
                 delete_keeps_blobs_still_referenced, provenance_and_feed_head);
+            index_suite!(@grid $fixture;
+                incarnation_is_stable, remote_records_have_no_holder_until_announced,
+                local_stores_announce_their_holder, tombstones_apply_travel_and_win,
+                holdings_page_through_everything, cursors_and_conflicts_persist);
         }
     };
     (@each $fixture:path; $($test:ident),* $(,)?) => {
@@ -1861,6 +1867,15 @@ macro_rules! index_suite {
             async fn $test() {
                 let (index, _guard) = $fixture().await;
                 $crate::conformance::index_tests::$test(index).await;
+            }
+        )*
+    };
+    (@grid $fixture:path; $($test:ident),* $(,)?) => {
+        $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+            async fn $test() {
+                let (index, _guard) = $fixture().await;
+                $crate::conformance::grid::$test(index).await;
             }
         )*
     };

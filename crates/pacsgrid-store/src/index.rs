@@ -1,5 +1,6 @@
 //! The index contract: attributes, holders, quarantine and the change feed.
 
+use crate::grid_index::GridIndex;
 use crate::model::*;
 use async_trait::async_trait;
 use pacsgrid_dicom::Query;
@@ -33,7 +34,7 @@ pub enum InsertOutcome {
     },
 }
 
-/// The metadata index of a node.
+/// The metadata index of a node (with the grid's part, [`GridIndex`]).
 ///
 /// Contract: every method is atomic; `insert` records the patient/study/series/instance rows,
 /// the holder row for `site` and the feed entry in one transaction, durable when it returns
@@ -43,7 +44,7 @@ pub enum InsertOutcome {
 /// values still empty. An instance whose series (or study) is already recorded under
 /// another study (or patient) is filed where its series (or study) is, with a warning.
 #[async_trait]
-pub trait Index: Send + Sync + 'static {
+pub trait Index: GridIndex + Send + Sync + 'static {
     /// Records a stored instance held by `site` (unless its UID is already recorded).
     async fn insert(
         &self,

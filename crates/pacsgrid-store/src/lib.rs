@@ -9,12 +9,17 @@ pub mod blob;
 #[cfg(test)]
 mod conformance;
 pub mod folder;
+pub mod grid_index;
 pub mod index;
 pub mod model;
 pub mod sqlite;
 
 pub use blob::{BlobChunks, BlobError, BlobReader, BlobStore, Space, StagedBlob};
 pub use folder::FolderBlobStore;
+pub use grid_index::{
+    FeedEntry, GridConflict, GridIndex, Holder, HolderChange, Holdings, PeerCursor, Tombstone,
+    TombstoneOutcome,
+};
 pub use index::{Index, IndexError, InsertOutcome};
 pub use model::*;
 pub use sqlite::{Durability, SqliteIndex};

@@ -131,6 +131,10 @@ pub enum ChangeKind {
     Deleted,
     /// An object was set aside because its UID was already stored with other bytes.
     Quarantined,
+    /// A site announced that it holds an instance's bytes (grid).
+    Held,
+    /// A site announced that it no longer holds an instance's bytes (grid).
+    Released,
 }
 
 impl ChangeKind {
@@ -140,6 +144,8 @@ impl ChangeKind {
             ChangeKind::Stored => "stored",
             ChangeKind::Deleted => "deleted",
             ChangeKind::Quarantined => "quarantined",
+            ChangeKind::Held => "held",
+            ChangeKind::Released => "released",
         }
     }
 
@@ -149,6 +155,8 @@ impl ChangeKind {
             "stored" => Some(ChangeKind::Stored),
             "deleted" => Some(ChangeKind::Deleted),
             "quarantined" => Some(ChangeKind::Quarantined),
+            "held" => Some(ChangeKind::Held),
+            "released" => Some(ChangeKind::Released),
             _ => None,
         }
     }

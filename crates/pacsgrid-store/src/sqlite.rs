@@ -24,13 +24,15 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::{oneshot, Semaphore};
 
+mod grid;
+
 /// How many read connections answer queries at once.
 const READERS: usize = 4;
 /// How long a connection waits for a lock held by another process before failing.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Schema steps; `PRAGMA user_version` is the number of steps applied. Append, never edit.
-static MIGRATIONS: &[&str] = &[SCHEMA_V1, SCHEMA_V2];
+static MIGRATIONS: &[&str] = &[SCHEMA_V1, SCHEMA_V2, SCHEMA_V3];
 
 const SCHEMA_V1: &str = r"
 CREATE TABLE patients (
@@ -169,6 +171,58 @@ const SCHEMA_V2: &str = r"
 CREATE INDEX changes_deleted_hash ON changes(hash) WHERE kind = 'deleted';
 ";
 
+/// The grid (V3): feed entries name the site and incarnation they speak for and may say
+/// that a site holds or released bytes; holders carry their incarnation; peers' cursors and
+/// cross-site conflicts are kept. SQLite cannot change a CHECK constraint, so the feed table
+/// is rebuilt, keeping its sequence so that no number is ever reused.
+const SCHEMA_V3: &str = r"
+CREATE TABLE changes_v3 (
+    seq              INTEGER PRIMARY KEY AUTOINCREMENT,
+    kind             TEXT NOT NULL
+                     CHECK (kind IN ('stored', 'deleted', 'quarantined', 'held', 'released')),
+    sop_instance_uid TEXT NOT NULL,
+    study_uid        TEXT NOT NULL,
+    series_uid       TEXT NOT NULL,
+    hash             TEXT NOT NULL,
+    at_ms            INTEGER NOT NULL,
+    site             TEXT NOT NULL DEFAULT '',
+    incarnation      TEXT NOT NULL DEFAULT ''
+);
+INSERT INTO changes_v3 (seq, kind, sop_instance_uid, study_uid, series_uid, hash, at_ms)
+    SELECT seq, kind, sop_instance_uid, study_uid, series_uid, hash, at_ms FROM changes;
+INSERT INTO sqlite_sequence (name, seq)
+    SELECT 'changes_v3', seq FROM sqlite_sequence WHERE name = 'changes'
+    AND NOT EXISTS (SELECT 1 FROM sqlite_sequence WHERE name = 'changes_v3');
+UPDATE sqlite_sequence SET seq = MAX(seq, (SELECT COALESCE(MAX(seq), 0) FROM sqlite_sequence WHERE name = 'changes'))
+    WHERE name = 'changes_v3';
+DROP TABLE changes;
+ALTER TABLE changes_v3 RENAME TO changes;
+CREATE INDEX changes_deleted_hash ON changes(hash) WHERE kind = 'deleted';
+CREATE INDEX changes_deleted_sop ON changes(sop_instance_uid) WHERE kind = 'deleted';
+
+ALTER TABLE instance_holders ADD COLUMN incarnation TEXT NOT NULL DEFAULT '';
+
+CREATE TABLE node_meta (
+    key   TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+) WITHOUT ROWID;
+
+CREATE TABLE grid_peers (
+    site        TEXT PRIMARY KEY,
+    incarnation TEXT NOT NULL,
+    cursor      INTEGER NOT NULL
+) WITHOUT ROWID;
+
+CREATE TABLE grid_conflicts (
+    sop_instance_uid TEXT NOT NULL,
+    hash             TEXT NOT NULL,
+    local_hash       TEXT NOT NULL,
+    site             TEXT NOT NULL,
+    at_ms            INTEGER NOT NULL,
+    PRIMARY KEY (sop_instance_uid, hash)
+) WITHOUT ROWID;
+";
+
 impl From<rusqlite::Error> for IndexError {
     fn from(e: rusqlite::Error) -> Self {
         IndexError::Database(e.to_string())
@@ -188,6 +242,8 @@ struct Inner {
     pending: Mutex<Vec<InsertJob>>,
     readers: Mutex<Vec<Connection>>,
     reader_slots: Arc<Semaphore>,
+    /// See [`crate::GridIndex::incarnation`].
+    incarnation: String,
 }
 
 impl std::fmt::Debug for SqliteIndex {
@@ -297,6 +353,7 @@ impl SqliteIndex {
             writer.pragma_update(None, "synchronous", "NORMAL")?;
         }
         migrate(&mut writer)?;
+        let incarnation = grid::ensure_incarnation(&writer, path)?;
         let readers = (0..READERS)
             .map(|_| open_reader(path))
             .collect::<Result<Vec<_>, _>>()?;
@@ -307,6 +364,7 @@ impl SqliteIndex {
                 pending: Mutex::new(Vec::new()),
                 readers: Mutex::new(readers),
                 reader_slots: Arc::new(Semaphore::new(READERS)),
+                incarnation,
             }),
         })
     }
@@ -381,7 +439,10 @@ fn fold(s: &str) -> String {
 /// One queued insert and where its outcome goes once the batch holding it is committed.
 struct InsertJob {
     record: InstanceRecord,
+    /// The holder recorded with it: this node's site and incarnation, or empty for a record
+    /// learned from a peer.
     site: String,
+    incarnation: String,
     reply: oneshot::Sender<Result<InsertOutcome, IndexError>>,
 }
 
@@ -409,7 +470,7 @@ fn run_batch(conn: &mut Connection, jobs: Vec<InsertJob>) {
     for job in &jobs {
         let one = (|| {
             let sp = tx.savepoint()?;
-            let out = insert_in(&sp, &job.record, &job.site)?;
+            let out = insert_in(&sp, &job.record, &job.site, &job.incarnation)?;
             sp.commit()?;
             Ok(out)
         })();
@@ -433,7 +494,15 @@ fn run_batch(conn: &mut Connection, jobs: Vec<InsertJob>) {
 }
 
 /// Records one instance inside the caller's transaction.
-fn insert_in(tx: &Connection, r: &InstanceRecord, site: &str) -> Result<InsertOutcome, IndexError> {
+fn insert_in(
+    tx: &Connection,
+    r: &InstanceRecord,
+    site: &str,
+    incarnation: &str,
+) -> Result<InsertOutcome, IndexError> {
+    if site.is_empty() && grid::deleted_after(tx, r)? {
+        return Ok(InsertOutcome::Duplicate);
+    }
     let existing: Option<String> = tx
         .prepare_cached("SELECT hash FROM instances WHERE sop_instance_uid = ?1")?
         .query_row([&r.instance.sop_instance_uid], |row| row.get(0))
@@ -596,21 +665,29 @@ fn insert_in(tx: &Connection, r: &InstanceRecord, site: &str) -> Result<InsertOu
         )?
         .execute(params![study_id, i.sop_class_uid])?;
     }
-    tx.prepare_cached("INSERT OR IGNORE INTO instance_holders (instance, site) VALUES (?1, ?2)")?
-        .execute(params![instance_row, site])?;
+    if !site.is_empty() {
+        tx.prepare_cached(
+            "INSERT OR IGNORE INTO instance_holders (instance, site, incarnation) VALUES (?1, ?2, ?3)",
+        )?
+        .execute(params![instance_row, site, incarnation])?;
+    }
     tx.prepare_cached(
         "UPDATE totals SET patients = patients + ?1, studies = studies + ?2, series = series + ?3,
              instances = instances + 1, bytes = bytes + ?4 WHERE id = 1",
     )?
     .execute(params![new_patients, new_studies, new_series, r.size])?;
-    let seq = append_change(
+    let seq = append_entry(
         tx,
         ChangeKind::Stored,
-        &i.sop_instance_uid,
-        &study_uid,
-        &r.series.series_uid,
-        &r.hash,
+        [
+            &i.sop_instance_uid,
+            &study_uid,
+            &r.series.series_uid,
+            &r.hash,
+        ],
         r.received_at_ms,
+        site,
+        incarnation,
     )?;
     Ok(InsertOutcome::Inserted { seq })
 }
@@ -624,9 +701,29 @@ fn append_change(
     hash: &str,
     at_ms: i64,
 ) -> Result<i64, IndexError> {
+    append_entry(
+        tx,
+        kind,
+        [sop_instance_uid, study_uid, series_uid, hash],
+        at_ms,
+        "",
+        "",
+    )
+}
+
+/// Appends a feed entry; `site` and `incarnation` say whose copy or deletion it speaks of
+/// (see `FeedEntry`), empty when that is this node or nobody.
+fn append_entry(
+    tx: &Connection,
+    kind: ChangeKind,
+    [sop_instance_uid, study_uid, series_uid, hash]: [&str; 4],
+    at_ms: i64,
+    site: &str,
+    incarnation: &str,
+) -> Result<i64, IndexError> {
     tx.prepare_cached(
-        "INSERT INTO changes (kind, sop_instance_uid, study_uid, series_uid, hash, at_ms)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+        "INSERT INTO changes (kind, sop_instance_uid, study_uid, series_uid, hash, at_ms, site, incarnation)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
     )?
     .execute(params![
         kind.as_str(),
@@ -634,7 +731,9 @@ fn append_change(
         study_uid,
         series_uid,
         hash,
-        at_ms
+        at_ms,
+        site,
+        incarnation
     ])?;
     Ok(tx.last_insert_rowid())
 }
@@ -1228,6 +1327,19 @@ fn delete_tx(
     at_ms: i64,
 ) -> Result<Deletion, IndexError> {
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    let out = delete_in(&tx, target, at_ms, "")?;
+    tx.commit()?;
+    Ok(out)
+}
+
+/// Removes `target` inside the caller's transaction; the tombstones name `site` as the
+/// deleting site (empty: this node).
+fn delete_in(
+    tx: &Connection,
+    target: &DeleteTarget,
+    at_ms: i64,
+    site: &str,
+) -> Result<Deletion, IndexError> {
     let (cond, args): (&str, Vec<&str>) = match target {
         DeleteTarget::Patient { patient_id, issuer } => (
             "p.patient_id = ?1 AND p.issuer = ?2",
@@ -1274,14 +1386,13 @@ fn delete_tx(
         // instance_holders go with the row (ON DELETE CASCADE).
         tx.prepare_cached("DELETE FROM instances WHERE id = ?1")?
             .execute([d.id])?;
-        let seq = append_change(
-            &tx,
+        let seq = append_entry(
+            tx,
             ChangeKind::Deleted,
-            &d.sop_instance_uid,
-            &d.study_uid,
-            &d.series_uid,
-            &d.hash,
+            [&d.sop_instance_uid, &d.study_uid, &d.series_uid, &d.hash],
             at_ms,
+            site,
+            "",
         )?;
         out.tombstones.push(Change {
             seq,
@@ -1396,7 +1507,6 @@ fn delete_tx(
             out.unreferenced_hashes.push(hash);
         }
     }
-    tx.commit()?;
     Ok(out)
 }
 
@@ -1415,6 +1525,7 @@ impl Index for SqliteIndex {
             .push(InsertJob {
                 record: record.clone(),
                 site: site.to_string(),
+                incarnation: self.inner.incarnation.clone(),
                 reply,
             });
         // Whoever holds the writer next commits every queued insert, ours included; while
@@ -1643,6 +1754,51 @@ mod tests {
                 assert_eq!(integer, a.kind == AttrKind::Integer, "{}", a.keyword);
             }
         }
+    }
+
+    /// A V2 database (before the grid) keeps its feed and its sequence when migrated.
+    #[tokio::test]
+    async fn migration_to_v3_keeps_the_feed_and_its_sequence() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("index.sqlite");
+        {
+            let conn = Connection::open(&path).unwrap();
+            conn.execute_batch(SCHEMA_V1).unwrap();
+            conn.execute_batch(SCHEMA_V2).unwrap();
+            conn.pragma_update(None, "user_version", 2).unwrap();
+            for seq in [1, 2, 7] {
+                conn.execute(
+                    "INSERT INTO changes (seq, kind, sop_instance_uid, study_uid, series_uid, hash, at_ms)
+                     VALUES (?1, 'stored', 'x', 's', 'se', 'h', 1)",
+                    [seq],
+                )
+                .unwrap();
+            }
+            // the newest entry was numbered 9 once: 8 and 9 must never be reused
+            conn.execute(
+                "UPDATE sqlite_sequence SET seq = 9 WHERE name = 'changes'",
+                [],
+            )
+            .unwrap();
+        }
+        let index = SqliteIndex::open(&path).unwrap();
+        assert_eq!(
+            index.schema_version().await.unwrap(),
+            MIGRATIONS.len() as i64
+        );
+        let seqs: Vec<i64> = index
+            .changes(0, 0)
+            .await
+            .unwrap()
+            .iter()
+            .map(|c| c.seq)
+            .collect();
+        assert_eq!(seqs, vec![1, 2, 7]);
+        let rec = crate::conformance::record(1, 1, 1, 1);
+        let InsertOutcome::Inserted { seq } = index.insert(&rec, "A").await.unwrap() else {
+            panic!("not inserted");
+        };
+        assert_eq!(seq, 10);
     }
 
     #[test]

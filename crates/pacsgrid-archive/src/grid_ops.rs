@@ -1,0 +1,364 @@
+//! The archive's service to the grid layer: the change feed with full records, applying
+//! what peers report, holders, replicas, and byte removal once every peer is told.
+//!
+//! The grid never reads the index or the blob store itself; these methods keep the same
+//! rules as local stores (verified, fsynced bytes before a holder is announced).
+
+use crate::archive::{Archive, Staging};
+use crate::error::{ArchiveError, StoreError};
+use crate::grid_link::{GridControl, RemoteFetch};
+use pacsgrid_store::{
+    BlobChunks, FeedEntry, GridConflict, Holder, HolderChange, Holdings, InsertOutcome,
+    InstanceRecord, PeerCursor, StagedBlob, StoredInstance, Tombstone, TombstoneOutcome,
+};
+use std::sync::Arc;
+use tokio::io::AsyncReadExt;
+
+/// What applying a peer's record did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RemoteApply {
+    /// New here.
+    Inserted,
+    /// Already known (or deleted since): nothing changed.
+    Known,
+    /// This node records other bytes under the same UID: kept apart and reported.
+    Conflict {
+        /// Hash recorded here.
+        local_hash: String,
+    },
+}
+
+/// Bytes of an indexed instance being received from another site; they count as this
+/// node's copy only after [`Replica::finish`] has verified and fsynced them.
+pub struct Replica {
+    archive: Arc<Archive>,
+    staging: Staging,
+    expected: String,
+}
+
+impl Replica {
+    /// Appends received bytes.
+    pub async fn write(&mut self, data: &[u8]) -> Result<(), ArchiveError> {
+        self.staging.write(data).await.map_err(store_to_archive)
+    }
+
+    /// Verifies the bytes against the expected hash, makes them durable, puts them in the
+    /// blob store and announces this node as a holder of `sop_instance_uid`.
+    pub async fn finish(mut self, sop_instance_uid: &str) -> Result<(), ArchiveError> {
+        let actual = self.staging.hash();
+        if actual != self.expected {
+            return Err(ArchiveError::HashMismatch {
+                expected: self.expected,
+                actual,
+            });
+        }
+        self.staging
+            .flush_and_sync()
+            .await
+            .map_err(store_to_archive)?;
+        let staged = StagedBlob {
+            path: self.staging.path().to_path_buf(),
+            hash: actual.clone(),
+            size: self.staging.size,
+        };
+        {
+            let _gc = self.archive.blob_gc.read().await;
+            self.archive.blobs.put(staged).await?;
+            self.staging.guard.disarm();
+        }
+        let me = self.archive.holder().await?;
+        self.archive
+            .index
+            .set_holder(sop_instance_uid, &actual, &me, true)
+            .await?;
+        Ok(())
+    }
+}
+
+fn store_to_archive(e: StoreError) -> ArchiveError {
+    ArchiveError::Io(std::io::Error::other(e.to_string()))
+}
+
+impl Archive {
+    /// Joins the archive to a grid: missing bytes are fetched through `remote`, the REST
+    /// API reaches `control`, and deleted bytes wait for the grid's collector.
+    pub fn attach_grid(&self, remote: Arc<dyn RemoteFetch>, control: Arc<dyn GridControl>) {
+        let _ = self.remote.set(remote);
+        let _ = self.control.set(control);
+    }
+
+    /// The grid operations, when the node is part of a grid.
+    pub fn grid_control(&self) -> Option<Arc<dyn GridControl>> {
+        self.control.get().cloned()
+    }
+
+    /// This node's site name.
+    pub fn site(&self) -> &str {
+        &self.cfg.site
+    }
+
+    /// This data directory's incarnation (see `GridIndex::incarnation`).
+    pub async fn incarnation(&self) -> Result<String, ArchiveError> {
+        Ok(self.index.incarnation().await?)
+    }
+
+    /// This node as a holder.
+    pub async fn holder(&self) -> Result<Holder, ArchiveError> {
+        Ok(Holder {
+            site: self.cfg.site.clone(),
+            incarnation: self.index.incarnation().await?,
+        })
+    }
+
+    /// Feed entries after `after` as peers read them: entries about this node's own copies
+    /// and deletions name this site and incarnation.
+    pub async fn grid_feed(&self, after: i64, limit: u32) -> Result<Vec<FeedEntry>, ArchiveError> {
+        let mut entries = self.index.feed(after, limit).await?;
+        let inc = self.index.incarnation().await?;
+        for e in entries.iter_mut().filter(|e| e.site.is_empty()) {
+            use pacsgrid_store::ChangeKind::*;
+            match e.kind {
+                Deleted => e.site = self.cfg.site.clone(),
+                Quarantined => {
+                    e.site = self.cfg.site.clone();
+                    e.incarnation = inc.clone();
+                }
+                Stored | Held | Released => {}
+            }
+        }
+        Ok(entries)
+    }
+
+    /// Records an instance a peer announced; a different object under a known UID is
+    /// recorded as a conflict (logged once), never merged.
+    pub async fn apply_remote_record(
+        &self,
+        record: &InstanceRecord,
+        from_site: &str,
+    ) -> Result<RemoteApply, ArchiveError> {
+        match self.index.insert_remote(record).await? {
+            InsertOutcome::Inserted { .. } => Ok(RemoteApply::Inserted),
+            InsertOutcome::Duplicate => Ok(RemoteApply::Known),
+            InsertOutcome::Conflict { existing_hash } => {
+                let conflict = GridConflict {
+                    sop_instance_uid: record.instance.sop_instance_uid.clone(),
+                    local_hash: existing_hash.clone(),
+                    hash: record.hash.clone(),
+                    site: record.origin_site.clone(),
+                    at_ms: now_ms(),
+                };
+                if self.index.record_conflict(&conflict).await? {
+                    tracing::warn!(
+                        sop_instance_uid = %conflict.sop_instance_uid,
+                        local_hash = %existing_hash,
+                        other_hash = %record.hash,
+                        origin = %record.origin_site,
+                        via = from_site,
+                        "grid conflict: the same SOP Instance UID with other bytes at another site; both kept, not merged"
+                    );
+                }
+                Ok(RemoteApply::Conflict {
+                    local_hash: existing_hash,
+                })
+            }
+        }
+    }
+
+    /// Records that `holder` holds (or no longer holds) an instance's bytes.
+    pub async fn set_holder(
+        &self,
+        sop_instance_uid: &str,
+        hash: &str,
+        holder: &Holder,
+        holds: bool,
+    ) -> Result<HolderChange, ArchiveError> {
+        Ok(self
+            .index
+            .set_holder(sop_instance_uid, hash, holder, holds)
+            .await?)
+    }
+
+    /// Forgets the copies of a site's earlier incarnation.
+    pub async fn drop_stale_holders(
+        &self,
+        site: &str,
+        incarnation: &str,
+    ) -> Result<u64, ArchiveError> {
+        Ok(self.index.drop_stale_holders(site, incarnation).await?)
+    }
+
+    /// Applies a peer's deletion to the index; the bytes stay until the collector removes
+    /// them (see [`Archive::removable_blobs`]).
+    pub async fn apply_tombstone(&self, t: &Tombstone) -> Result<TombstoneOutcome, ArchiveError> {
+        let out = self.index.apply_tombstone(t).await?;
+        if let TombstoneOutcome::Applied(_) = &out {
+            tracing::info!(
+                sop_instance_uid = %t.sop_instance_uid,
+                hash = %t.hash,
+                deleted_at = %t.site,
+                "instance deleted by another site (tombstone applied)"
+            );
+        }
+        Ok(out)
+    }
+
+    /// One instance's record and holders.
+    pub async fn grid_record(
+        &self,
+        sop_instance_uid: &str,
+    ) -> Result<Option<(InstanceRecord, Vec<Holder>)>, ArchiveError> {
+        Ok(self.index.record(sop_instance_uid).await?)
+    }
+
+    /// A page of instances with their holders.
+    pub async fn holdings(&self, after_id: i64, limit: u32) -> Result<Vec<Holdings>, ArchiveError> {
+        Ok(self.index.holdings(after_id, limit).await?)
+    }
+
+    /// Saved feed cursors of the peers.
+    pub async fn peer_cursors(&self) -> Result<Vec<PeerCursor>, ArchiveError> {
+        Ok(self.index.peer_cursors().await?)
+    }
+
+    /// Saves a peer's feed cursor.
+    pub async fn save_peer_cursor(&self, cursor: &PeerCursor) -> Result<(), ArchiveError> {
+        Ok(self.index.save_peer_cursor(cursor).await?)
+    }
+
+    /// Recorded cross-site conflicts.
+    pub async fn grid_conflicts(&self) -> Result<Vec<GridConflict>, ArchiveError> {
+        Ok(self.index.conflicts().await?)
+    }
+
+    /// Deleted bytes still on this node, with the feed position of their tombstone.
+    pub async fn removable_blobs(&self) -> Result<Vec<(String, i64)>, ArchiveError> {
+        let mut out = Vec::new();
+        for (hash, seq) in self.index.removable().await? {
+            if self.blobs.exists(&hash).await? {
+                out.push((hash, seq));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Removes deleted bytes, unless a store has referenced them again meanwhile.
+    pub async fn remove_deleted_blob(&self, hash: &str) -> Result<bool, ArchiveError> {
+        let _gc = self.blob_gc.write().await;
+        let still_removable = self.index.removable().await?.iter().any(|(h, _)| h == hash);
+        if !still_removable {
+            return Ok(false);
+        }
+        self.blobs.delete(hash).await?;
+        tracing::info!(%hash, "bytes of a deleted instance removed: every peer has the tombstone");
+        Ok(true)
+    }
+
+    /// Whether this node has the bytes.
+    pub async fn has_blob(&self, hash: &str) -> Result<bool, ArchiveError> {
+        Ok(self.blobs.exists(hash).await?)
+    }
+
+    /// The bytes of a local blob as chunks, for a peer (never fetched from elsewhere).
+    pub async fn blob_chunks(
+        &self,
+        hash: &str,
+        chunk: usize,
+    ) -> Result<(u64, BlobChunks), ArchiveError> {
+        let size = self.blobs.size(hash).await?;
+        Ok((size, self.blobs.chunks(hash, 0, chunk).await?))
+    }
+
+    /// Starts receiving a copy of indexed bytes from another site.
+    pub async fn begin_replica(self: &Arc<Self>, hash: &str) -> Result<Replica, ArchiveError> {
+        let staging = self.new_staging(None).await.map_err(store_to_archive)?;
+        Ok(Replica {
+            archive: Arc::clone(self),
+            staging,
+            expected: hash.to_string(),
+        })
+    }
+
+    /// Re-reads a local blob and tells whether it still matches its hash.
+    pub async fn verify_blob(&self, hash: &str) -> Result<bool, ArchiveError> {
+        let mut r = self.blobs.open(hash, 0).await?;
+        let mut hasher = blake3::Hasher::new();
+        let mut buf = vec![0u8; 1 << 20];
+        loop {
+            let n = r.read(&mut buf).await?;
+            if n == 0 {
+                break;
+            }
+            hasher.update(&buf[..n]);
+        }
+        Ok(hasher.finalize().to_hex().as_str() == hash)
+    }
+
+    /// Removes a local blob found corrupt, so that a verified copy can take its place.
+    pub async fn discard_corrupt_blob(&self, hash: &str) -> Result<(), ArchiveError> {
+        let _gc = self.blob_gc.write().await;
+        self.blobs.delete(hash).await?;
+        tracing::error!(%hash, "corrupt blob removed; a verified copy will be fetched from another site");
+        Ok(())
+    }
+
+    /// Fetches an instance's bytes from another site for a retrieve; the file returned is
+    /// already unlinked (or kept in the blob store as a cached copy) and verified.
+    pub(crate) async fn fetch_remote(
+        &self,
+        inst: &StoredInstance,
+    ) -> Result<tokio::fs::File, ArchiveError> {
+        let Some(remote) = self.remote.get() else {
+            return Err(ArchiveError::Unavailable {
+                hash: inst.hash.clone(),
+                why: "not part of a grid".into(),
+            });
+        };
+        let dest = self.staging_file();
+        let unavailable = |why: String| ArchiveError::Unavailable {
+            hash: inst.hash.clone(),
+            why,
+        };
+        if let Err(why) = remote.fetch(&inst.hash, inst.size, &dest).await {
+            let _ = tokio::fs::remove_file(&dest).await;
+            return Err(unavailable(why));
+        }
+        if remote.keep_fetched() {
+            let staged = StagedBlob {
+                path: dest.clone(),
+                hash: inst.hash.clone(),
+                size: inst.size,
+            };
+            let kept = async {
+                tokio::fs::File::open(&dest).await?.sync_all().await?;
+                let _gc = self.blob_gc.read().await;
+                self.blobs.put(staged).await?;
+                Ok::<_, ArchiveError>(())
+            }
+            .await;
+            match kept {
+                Ok(()) => {
+                    return Ok(tokio::fs::File::from_std(
+                        self.blobs
+                            .local_path(&inst.hash)
+                            .map(std::fs::File::open)
+                            .ok_or_else(|| unavailable("cache is not local".into()))??,
+                    ))
+                }
+                Err(e) => {
+                    tracing::warn!(hash = %inst.hash, error = %e, "could not keep a cached copy")
+                }
+            }
+        }
+        let file = tokio::fs::File::open(&dest).await?;
+        // Open files stay readable after their name is gone: nothing to clean up later.
+        let _ = tokio::fs::remove_file(&dest).await;
+        Ok(file)
+    }
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
