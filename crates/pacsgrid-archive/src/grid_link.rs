@@ -8,10 +8,16 @@ use std::path::Path;
 /// Fetches bytes this node does not hold from another site (on-the-fly retrieve).
 #[async_trait]
 pub trait RemoteFetch: Send + Sync + 'static {
-    /// Writes the bytes with content hash `hash` (of `size` bytes) into the new file `dest`,
-    /// from a site that holds them, and verifies them against the hash before returning.
-    /// The error says why no holder could provide them.
-    async fn fetch(&self, hash: &str, size: u64, dest: &Path) -> Result<(), String>;
+    /// Writes the bytes of instance `sop_instance_uid` (content hash `hash`, `size` bytes)
+    /// into the new file `dest`, from a site that holds them, and verifies them against the
+    /// hash before returning. The error says why no holder could provide them.
+    async fn fetch(
+        &self,
+        sop_instance_uid: &str,
+        hash: &str,
+        size: u64,
+        dest: &Path,
+    ) -> Result<(), String>;
 
     /// Whether bytes fetched for a retrieve are kept as a local cached copy.
     fn keep_fetched(&self) -> bool {

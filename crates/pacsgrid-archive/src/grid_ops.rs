@@ -318,7 +318,10 @@ impl Archive {
             hash: inst.hash.clone(),
             why,
         };
-        if let Err(why) = remote.fetch(&inst.hash, inst.size, &dest).await {
+        if let Err(why) = remote
+            .fetch(&inst.sop_instance_uid, &inst.hash, inst.size, &dest)
+            .await
+        {
             let _ = tokio::fs::remove_file(&dest).await;
             return Err(unavailable(why));
         }
