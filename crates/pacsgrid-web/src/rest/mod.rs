@@ -1,5 +1,6 @@
 //! The REST API under `/api/v1`: node status, patients / studies / series / instances,
-//! deletion, the change feed, the quarantine and the OpenAPI document.
+//! deletion, the change feed, the quarantine, the grid (status, scrub, prefetch) and the
+//! OpenAPI document.
 //!
 //! A patient is addressed as `/patients/{issuer}/{patient_id}` (each segment
 //! percent-encoded): a PatientID means something only within its issuer, so the issuer
@@ -7,6 +8,7 @@
 
 mod delete;
 mod feed;
+mod grid;
 mod openapi;
 mod params;
 mod resources;
@@ -36,6 +38,9 @@ pub(crate) const PATHS: &[&str] = &[
     "/changes",
     "/quarantine",
     "/openapi.json",
+    "/grid",
+    "/grid/scrub",
+    "/prefetch",
 ];
 
 /// The REST routes, relative to `/api/v1`.
@@ -63,6 +68,9 @@ pub(crate) fn routes() -> Router<HttpState> {
         .route(PATHS[7], get(feed::changes))
         .route(PATHS[8], get(feed::quarantine))
         .route(PATHS[9], get(openapi::document))
+        .route(PATHS[10], get(grid::status))
+        .route(PATHS[11], axum::routing::post(grid::scrub))
+        .route(PATHS[12], axum::routing::post(grid::prefetch))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
 }

@@ -1,0 +1,199 @@
+//! Pulling one peer's change feed: a cursor per peer, saved after each page, so the pull is
+//! resumable after any outage; applying an entry twice changes nothing (see the merge rules
+//! of `GridIndex`), so a page read again after a crash is harmless.
+
+use crate::protocol::{FeedPage, Hello};
+use crate::service::{now_ms, Grid, GridError};
+use pacsgrid_archive::{ChangeKind, FeedEntry, Holder, PeerCursor, RemoteApply, Tombstone};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Entries asked for per request.
+const PAGE: u32 = 500;
+
+/// Pulls `peer`'s feed until the service stops.
+pub(crate) async fn run(grid: Arc<Grid>, peer: String) {
+    let interval = Duration::from_millis(grid.cfg.sync_interval_ms.max(10));
+    loop {
+        let more = match sync_once(&grid, &peer).await {
+            Ok(more) => {
+                mark(&grid, &peer, None);
+                more
+            }
+            Err(e) => {
+                mark(&grid, &peer, Some(e.to_string()));
+                false
+            }
+        };
+        if grid.stopping() {
+            return;
+        }
+        if !more && !grid.pause(interval).await {
+            return;
+        }
+    }
+}
+
+/// Records the outcome of a contact; a change of reachability is logged once.
+fn mark(grid: &Grid, peer: &str, error: Option<String>) {
+    let lost_after = grid.cfg.lost_after_secs;
+    grid.update_peer(peer, |p| {
+        let ok = error.is_none();
+        if ok != p.reachable {
+            p.since_ms = now_ms();
+            if ok {
+                tracing::info!(peer, "peer site reachable");
+            } else {
+                tracing::warn!(
+                    peer,
+                    error = error.as_deref().unwrap_or(""),
+                    lost_after_secs = lost_after,
+                    "peer site unreachable"
+                );
+            }
+        }
+        p.reachable = ok;
+        p.last_error = error;
+    });
+}
+
+/// One hello and one page of the feed; `true` when more entries are waiting.
+async fn sync_once(grid: &Arc<Grid>, peer: &str) -> Result<bool, GridError> {
+    let Some(state) = grid.peer(peer) else {
+        return Ok(false);
+    };
+    let hello: Hello = grid.client.get_json(&state.url, "/grid/v1/hello").await?;
+    if hello.site != peer {
+        return Err(GridError::Config(format!(
+            "peer at {} says it is site {:?}, configured as {peer:?}",
+            state.url, hello.site
+        )));
+    }
+    let mut cursor = state.cursor;
+    if state.incarnation.as_deref() != Some(hello.incarnation.as_str()) {
+        if let Some(old) = &state.incarnation {
+            tracing::warn!(
+                peer,
+                old = %old,
+                new = %hello.incarnation,
+                "peer site has a new data directory: forgetting the copies it held before and reading its feed from the start"
+            );
+        }
+        let dropped = grid
+            .archive
+            .drop_stale_holders(peer, &hello.incarnation)
+            .await?;
+        if dropped > 0 {
+            tracing::info!(peer, dropped, "stale holder records dropped");
+            grid.placement_due.notify_one();
+        }
+        cursor = 0;
+        grid.archive
+            .save_peer_cursor(&PeerCursor {
+                site: peer.to_string(),
+                incarnation: hello.incarnation.clone(),
+                cursor,
+            })
+            .await?;
+    }
+    let my_inc = grid.archive.incarnation().await?;
+    grid.update_peer(peer, |p| {
+        p.incarnation = Some(hello.incarnation.clone());
+        p.cursor = cursor;
+        p.head = hello.feed_head;
+        p.preferred = hello.preferred_backup.clone();
+        p.acked = hello
+            .cursors
+            .get(&grid.site)
+            .filter(|(inc, _)| *inc == my_inc)
+            .cloned();
+    });
+    if hello.feed_head <= cursor {
+        return Ok(false);
+    }
+    let page: FeedPage = grid
+        .client
+        .get_json(
+            &state.url,
+            &format!("/grid/v1/feed?after={cursor}&limit={PAGE}"),
+        )
+        .await?;
+    if page.incarnation != hello.incarnation {
+        // replaced between the two requests: the next round starts over
+        return Ok(true);
+    }
+    let mut new_records = false;
+    for e in &page.entries {
+        new_records |= apply(grid, peer, e).await?;
+        cursor = e.seq;
+    }
+    grid.archive
+        .save_peer_cursor(&PeerCursor {
+            site: peer.to_string(),
+            incarnation: page.incarnation.clone(),
+            cursor,
+        })
+        .await?;
+    grid.update_peer(peer, |p| {
+        p.cursor = cursor;
+        p.head = page.head;
+    });
+    if new_records {
+        grid.placement_due.notify_one();
+    }
+    Ok(page.entries.len() as u32 >= PAGE)
+}
+
+/// Applies one entry of `peer`'s feed; `true` if it changed what this site should hold.
+async fn apply(grid: &Arc<Grid>, peer: &str, e: &FeedEntry) -> Result<bool, GridError> {
+    let a = &grid.archive;
+    // What others say about this site's own copies is never taken: this site knows them.
+    let about_other = !e.site.is_empty() && e.site != grid.site;
+    let holder = Holder {
+        site: e.site.clone(),
+        incarnation: e.incarnation.clone(),
+    };
+    match e.kind {
+        ChangeKind::Stored => {
+            let mut changed = false;
+            if let Some(rec) = &e.record {
+                changed = a.apply_remote_record(rec, peer).await? == RemoteApply::Inserted;
+            }
+            if about_other && grid.holder_valid(&holder) {
+                a.set_holder(&e.sop_instance_uid, &e.hash, &holder, true)
+                    .await?;
+            }
+            Ok(changed)
+        }
+        ChangeKind::Held | ChangeKind::Released => {
+            if about_other && grid.holder_valid(&holder) {
+                a.set_holder(
+                    &e.sop_instance_uid,
+                    &e.hash,
+                    &holder,
+                    e.kind == ChangeKind::Held,
+                )
+                .await?;
+            }
+            Ok(e.kind == ChangeKind::Released)
+        }
+        ChangeKind::Deleted => {
+            let t = Tombstone {
+                sop_instance_uid: e.sop_instance_uid.clone(),
+                study_uid: e.study_uid.clone(),
+                series_uid: e.series_uid.clone(),
+                hash: e.hash.clone(),
+                at_ms: e.at_ms,
+                site: if e.site.is_empty() {
+                    peer.to_string()
+                } else {
+                    e.site.clone()
+                },
+            };
+            a.apply_tombstone(&t).await?;
+            Ok(false)
+        }
+        // A site's quarantine is its own matter; conflicts between sites show as records.
+        ChangeKind::Quarantined => Ok(false),
+    }
+}

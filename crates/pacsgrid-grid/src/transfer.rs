@@ -1,0 +1,239 @@
+//! Moving blob bytes between sites: streamed, hashed on the way, verified before they
+//! count, and paced by an optional bandwidth cap shared by every pull of the site.
+
+use crate::service::{Grid, PeerState};
+use async_trait::async_trait;
+use futures::StreamExt;
+use pacsgrid_archive::RemoteFetch;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::io::AsyncWriteExt;
+
+/// A bandwidth cap shared by concurrent transfers (a token bucket in time units).
+pub struct Throttle {
+    bytes_per_sec: f64,
+    next_free: Mutex<Instant>,
+}
+
+impl Throttle {
+    /// A cap of `mbps` megabytes per second.
+    pub fn new(mbps: u64) -> Throttle {
+        Throttle {
+            bytes_per_sec: (mbps as f64) * 1_000_000.0,
+            next_free: Mutex::new(Instant::now()),
+        }
+    }
+
+    /// Waits until `n` more bytes fit under the cap.
+    pub async fn take(&self, n: usize) {
+        let wait = {
+            let mut next = self.next_free.lock().unwrap_or_else(|p| p.into_inner());
+            let now = Instant::now();
+            // a short burst is allowed so an idle link does not start slowly
+            let floor = now.checked_sub(Duration::from_millis(100)).unwrap_or(now);
+            let start = (*next).max(floor);
+            *next = start + Duration::from_secs_f64(n as f64 / self.bytes_per_sec);
+            next.saturating_duration_since(now)
+        };
+        if !wait.is_zero() {
+            tokio::time::sleep(wait).await;
+        }
+    }
+}
+
+/// Why bytes could not be had from one source.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum PullError {
+    #[error("{0}")]
+    Net(#[from] crate::client::GridNetError),
+    #[error("{0}")]
+    Archive(#[from] pacsgrid_archive::ArchiveError),
+    #[error("local file: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("received {got} bytes, expected {want}")]
+    Length { got: u64, want: u64 },
+    #[error("received bytes hash to {got}, expected {want}")]
+    Hash { got: String, want: String },
+}
+
+impl Grid {
+    /// Streams the blob `hash` from `source`, handing each chunk to `sink`.
+    pub(crate) async fn stream_from<F, Fut>(
+        &self,
+        source: &PeerState,
+        hash: &str,
+        mut sink: F,
+    ) -> Result<u64, PullError>
+    where
+        F: FnMut(bytes::Bytes) -> Fut,
+        Fut: std::future::Future<Output = Result<(), PullError>>,
+    {
+        let (_, mut body) = self
+            .client
+            .get_stream(&source.url, &format!("/grid/v1/blobs/{hash}"))
+            .await?;
+        let mut got = 0u64;
+        while let Some(chunk) = body.next().await {
+            let chunk = chunk?;
+            if let Some(t) = &self.throttle {
+                t.take(chunk.len()).await;
+            }
+            got += chunk.len() as u64;
+            sink(chunk).await?;
+        }
+        Ok(got)
+    }
+
+    /// Pulls an instance's bytes into this site's blob store as a verified copy and
+    /// announces it, trying each source in turn.
+    pub(crate) async fn pull_copy(
+        &self,
+        sop_instance_uid: &str,
+        hash: &str,
+        size: u64,
+        sources: &[PeerState],
+    ) -> Result<String, String> {
+        if self.archive.has_blob(hash).await.unwrap_or(false)
+            && self.archive.verify_blob(hash).await.unwrap_or(false)
+        {
+            // already here (a cached or quarantined copy): it only needs announcing
+            let me = self.archive.holder().await.map_err(|e| e.to_string())?;
+            self.archive
+                .set_holder(sop_instance_uid, hash, &me, true)
+                .await
+                .map_err(|e| e.to_string())?;
+            return Ok(self.site.clone());
+        }
+        let mut errors = Vec::new();
+        for src in sources {
+            let replica = match self.archive.begin_replica(hash).await {
+                Ok(r) => r,
+                Err(e) => return Err(e.to_string()),
+            };
+            let replica = Arc::new(tokio::sync::Mutex::new(Some(replica)));
+            let r2 = Arc::clone(&replica);
+            let got = self
+                .stream_from(src, hash, move |chunk| {
+                    let r2 = Arc::clone(&r2);
+                    async move {
+                        let mut guard = r2.lock().await;
+                        if let Some(r) = guard.as_mut() {
+                            r.write(&chunk).await?;
+                        }
+                        Ok(())
+                    }
+                })
+                .await;
+            let replica = replica.lock().await.take();
+            match (got, replica) {
+                (Ok(n), Some(r)) if n == size => match r.finish(sop_instance_uid).await {
+                    Ok(()) => return Ok(src.name.clone()),
+                    Err(e) => errors.push(format!("{}: {e}", src.name)),
+                },
+                (Ok(n), _) => errors.push(format!(
+                    "{}: {}",
+                    src.name,
+                    PullError::Length { got: n, want: size }
+                )),
+                (Err(e), _) => errors.push(format!("{}: {e}", src.name)),
+            }
+        }
+        if errors.is_empty() {
+            errors.push("no reachable site holds it".into());
+        }
+        Err(errors.join("; "))
+    }
+
+    /// Fetches bytes into `dest` for a retrieve, verifying them (on-the-fly access).
+    async fn fetch_to_file(
+        &self,
+        src: &PeerState,
+        hash: &str,
+        size: u64,
+        dest: &Path,
+    ) -> Result<(), PullError> {
+        let file = tokio::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(dest)
+            .await?;
+        let writer = Arc::new(tokio::sync::Mutex::new((
+            tokio::io::BufWriter::with_capacity(1 << 20, file),
+            blake3::Hasher::new(),
+        )));
+        let w2 = Arc::clone(&writer);
+        let got = self
+            .stream_from(src, hash, move |chunk| {
+                let w2 = Arc::clone(&w2);
+                async move {
+                    let mut g = w2.lock().await;
+                    g.1.update(&chunk);
+                    g.0.write_all(&chunk).await?;
+                    Ok(())
+                }
+            })
+            .await?;
+        let mut g = writer.lock().await;
+        g.0.flush().await?;
+        if got != size {
+            return Err(PullError::Length { got, want: size });
+        }
+        let actual = g.1.finalize().to_hex().to_string();
+        if actual != hash {
+            return Err(PullError::Hash {
+                got: actual,
+                want: hash.to_string(),
+            });
+        }
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl RemoteFetch for Grid {
+    async fn fetch(
+        &self,
+        sop_instance_uid: &str,
+        hash: &str,
+        size: u64,
+        dest: &Path,
+    ) -> Result<(), String> {
+        let holders = match self.archive.grid_record(sop_instance_uid).await {
+            Ok(Some((_, holders))) => holders,
+            Ok(None) => return Err("the instance is no longer recorded".into()),
+            Err(e) => return Err(e.to_string()),
+        };
+        let sources = self.sources(&holders);
+        let mut errors = Vec::new();
+        for src in &sources {
+            let _ = tokio::fs::remove_file(dest).await;
+            match self.fetch_to_file(src, hash, size, dest).await {
+                Ok(()) => {
+                    tracing::debug!(sop_instance_uid, from = %src.name, "fetched on the fly");
+                    return Ok(());
+                }
+                Err(e) => {
+                    tracing::warn!(sop_instance_uid, from = %src.name, error = %e, "on-the-fly fetch failed; trying the next holder");
+                    errors.push(format!("{}: {e}", src.name));
+                }
+            }
+        }
+        if errors.is_empty() {
+            let names: Vec<&str> = holders.iter().map(|h| h.site.as_str()).collect();
+            return Err(format!(
+                "no reachable site holds it (holders on record: {})",
+                if names.is_empty() {
+                    "none".to_string()
+                } else {
+                    names.join(", ")
+                }
+            ));
+        }
+        Err(errors.join("; "))
+    }
+
+    fn keep_fetched(&self) -> bool {
+        self.cfg.cache_retrieved
+    }
+}
