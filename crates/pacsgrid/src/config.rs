@@ -1,6 +1,7 @@
 //! The node's configuration: a typed TOML file (unknown keys refused) overridden by
 //! `PACSGRID_*` environment variables and command-line flags.
 
+use pacsgrid_grid::GridConfig;
 use serde::Deserialize;
 use std::path::{Path, PathBuf};
 
@@ -20,6 +21,9 @@ pub struct Config {
     /// Remote AEs a C-MOVE may send to.
     #[serde(default)]
     pub remote_ae: Vec<RemoteAeEntry>,
+    /// Membership in a data grid; absent for a node that stands alone.
+    #[serde(default)]
+    pub grid: Option<GridConfig>,
 }
 
 /// `[node]`.
@@ -202,10 +206,20 @@ impl Config {
             path: path.to_path_buf(),
             source,
         })?;
-        let cfg: Config = toml::from_str(&text).map_err(|e| ConfigError::Parse {
+        let mut cfg: Config = toml::from_str(&text).map_err(|e| ConfigError::Parse {
             path: path.to_path_buf(),
             message: e.to_string(),
         })?;
+        // Certificates usually sit beside the config file: relative paths mean "from there",
+        // whatever directory the node is started in.
+        if let Some(grid) = &mut cfg.grid {
+            let base = match path.parent() {
+                Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+                _ => PathBuf::from("."),
+            };
+            let base = std::path::absolute(&base).unwrap_or(base);
+            grid.resolve_relative_paths(&base);
+        }
         Ok(cfg)
     }
 
@@ -240,6 +254,12 @@ impl Config {
                 "dicom.max_associations must be at least 1".into(),
             ));
         }
+        if let Some(grid) = &self.grid {
+            pacsgrid_grid::validate_site_name(&self.node.site)
+                .map_err(|e| ConfigError::Invalid(format!("node.site in a grid: {e}")))?;
+            grid.validate(&self.node.site)
+                .map_err(ConfigError::Invalid)?;
+        }
         Ok(())
     }
 }
@@ -254,12 +274,61 @@ mod tests {
         let cfg: Config = toml::from_str(text).unwrap();
         cfg.validate().unwrap();
         assert_eq!(cfg.remote_ae.len(), 1);
+        assert!(
+            cfg.grid.is_none(),
+            "the example's grid section is commented out"
+        );
+    }
+
+    #[test]
+    fn example_grid_section_parses_when_uncommented() {
+        let text = include_str!("../../../pacsgrid.example.toml");
+        let start = text.find("# [grid]").unwrap();
+        let section: String = text[start..]
+            .lines()
+            .map(|l| l.strip_prefix("# ").unwrap_or(l))
+            .collect::<Vec<_>>()
+            .join("\n");
+        let cfg: Config = toml::from_str(&format!("[node]\nsite = \"a\"\n{section}")).unwrap();
+        cfg.validate().unwrap();
+        let grid = cfg.grid.unwrap();
+        assert_eq!(grid.copies, 2);
+        assert_eq!(grid.peers.len(), 1);
     }
 
     #[test]
     fn unknown_keys_are_refused_with_their_name() {
         let err = toml::from_str::<Config>("[dicom]\nae_titel = \"X\"\n").unwrap_err();
         assert!(err.to_string().contains("ae_titel"), "{err}");
+    }
+
+    #[test]
+    fn grid_section_paths_resolve_against_the_config_directory() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("a.toml");
+        std::fs::write(
+            &path,
+            "[node]\nsite = \"a\"\n[grid]\nlisten = \"127.0.0.1:4102\"\n\
+             url = \"https://127.0.0.1:4102\"\nca_cert = \"ca.pem\"\ncert = \"/abs/a.pem\"\n\
+             key = \"keys/a.key\"\ncopies = 1\n",
+        )
+        .unwrap();
+        let cfg = Config::load(&path).unwrap();
+        cfg.validate().unwrap();
+        let grid = cfg.grid.unwrap();
+        assert_eq!(grid.ca_cert, dir.path().join("ca.pem"));
+        assert_eq!(grid.cert, PathBuf::from("/abs/a.pem"));
+        assert_eq!(grid.key, dir.path().join("keys/a.key"));
+    }
+
+    #[test]
+    fn grid_validation_errors_reach_the_config() {
+        let text = "[node]\nsite = \"a\"\n[grid]\nlisten = \"x:1\"\nurl = \"https://x:1\"\n\
+                    ca_cert = \"c\"\ncert = \"c\"\nkey = \"k\"\ncopies = 3\n\
+                    [[grid.peers]]\nname = \"b\"\nurl = \"https://x:2\"\n";
+        let cfg: Config = toml::from_str(text).unwrap();
+        let err = cfg.validate().unwrap_err().to_string();
+        assert!(err.contains("copies"), "{err}");
     }
 
     #[test]

@@ -2,6 +2,7 @@
 
 mod check;
 mod config;
+mod grid_setup;
 mod import;
 mod import_remote;
 mod logging;
@@ -37,6 +38,11 @@ enum Command {
         #[arg(long)]
         quick: bool,
     },
+    /// Sets up a data grid: CA, site certificates and one config per site.
+    Grid {
+        #[command(subcommand)]
+        command: grid_setup::GridCommand,
+    },
 }
 
 fn main() -> std::process::ExitCode {
@@ -57,6 +63,7 @@ fn main() -> std::process::ExitCode {
             Command::Serve(args) => serve::run(args).await,
             Command::Import(args) => import::run(args).await,
             Command::Check { data, quick } => check::run(&data, !quick).await,
+            Command::Grid { command } => grid_setup::run(command),
         }
     });
     match result {
