@@ -112,6 +112,15 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         let _ = rx.wait_for(|s| *s).await;
     };
 
+    let grid = match &cfg.grid {
+        Some(g) => Some(
+            pacsgrid_grid::Grid::start(g.clone(), Arc::clone(&archive), stop_rx.clone())
+                .await
+                .context("starting the grid service")?,
+        ),
+        None => None,
+    };
+
     let server = DimseServer::new(dimse_config(&cfg), Arc::clone(&archive));
     let metrics = server.metrics();
     let dimse_task = tokio::spawn(server.run(dicom_listener, stopped(stop_rx.clone())));
@@ -136,6 +145,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         data = %data_dir.display(),
         site = %cfg.node.site,
         remote_aes = cfg.remote_ae.len(),
+        grid = cfg.grid.as_ref().map(|g| g.listen.as_str()).unwrap_or("none"),
         "pacsgrid node ready"
     );
 
@@ -150,6 +160,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     if let Ok(Err(e)) = http_task.await {
         tracing::error!(error = %e, "HTTP service ended with an error");
     }
+    drop(grid);
     archive.close();
     tracing::info!("stopped cleanly");
     Ok(ExitCode::SUCCESS)
