@@ -247,7 +247,11 @@ mod tests {
                 "/echo",
                 post(|Json(v): Json<serde_json::Value>| async move { Json(v) }),
             )
-            .route("/blob", get(|| async { vec![7u8; 1 << 20] }));
+            .route("/blob", get(|| async { vec![7u8; 1 << 20] }))
+            .route(
+                "/version",
+                get(|req: axum::extract::Request| async move { format!("{:?}", req.version()) }),
+            );
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let base = format!(
             "https://127.0.0.1:{}",
@@ -282,6 +286,18 @@ mod tests {
             total += chunk.unwrap().len();
         }
         assert_eq!(total, 1 << 20);
+        // The server's name is checked too: these certificates do not name "localhost".
+        let by_name = base.replace("127.0.0.1", "localhost");
+        match client
+            .get_json::<serde_json::Value>(&by_name, "/whoami")
+            .await
+        {
+            Err(GridNetError::Tls(m)) => assert!(m.contains("not valid for name"), "{m}"),
+            other => panic!("expected a TLS name error, got {other:?}"),
+        }
+        // ALPN must have picked HTTP/2: one connection carries all of a peer's requests.
+        let (_, mut version) = client.get_stream(&base, "/version").await.unwrap();
+        assert_eq!(&version.next().await.unwrap().unwrap()[..], b"HTTP/2.0");
         match client.get_json::<serde_json::Value>(&base, "/nope").await {
             Err(GridNetError::Status { code: 404, .. }) => {}
             other => panic!("expected 404, got {other:?}"),
