@@ -429,20 +429,19 @@ impl Archive {
         inst: &StoredInstance,
         chunk: usize,
     ) -> Result<BlobChunks, ArchiveError> {
-        match self.blobs.chunks(&inst.hash, 0, chunk).await {
-            Err(BlobError::NotFound(_)) if self.remote.get().is_some() => {
-                let file = self.fetch_remote(inst).await?;
-                let what = PathBuf::from(&inst.hash);
-                let stream = tokio_util::io::ReaderStream::with_capacity(file, chunk.max(1));
-                Ok(Box::pin(futures::StreamExt::map(stream, move |r| {
-                    r.map_err(|source| BlobError::Io {
-                        path: what.clone(),
-                        source,
-                    })
-                })))
-            }
-            other => Ok(other?),
+        // A backend may report a missing blob only at the first chunk: ask first in a grid.
+        if self.remote.get().is_some() && !self.blobs.exists(&inst.hash).await? {
+            let file = self.fetch_remote(inst).await?;
+            let what = PathBuf::from(&inst.hash);
+            let stream = tokio_util::io::ReaderStream::with_capacity(file, chunk.max(1));
+            return Ok(Box::pin(futures::StreamExt::map(stream, move |r| {
+                r.map_err(|source| BlobError::Io {
+                    path: what.clone(),
+                    source,
+                })
+            })));
         }
+        Ok(self.blobs.chunks(&inst.hash, 0, chunk).await?)
     }
 
     /// Opens a stored instance's whole Part 10 bytes.

@@ -32,8 +32,8 @@ pub(crate) async fn reconcile(grid: &Arc<Grid>, peer: &str) -> Result<u64, GridE
     let theirs: Digests = grid.client.get_json(&state.url, "/grid/v1/digests").await?;
     let ours = bucketed(grid).await?;
     let mut added = 0;
-    for b in 0..BUCKETS.min(theirs.buckets.len()) {
-        if digest(&ours[b]) == theirs.buckets[b] {
+    for (b, (mine, their_digest)) in ours.iter().zip(&theirs.buckets).enumerate().take(BUCKETS) {
+        if digest(mine) == *their_digest {
             continue;
         }
         let list: BucketList = grid
@@ -41,7 +41,7 @@ pub(crate) async fn reconcile(grid: &Arc<Grid>, peer: &str) -> Result<u64, GridE
             .get_json(&state.url, &format!("/grid/v1/digests/{b}"))
             .await?;
         for item in list.instances {
-            if ours[b]
+            if mine
                 .binary_search_by(|x| x.sop_instance_uid.cmp(&item.sop_instance_uid))
                 .is_ok()
             {

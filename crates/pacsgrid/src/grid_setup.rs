@@ -24,6 +24,8 @@ pub enum GridCommand {
     Init(InitArgs),
     /// Adds a site to a grid made by `grid init`, and prints what the other sites must add.
     AddSite(AddSiteArgs),
+    /// Shows the grid as a running node sees it (sites, lag, copies, conflicts).
+    Status(crate::grid_admin::StatusArgs),
 }
 
 /// Flags of `grid init`.
@@ -88,6 +90,7 @@ pub fn run(cmd: GridCommand) -> anyhow::Result<ExitCode> {
     match cmd {
         GridCommand::Init(args) => init(args),
         GridCommand::AddSite(args) => add_site(args),
+        GridCommand::Status(_) => bail!("grid status runs in the async runtime"),
     }
     .map(|()| ExitCode::SUCCESS)
 }

@@ -2,6 +2,7 @@
 
 mod check;
 mod config;
+mod grid_admin;
 mod grid_setup;
 mod import;
 mod import_remote;
@@ -38,7 +39,9 @@ enum Command {
         #[arg(long)]
         quick: bool,
     },
-    /// Sets up a data grid: CA, site certificates and one config per site.
+    /// Asks a running node of a grid to pull a patient's studies to its site now.
+    Prefetch(grid_admin::PrefetchArgs),
+    /// Sets up a data grid (CA, site certificates, one config per site) and shows its status.
     Grid {
         #[command(subcommand)]
         command: grid_setup::GridCommand,
@@ -48,6 +51,9 @@ enum Command {
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     logging::init(&cli.log_format);
+    // One TLS crypto provider for every client and server in the process (grid transport,
+    // HTTP clients of the CLI); installing it twice is harmless, so the result is ignored.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -63,7 +69,11 @@ fn main() -> std::process::ExitCode {
             Command::Serve(args) => serve::run(args).await,
             Command::Import(args) => import::run(args).await,
             Command::Check { data, quick } => check::run(&data, !quick).await,
+            Command::Grid {
+                command: grid_setup::GridCommand::Status(args),
+            } => grid_admin::status(args).await,
             Command::Grid { command } => grid_setup::run(command),
+            Command::Prefetch(args) => grid_admin::prefetch(args).await,
         }
     });
     match result {
