@@ -15,6 +15,9 @@ pub mod syslog;
 pub mod verify;
 pub mod xml;
 
+#[cfg(test)]
+mod samples;
+
 pub use config::{AuditConfig, SyslogConfig};
 pub use error::AuditError;
 pub use event::{
@@ -23,6 +26,6 @@ pub use event::{
 };
 pub use log::{AuditLog, TornTail, LOG_FILE};
 pub use record::Record;
-pub use search::{Filter, Search};
+pub use search::{parse_since, Filter, Search};
 pub use syslog::{SyslogForwarder, CURSOR_FILE};
 pub use verify::{verify, BadRecord, VerifyReport};

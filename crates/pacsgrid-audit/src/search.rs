@@ -54,6 +54,23 @@ impl Filter {
     }
 }
 
+/// Parses a `since` bound: RFC 3339 (`2025-03-01T08:00:00Z`) or a date (`2025-03-01`, from
+/// midnight UTC). Shared by the CLI and the HTTP API so both accept the same forms.
+pub fn parse_since(s: &str) -> Result<DateTime<Utc>, AuditError> {
+    if let Ok(t) = DateTime::parse_from_rfc3339(s) {
+        return Ok(t.with_timezone(&Utc));
+    }
+    chrono::NaiveDate::parse_from_str(s, "%Y-%m-%d")
+        .ok()
+        .and_then(|d| d.and_hms_opt(0, 0, 0))
+        .map(|t| t.and_utc())
+        .ok_or_else(|| {
+            AuditError::Config(format!(
+                "{s:?} is neither an RFC 3339 time nor a YYYY-MM-DD date"
+            ))
+        })
+}
+
 /// An iterator over the matching records of one log, in log order. A line that is not a
 /// record yields an error and the search goes on; an incomplete last line (a write in
 /// progress) ends it quietly. Records are not chain-checked here: that is `verify`'s job.
@@ -180,6 +197,15 @@ mod tests {
             ..patient
         };
         assert_eq!(seqs(&p, since), vec![2, 3]);
+    }
+
+    #[test]
+    fn since_accepts_rfc3339_and_dates() {
+        let midnight = Utc.with_ymd_and_hms(2025, 3, 1, 0, 0, 0).unwrap();
+        assert_eq!(parse_since("2025-03-01").unwrap(), midnight);
+        assert_eq!(parse_since("2025-03-01T01:00:00+01:00").unwrap(), midnight);
+        assert!(parse_since("yesterday").is_err());
+        assert!(parse_since("2025-02-30").is_err());
     }
 
     #[tokio::test]

@@ -1,5 +1,6 @@
 //! The pacsgrid binary: command line, configuration and wiring; no logic of its own.
 
+mod audit_cli;
 mod check;
 mod config;
 mod import;
@@ -28,6 +29,11 @@ enum Command {
     Serve(serve::ServeArgs),
     /// Stores DICOM files and folders (recursively) into a data directory or to a remote AE.
     Import(import::ImportArgs),
+    /// Searches and verifies the audit trail (DATA/audit/audit.log).
+    Audit {
+        #[command(subcommand)]
+        command: audit_cli::AuditCommand,
+    },
     /// Checks that a data directory's index and blob store agree (stop the node first).
     Check {
         /// Data directory.
@@ -57,6 +63,7 @@ fn main() -> std::process::ExitCode {
             Command::Serve(args) => serve::run(args).await,
             Command::Import(args) => import::run(args).await,
             Command::Check { data, quick } => check::run(&data, !quick).await,
+            Command::Audit { command } => audit_cli::run(command),
         }
     });
     match result {
