@@ -398,6 +398,39 @@ pub(crate) mod tests {
         assert!(log.commit_count() < 250, "{} commits", log.commit_count());
     }
 
+    /// Throughput with many concurrent callers, as a node under load has; run with
+    /// `cargo test -p pacsgrid-audit --release -- --ignored --nocapture append_throughput`.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    #[ignore]
+    async fn append_throughput() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = AuditLog::open(dir.path()).unwrap();
+        for callers in [1usize, 16, 64] {
+            let per = 2000 / callers;
+            let t0 = std::time::Instant::now();
+            let c0 = log.commit_count();
+            let mut tasks = Vec::new();
+            for c in 0..callers {
+                let log = log.clone();
+                tasks.push(tokio::spawn(async move {
+                    for i in 0..per {
+                        log.append(stored(c * per + i)).await.unwrap();
+                    }
+                }));
+            }
+            for t in tasks {
+                t.await.unwrap();
+            }
+            let n = callers * per;
+            let secs = t0.elapsed().as_secs_f64();
+            println!(
+                "{callers:>3} callers: {n} records in {secs:.2} s = {:.0}/s, {} fsyncs",
+                n as f64 / secs,
+                log.commit_count() - c0
+            );
+        }
+    }
+
     #[tokio::test]
     async fn torn_tail_is_cut_off_and_kept_aside() {
         let dir = tempfile::tempdir().unwrap();
