@@ -24,6 +24,9 @@ pub struct Config {
     /// Membership in a data grid; absent for a node that stands alone.
     #[serde(default)]
     pub grid: Option<GridConfig>,
+    /// The audit trail: local log and optional syslog forwarding.
+    #[serde(default)]
+    pub audit: pacsgrid_audit::AuditConfig,
 }
 
 /// `[node]`.
@@ -249,6 +252,11 @@ impl Config {
                 "dicom.max_pdu_length must be at least 4096".into(),
             ));
         }
+        if let Some(syslog) = &self.audit.syslog {
+            syslog
+                .validate()
+                .map_err(|e| ConfigError::Invalid(e.to_string()))?;
+        }
         if self.dicom.max_associations == 0 {
             return Err(ConfigError::Invalid(
                 "dicom.max_associations must be at least 1".into(),
@@ -274,6 +282,7 @@ mod tests {
         let cfg: Config = toml::from_str(text).unwrap();
         cfg.validate().unwrap();
         assert_eq!(cfg.remote_ae.len(), 1);
+        assert!(cfg.audit.enabled);
         assert!(
             cfg.grid.is_none(),
             "the example's grid section is commented out"
@@ -337,5 +346,17 @@ mod tests {
         assert_eq!(cfg.dicom.port, 11112);
         assert_eq!(cfg.http.port, 8080);
         assert_eq!(cfg.dicom.ae_title, "PACSGRID");
+        assert!(cfg.audit.enabled && cfg.audit.syslog.is_none());
+    }
+
+    #[test]
+    fn audit_section_is_checked() {
+        let cfg: Config =
+            toml::from_str("[audit.syslog]\naddress = \"collector\"\nca_cert = \"ca.pem\"\n")
+                .unwrap();
+        let err = cfg.validate().unwrap_err();
+        assert!(err.to_string().contains("host:port"), "{err}");
+        let err = toml::from_str::<Config>("[audit]\nsyslg = 1\n").unwrap_err();
+        assert!(err.to_string().contains("syslg"), "{err}");
     }
 }

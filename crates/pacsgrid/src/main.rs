@@ -1,5 +1,6 @@
 //! The pacsgrid binary: command line, configuration and wiring; no logic of its own.
 
+mod audit_cli;
 mod check;
 mod config;
 mod grid_admin;
@@ -30,6 +31,11 @@ enum Command {
     Serve(serve::ServeArgs),
     /// Stores DICOM files and folders (recursively) into a data directory or to a remote AE.
     Import(import::ImportArgs),
+    /// Searches and verifies the audit trail (DATA/audit/audit.log).
+    Audit {
+        #[command(subcommand)]
+        command: audit_cli::AuditCommand,
+    },
     /// Checks that a data directory's index and blob store agree (stop the node first).
     Check {
         /// Data directory.
@@ -74,6 +80,7 @@ fn main() -> std::process::ExitCode {
             } => grid_admin::status(args).await,
             Command::Grid { command } => grid_setup::run(command),
             Command::Prefetch(args) => grid_admin::prefetch(args).await,
+            Command::Audit { command } => audit_cli::run(command),
         }
     });
     match result {
