@@ -253,19 +253,28 @@ async fn send_instance(
                 .stream_file(inst, CHUNK)
                 .await
                 .map_err(Problem::from)?;
+            let read_err =
+                |e| StreamError::Failed(format!("reading {}: {e}", inst.sop_instance_uid));
+            // The part's headers follow the first chunk into the queue at once, so the
+            // socket writer finds both and sends them in one write.
+            let mut next = futures::StreamExt::next(&mut chunks)
+                .await
+                .transpose()
+                .map_err(read_err)?;
             w.begin_part(&part_type(inst, how)).await?;
             // The Content-Length announced counts the indexed size: a blob of another
             // length is damaged, and a part of the wrong length would corrupt the framing.
             let mut sent = 0u64;
-            while let Some(chunk) = futures::StreamExt::next(&mut chunks).await {
-                let chunk = chunk.map_err(|e| {
-                    StreamError::Failed(format!("reading {}: {e}", inst.sop_instance_uid))
-                })?;
+            while let Some(chunk) = next.take() {
                 sent += chunk.len() as u64;
                 if sent > inst.size {
                     break;
                 }
                 w.send(chunk).await?;
+                next = futures::StreamExt::next(&mut chunks)
+                    .await
+                    .transpose()
+                    .map_err(read_err)?;
             }
             if sent != inst.size {
                 return Err(StreamError::Failed(format!(
