@@ -275,8 +275,8 @@ fn read_chunk(
     state: ChunkState,
     chunk: usize,
 ) -> std::io::Result<(Vec<u8>, ChunkState)> {
-    use std::io::{Read, Seek};
-    let (mut file, remaining) = match state {
+    use std::io::Seek;
+    let (file, remaining) = match state {
         ChunkState::Start { offset } => {
             let mut file = std::fs::File::open(path)?;
             let len = file.metadata()?.len();
@@ -288,11 +288,21 @@ fn read_chunk(
         ChunkState::Reading { file, remaining } => (file, remaining),
         ChunkState::Done => return Ok((Vec::new(), ChunkState::Done)),
     };
-    // Size the buffer to what is left, and let read_to_end fill uninitialised capacity:
-    // zeroing a full chunk for a smaller object cost more than the read itself.
+    // Size the buffer to what is left and read straight into its uninitialised capacity:
+    // zeroing a full chunk for a smaller object cost more than the read itself, and
+    // read_to_end grows its reads from 8 KiB, seven syscalls for a 512 KiB object.
     let want = usize::try_from(remaining).unwrap_or(usize::MAX).min(chunk);
     let mut buf = Vec::with_capacity(want);
-    (&mut file).take(want as u64).read_to_end(&mut buf)?;
+    while buf.len() < want {
+        match rustix::io::read(&file, rustix::buffer::spare_capacity(&mut buf)) {
+            Ok(0) => break,
+            Ok(_) => {}
+            Err(rustix::io::Errno::INTR) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    // The allocator may round the capacity up; a chunk never exceeds what was asked for.
+    buf.truncate(want);
     let remaining = remaining.saturating_sub(buf.len() as u64);
     let next = if buf.len() < chunk || remaining == 0 {
         ChunkState::Done

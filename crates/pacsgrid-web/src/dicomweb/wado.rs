@@ -231,6 +231,15 @@ impl From<Problem> for StreamError {
     }
 }
 
+/// The Content-Type of the part that carries an instance.
+fn part_type(inst: &StoredInstance, how: Delivery) -> String {
+    let ts = match how {
+        Delivery::AsStored => inst.transfer_syntax.as_str(),
+        Delivery::Convert(ts) | Delivery::Decode(ts) => ts,
+    };
+    format!("application/dicom; transfer-syntax={ts}")
+}
+
 /// Writes one instance as a part.
 async fn send_instance(
     archive: &Archive,
@@ -238,23 +247,43 @@ async fn send_instance(
     inst: &StoredInstance,
     how: Delivery,
 ) -> Result<(), StreamError> {
-    let ts = match how {
-        Delivery::AsStored => inst.transfer_syntax.as_str(),
-        Delivery::Convert(ts) | Delivery::Decode(ts) => ts,
-    };
     match how {
         Delivery::AsStored => {
             let mut chunks = archive
                 .stream_file(inst, CHUNK)
                 .await
                 .map_err(Problem::from)?;
-            w.begin_part(&format!("application/dicom; transfer-syntax={ts}"))
-                .await?;
-            while let Some(chunk) = futures::StreamExt::next(&mut chunks).await {
-                let chunk = chunk.map_err(|e| {
-                    StreamError::Failed(format!("reading {}: {e}", inst.sop_instance_uid))
-                })?;
+            let read_err =
+                |e| StreamError::Failed(format!("reading {}: {e}", inst.sop_instance_uid));
+            // The part's headers follow the first chunk into the queue at once, so the
+            // socket writer finds both and sends them in one write.
+            let mut next = futures::StreamExt::next(&mut chunks)
+                .await
+                .transpose()
+                .map_err(read_err)?;
+            w.begin_part(&part_type(inst, how)).await?;
+            // The Content-Length announced counts the indexed size: a blob of another
+            // length is damaged, and a part of the wrong length would corrupt the framing.
+            let mut sent = 0u64;
+            while let Some(chunk) = next.take() {
+                sent += chunk.len() as u64;
+                if sent > inst.size {
+                    break;
+                }
                 w.send(chunk).await?;
+                next = futures::StreamExt::next(&mut chunks)
+                    .await
+                    .transpose()
+                    .map_err(read_err)?;
+            }
+            if sent != inst.size {
+                return Err(StreamError::Failed(format!(
+                    "instance {} is indexed with {} bytes but its blob has {}{}",
+                    inst.sop_instance_uid,
+                    inst.size,
+                    if sent > inst.size { "more than " } else { "" },
+                    sent
+                )));
             }
         }
         Delivery::Convert(ts) => {
@@ -263,8 +292,7 @@ async fn send_instance(
                 .await
                 .map_err(|e| StreamError::Failed(e.to_string()))?;
             let head = meta_header(inst, ts)?;
-            w.begin_part(&format!("application/dicom; transfer-syntax={ts}"))
-                .await?;
+            w.begin_part(&part_type(inst, how)).await?;
             w.send(Bytes::from(head)).await?;
             w.send(Bytes::from(data)).await?;
         }
@@ -273,8 +301,7 @@ async fn send_instance(
             let out = tokio::task::spawn_blocking(move || pixels::decode_to(&bytes, ts))
                 .await
                 .map_err(|e| StreamError::Failed(e.to_string()))??;
-            w.begin_part(&format!("application/dicom; transfer-syntax={ts}"))
-                .await?;
+            w.begin_part(&part_type(inst, how)).await?;
             w.send(Bytes::from(out)).await?;
         }
     }
@@ -293,6 +320,18 @@ async fn retrieve(st: HttpState, headers: HeaderMap, t: Target) -> Result<Respon
         planned.push((inst, how));
     }
     let boundary = multipart::new_boundary();
+    // Stored bytes have known sizes, so the length is known before the first byte; a
+    // converted or decoded instance's is not, and then the body goes out chunked.
+    let length = planned
+        .iter()
+        .all(|(_, how)| *how == Delivery::AsStored)
+        .then(|| {
+            let types: Vec<(String, u64)> = planned
+                .iter()
+                .map(|(inst, how)| (part_type(inst, *how), inst.size))
+                .collect();
+            multipart::body_len(&boundary, types.iter().map(|(t, n)| (t.as_str(), *n)))
+        });
     let (mut w, body) = multipart::channel(&boundary);
     let archive = Arc::clone(&st.archive);
     let what = t.describe();
@@ -325,10 +364,15 @@ async fn retrieve(st: HttpState, headers: HeaderMap, t: Target) -> Result<Respon
             }
         }
     });
-    Ok(multipart_response(
+    let mut rsp = multipart_response(
         &multipart::content_type("application/dicom", &boundary),
         body,
-    ))
+    );
+    if let Some(n) = length {
+        rsp.headers_mut()
+            .insert(header::CONTENT_LENGTH, HeaderValue::from(n));
+    }
+    Ok(rsp)
 }
 
 fn multipart_response(content_type: &str, body: axum::body::Body) -> Response {

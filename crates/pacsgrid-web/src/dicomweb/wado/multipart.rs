@@ -32,6 +32,28 @@ pub(crate) fn content_type(part_type: &str, boundary: &str) -> String {
     format!("multipart/related; type=\"{part_type}\"; boundary={boundary}")
 }
 
+/// The delimiter and headers that open part number `index` (counting from 0).
+fn part_head(boundary: &str, index: usize, content_type: &str) -> String {
+    let lead = if index == 0 { "" } else { "\r\n" };
+    format!("{lead}--{boundary}\r\nContent-Type: {content_type}\r\n\r\n")
+}
+
+/// The closing delimiter.
+fn tail(boundary: &str) -> String {
+    format!("\r\n--{boundary}--\r\n")
+}
+
+/// The exact length of a whole body whose parts have these Content-Types and content sizes,
+/// so that a response of stored objects can announce its Content-Length before the first
+/// byte: HTTP/1.1 then sends the bytes as they are instead of in chunked transfer coding.
+pub(crate) fn body_len<'a>(boundary: &str, parts: impl IntoIterator<Item = (&'a str, u64)>) -> u64 {
+    let mut n = tail(boundary).len() as u64;
+    for (i, (content_type, size)) in parts.into_iter().enumerate() {
+        n += part_head(boundary, i, content_type).len() as u64 + size;
+    }
+    n
+}
+
 /// The writing end of a multipart body.
 pub(crate) struct PartWriter {
     tx: mpsc::Sender<Result<Bytes, std::io::Error>>,
@@ -44,12 +66,8 @@ pub(crate) struct PartWriter {
 impl PartWriter {
     /// Starts a new part with this Content-Type.
     pub async fn begin_part(&mut self, content_type: &str) -> Result<(), Closed> {
-        let lead = if self.parts == 0 { "" } else { "\r\n" };
+        let head = part_head(&self.boundary, self.parts, content_type);
         self.parts += 1;
-        let head = format!(
-            "{lead}--{}\r\nContent-Type: {content_type}\r\n\r\n",
-            self.boundary
-        );
         self.raw(Bytes::from(head)).await
     }
 
@@ -68,7 +86,7 @@ impl PartWriter {
 
     /// Writes the closing delimiter.
     pub async fn finish(mut self) -> Result<(), Closed> {
-        let tail = format!("\r\n--{}--\r\n", self.boundary);
+        let tail = tail(&self.boundary);
         self.raw(Bytes::from(tail)).await
     }
 
@@ -120,5 +138,8 @@ mod tests {
             "--{b}\r\nContent-Type: application/dicom\r\n\r\none\r\n--{b}\r\nContent-Type: application/dicom\r\n\r\ntwo\r\n--{b}--\r\n"
         );
         assert_eq!(String::from_utf8(got.to_vec()).unwrap(), want);
+        let parts = [("application/dicom", 3), ("application/dicom", 3)];
+        assert_eq!(body_len(&b, parts), want.len() as u64);
+        assert_eq!(body_len(&b, []), tail(&b).len() as u64);
     }
 }
