@@ -477,6 +477,11 @@ verdict() {  # verdict VALUE TARGET: "yes" when VALUE <= TARGET
 report() {
     local md="$GOUT/results.md" json="$GOUT/results.json"
     R[run_s]=$(fsub "$(now)" "$RUN_T0")
+    R[load_start]=$LOAD_START
+    R[pacsgrid]="$PACSGRID_VERSION $PACSGRID"
+    R[dcmtk]=$DCMTK_VERSION
+    R[corpus.instances]=$INSTANCES
+    R[corpus.bytes]=$CORPUS_BYTES
     R[load_end]="$(cut -d' ' -f1-3 /proc/loadavg)"
     {
         echo "# pacsgrid grid benchmark"
