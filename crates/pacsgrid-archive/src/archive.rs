@@ -82,6 +82,8 @@ pub struct Archive {
     pub(crate) remote: OnceLock<Arc<dyn RemoteFetch>>,
     /// Set when the node is part of a grid: what the REST API may ask of it.
     pub(crate) control: OnceLock<Arc<dyn GridControl>>,
+    /// Bytes being fetched from other sites ahead of a retrieve that will ask for them.
+    pub(crate) ahead: crate::grid_ops::ReadAhead,
     /// Stores hold it shared from putting a blob to indexing it; a deletion holds it
     /// exclusively while it removes blobs, so it never removes a blob that a store has just
     /// found already present (content addressing) and is about to index.
@@ -165,6 +167,7 @@ impl Archive {
             next_staging: AtomicU64::new(0),
             remote: OnceLock::new(),
             control: OnceLock::new(),
+            ahead: Default::default(),
             blob_gc: tokio::sync::RwLock::new(()),
             _lock: None,
         }

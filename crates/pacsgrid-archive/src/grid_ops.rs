@@ -7,12 +7,26 @@
 use crate::archive::{Archive, Staging};
 use crate::error::{ArchiveError, StoreError};
 use crate::grid_link::{GridControl, RemoteFetch};
+use futures::future::{BoxFuture, FutureExt, Shared};
 use pacsgrid_store::{
     BlobChunks, FeedEntry, GridConflict, Holder, HolderChange, Holdings, InsertOutcome,
     InstanceRecord, PeerCursor, StagedBlob, StoredInstance, Tombstone, TombstoneOutcome,
 };
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
 use tokio::io::AsyncReadExt;
+
+/// How many remote instances a retrieve fetches ahead of the one it sends.
+pub const READ_AHEAD: usize = 4;
+
+/// A fetch started ahead of need: resolves to the verified staging file.
+type Pending = Shared<BoxFuture<'static, Result<Arc<PathBuf>, String>>>;
+
+/// Fetches started ahead of a retrieve, by content hash; at most `2 * READ_AHEAD` at once,
+/// so an abandoned retrieve leaves few staging files (the staging area is emptied at start).
+#[derive(Default)]
+pub struct ReadAhead(Mutex<HashMap<String, Pending>>);
 
 /// What applying a peer's record did.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -301,12 +315,62 @@ impl Archive {
         Ok(())
     }
 
+    /// Tells the archive which instances a retrieve will send next, so that bytes held at
+    /// other sites are fetched while the current instance is being sent (a no-op outside a
+    /// grid and for local bytes).
+    pub fn read_ahead(self: &Arc<Self>, upcoming: &[StoredInstance]) {
+        let Some(remote) = self.remote.get() else {
+            return;
+        };
+        for inst in upcoming.iter().take(READ_AHEAD) {
+            let mut ahead = self.ahead.0.lock().unwrap_or_else(|p| p.into_inner());
+            if ahead.len() >= 2 * READ_AHEAD || ahead.contains_key(&inst.hash) {
+                continue;
+            }
+            let (archive, remote, inst2) = (Arc::clone(self), Arc::clone(remote), inst.clone());
+            let task = tokio::spawn(async move {
+                if archive.blobs.exists(&inst2.hash).await.unwrap_or(false) {
+                    return Err("held here".to_string());
+                }
+                let dest = archive.staging_file();
+                match remote
+                    .fetch(&inst2.sop_instance_uid, &inst2.hash, inst2.size, &dest)
+                    .await
+                {
+                    Ok(()) => Ok(Arc::new(dest)),
+                    Err(e) => {
+                        let _ = tokio::fs::remove_file(&dest).await;
+                        Err(e)
+                    }
+                }
+            });
+            let pending = async move { task.await.map_err(|e| e.to_string())? }
+                .boxed()
+                .shared();
+            ahead.insert(inst.hash.clone(), pending);
+        }
+    }
+
     /// Fetches an instance's bytes from another site for a retrieve; the file returned is
     /// already unlinked (or kept in the blob store as a cached copy) and verified.
     pub(crate) async fn fetch_remote(
         &self,
         inst: &StoredInstance,
     ) -> Result<tokio::fs::File, ArchiveError> {
+        let pending = self
+            .ahead
+            .0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&inst.hash);
+        if let Some(pending) = pending {
+            if let Ok(path) = pending.await {
+                if let Ok(file) = tokio::fs::File::open(path.as_path()).await {
+                    let _ = tokio::fs::remove_file(path.as_path()).await;
+                    return Ok(file);
+                }
+            }
+        }
         let Some(remote) = self.remote.get() else {
             return Err(ArchiveError::Unavailable {
                 hash: inst.hash.clone(),

@@ -35,6 +35,7 @@ pub(crate) async fn handle(
             cancelled = true;
             break;
         }
+        svc.archive.read_ahead(&instances[i + 1..]);
         let Some(route) = client::route(
             assoc.contexts(),
             &inst.sop_class_uid,

@@ -101,6 +101,7 @@ pub(crate) async fn handle(
             cancelled = true;
             break;
         }
+        svc.archive.read_ahead(&instances[i + 1..]);
         match scu
             .send(&svc.archive, inst, Some((&originator, msg_id)))
             .await

@@ -68,7 +68,8 @@ pub(crate) async fn pass(grid: &Arc<Grid>) -> Result<(), pacsgrid_archive::Archi
                 .entry(h.origin_site.clone())
                 .or_insert_with(|| grid.preferences_of(&h.origin_site));
             let targets = placement::targets(&h.study_uid, &h.origin_site, prefs, &healthy, k);
-            if targets.contains(&grid.site) {
+            // A record may arrive (relayed) before any holder of it is known: wait for one.
+            if targets.contains(&grid.site) && !grid.sources(&valid).is_empty() {
                 start_pull(grid, h.sop_instance_uid, h.hash, h.size, valid);
             }
         }

@@ -339,7 +339,9 @@ async fn retrieve(st: HttpState, headers: HeaderMap, t: Target) -> Result<Respon
         let started = Instant::now();
         let n = planned.len();
         let mut result = Ok(());
-        for (inst, how) in &planned {
+        let upcoming: Vec<StoredInstance> = planned.iter().map(|(i, _)| i.clone()).collect();
+        for (n, (inst, how)) in planned.iter().enumerate() {
+            archive.read_ahead(&upcoming[n + 1..]);
             result = send_instance(&archive, &mut w, inst, *how).await;
             if result.is_err() {
                 break;

@@ -57,6 +57,6 @@ pub(crate) async fn prefetch(
     let grid = control(&state)?;
     grid.prefetch(body.patient_id.trim(), body.issuer.as_deref())
         .await
-        .map(|v| (StatusCode::ACCEPTED, Json(v)))
+        .map(|v| (StatusCode::OK, Json(v)))
         .map_err(failed)
 }
