@@ -345,6 +345,11 @@ def test_scrub_replaces_a_corrupt_copy(grid_factory, corpus):
     wait_for("the corrupt copy replaced by a verified one",
              lambda: path.exists() and path.read_bytes() == good, timeout=20)
     g.settle(4)
+    # the grid is quiet once settled: no fact goes back and forth between sites
+    heads = {s: next(p for p in g.status(s)["sites"] if p["self"])["feed_head"] for s in "abc"}
+    time.sleep(1.5)
+    assert heads == {s: next(p for p in g.status(s)["sites"] if p["self"])["feed_head"]
+                     for s in "abc"}
     assert "scrub: copy is corrupt" in g["a"].log_text()
     res = c_get(g["a"], "IMAGE", {"StudyInstanceUID": inst.study_uid,
                                   "SeriesInstanceUID": inst.series_uid,

@@ -659,7 +659,7 @@ impl Archive {
         Ok(report)
     }
 
-    async fn hash_blob(&self, hash: &str) -> Result<String, ArchiveError> {
+    pub(crate) async fn hash_blob(&self, hash: &str) -> Result<String, ArchiveError> {
         let mut r = self.blobs.open(hash, 0).await?;
         let mut hasher = blake3::Hasher::new();
         let mut buf = vec![0u8; 1 << 20];

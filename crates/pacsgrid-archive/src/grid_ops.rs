@@ -15,7 +15,6 @@ use pacsgrid_store::{
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
-use tokio::io::AsyncReadExt;
 
 /// How many remote instances a retrieve fetches ahead of the one it sends.
 pub const READ_AHEAD: usize = 4;
@@ -294,17 +293,7 @@ impl Archive {
 
     /// Re-reads a local blob and tells whether it still matches its hash.
     pub async fn verify_blob(&self, hash: &str) -> Result<bool, ArchiveError> {
-        let mut r = self.blobs.open(hash, 0).await?;
-        let mut hasher = blake3::Hasher::new();
-        let mut buf = vec![0u8; 1 << 20];
-        loop {
-            let n = r.read(&mut buf).await?;
-            if n == 0 {
-                break;
-            }
-            hasher.update(&buf[..n]);
-        }
-        Ok(hasher.finalize().to_hex().as_str() == hash)
+        Ok(self.hash_blob(hash).await? == hash)
     }
 
     /// Removes a local blob found corrupt, so that a verified copy can take its place.

@@ -147,8 +147,11 @@ async fn sync_once(grid: &Arc<Grid>, peer: &str) -> Result<bool, GridError> {
 /// Applies one entry of `peer`'s feed; `true` if it changed what this site should hold.
 async fn apply(grid: &Arc<Grid>, peer: &str, e: &FeedEntry) -> Result<bool, GridError> {
     let a = &grid.archive;
-    // What others say about this site's own copies is never taken: this site knows them.
-    let about_other = !e.site.is_empty() && e.site != grid.site;
+    // A holder fact is taken only from the holder itself: each site's statements about its
+    // own copies then arrive in the order it made them. Relayed copies of them could be older
+    // than what the holder said since (a copy released by a scrub, then made again), and
+    // applying them would flip the fact back and forth between relaying sites.
+    let about_other = e.site == peer && e.site != grid.site;
     let holder = Holder {
         site: e.site.clone(),
         incarnation: e.incarnation.clone(),
