@@ -254,11 +254,13 @@ impl Archive {
         Ok(out)
     }
 
-    /// Removes deleted bytes, unless a store has referenced them again meanwhile.
+    /// Removes deleted bytes (a hash from [`Archive::removable_blobs`]), unless a store has
+    /// referenced them again meanwhile.
     pub async fn remove_deleted_blob(&self, hash: &str) -> Result<bool, ArchiveError> {
         let _gc = self.blob_gc.write().await;
-        let still_removable = self.index.removable().await?.iter().any(|(h, _)| h == hash);
-        if !still_removable {
+        // Only hashes from `removable_blobs` come here: a store may have referenced the
+        // bytes again since, which the exclusive lock rules out from here on.
+        if self.index.referenced(hash).await? {
             return Ok(false);
         }
         self.blobs.delete(hash).await?;

@@ -137,11 +137,9 @@ pub(crate) async fn bucketed(
     grid: &Grid,
 ) -> Result<Vec<Vec<BucketItem>>, pacsgrid_archive::ArchiveError> {
     let mut buckets: Vec<Vec<BucketItem>> = vec![Vec::new(); BUCKETS];
-    let mut after = 0;
-    loop {
-        let page = grid.archive.holdings(after, 2000).await?;
-        let Some(last) = page.last() else { break };
-        after = last.id;
+    let mut pages = std::pin::pin!(grid.holding_pages(2000));
+    while let Some(page) = futures::StreamExt::next(&mut pages).await {
+        let page = page?;
         for h in page {
             buckets[bucket_of(&h.sop_instance_uid)].push(BucketItem {
                 sop_instance_uid: h.sop_instance_uid,

@@ -41,11 +41,9 @@ pub(crate) async fn pass(grid: &Arc<Grid>) -> Result<(), pacsgrid_archive::Archi
     let want = k.min(healthy.len());
     let mut figures = PlacementFigures::default();
     let mut prefs_cache: BTreeMap<String, Vec<String>> = BTreeMap::new();
-    let mut after = 0;
-    loop {
-        let page = grid.archive.holdings(after, PAGE).await?;
-        let Some(last) = page.last() else { break };
-        after = last.id;
+    let mut pages = std::pin::pin!(grid.holding_pages(PAGE));
+    while let Some(page) = futures::StreamExt::next(&mut pages).await {
+        let page = page?;
         for h in page {
             figures.instances += 1;
             let valid: Vec<_> = h

@@ -37,11 +37,9 @@ pub(crate) async fn run(grid: Arc<Grid>) {
 pub(crate) async fn scrub(grid: &Arc<Grid>) -> Result<ScrubReport, pacsgrid_archive::ArchiveError> {
     let me = grid.archive.holder().await?;
     let mut report = ScrubReport::default();
-    let mut after = 0;
-    loop {
-        let page = grid.archive.holdings(after, 500).await?;
-        let Some(last) = page.last() else { break };
-        after = last.id;
+    let mut pages = std::pin::pin!(grid.holding_pages(500));
+    while let Some(page) = futures::StreamExt::next(&mut pages).await {
+        let page = page?;
         for h in page {
             if !h.holders.iter().any(|x| x.site == grid.site) {
                 continue;

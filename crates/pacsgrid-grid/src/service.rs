@@ -5,7 +5,7 @@
 use crate::client::{GridNetError, PeerClient};
 use crate::config::GridConfig;
 use crate::transfer::Throttle;
-use pacsgrid_archive::{Archive, ArchiveError, Holder};
+use pacsgrid_archive::{Archive, ArchiveError, Holder, Holdings};
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
@@ -281,6 +281,18 @@ impl Grid {
     /// Whether the service is stopping.
     pub(crate) fn stopping(&self) -> bool {
         *self.stop.borrow()
+    }
+
+    /// Every instance of the index with its holders, a page of `size` at a time, so a pass
+    /// over the whole grid's index holds one page in memory.
+    pub(crate) fn holding_pages(
+        &self,
+        size: u32,
+    ) -> impl futures::Stream<Item = Result<Vec<Holdings>, ArchiveError>> + '_ {
+        futures::stream::try_unfold(0i64, move |after| async move {
+            let page = self.archive.holdings(after, size).await?;
+            Ok(page.last().map(|last| last.id).map(|id| (page, id)))
+        })
     }
 
     /// Completes when the service stops.

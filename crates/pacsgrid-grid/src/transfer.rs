@@ -1,12 +1,14 @@
 //! Moving blob bytes between sites: streamed, hashed on the way, verified before they
 //! count, and paced by an optional bandwidth cap shared by every pull of the site.
 
+use crate::client::PeerByteStream;
 use crate::service::{Grid, PeerState};
 use async_trait::async_trait;
+use bytes::Bytes;
 use futures::StreamExt;
 use pacsgrid_archive::RemoteFetch;
 use std::path::Path;
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 use tokio::io::AsyncWriteExt;
 
@@ -58,31 +60,45 @@ pub(crate) enum PullError {
 }
 
 impl Grid {
-    /// Streams the blob `hash` from `source`, handing each chunk to `sink`.
-    pub(crate) async fn stream_from<F, Fut>(
-        &self,
-        source: &PeerState,
-        hash: &str,
-        mut sink: F,
-    ) -> Result<u64, PullError>
-    where
-        F: FnMut(bytes::Bytes) -> Fut,
-        Fut: std::future::Future<Output = Result<(), PullError>>,
-    {
-        let (_, mut body) = self
+    /// Opens the blob `hash` at `source` for reading with [`Grid::next_chunk`].
+    async fn open_blob(&self, source: &PeerState, hash: &str) -> Result<PeerByteStream, PullError> {
+        let (_, body) = self
             .client
             .get_stream(&source.url, &format!("/grid/v1/blobs/{hash}"))
             .await?;
-        let mut got = 0u64;
-        while let Some(chunk) = body.next().await {
-            let chunk = chunk?;
-            if let Some(t) = &self.throttle {
-                t.take(chunk.len()).await;
-            }
-            got += chunk.len() as u64;
-            sink(chunk).await?;
+        Ok(body)
+    }
+
+    /// The next chunk of a blob being received, paced by the site's bandwidth cap.
+    async fn next_chunk(&self, body: &mut PeerByteStream) -> Result<Option<Bytes>, PullError> {
+        let Some(chunk) = body.next().await.transpose()? else {
+            return Ok(None);
+        };
+        if let Some(t) = &self.throttle {
+            t.take(chunk.len()).await;
         }
-        Ok(got)
+        Ok(Some(chunk))
+    }
+
+    /// Copies the blob from one source into this site's blob store (verified by `finish`).
+    async fn copy_from(
+        &self,
+        src: &PeerState,
+        sop_instance_uid: &str,
+        hash: &str,
+        size: u64,
+    ) -> Result<(), PullError> {
+        let mut replica = self.archive.begin_replica(hash).await?;
+        let mut body = self.open_blob(src, hash).await?;
+        let mut got = 0u64;
+        while let Some(chunk) = self.next_chunk(&mut body).await? {
+            got += chunk.len() as u64;
+            replica.write(&chunk).await?;
+        }
+        if got != size {
+            return Err(PullError::Length { got, want: size });
+        }
+        Ok(replica.finish(sop_instance_uid).await?)
     }
 
     /// Pulls an instance's bytes into this site's blob store as a verified copy and
@@ -107,36 +123,9 @@ impl Grid {
         }
         let mut errors = Vec::new();
         for src in sources {
-            let replica = match self.archive.begin_replica(hash).await {
-                Ok(r) => r,
-                Err(e) => return Err(e.to_string()),
-            };
-            let replica = Arc::new(tokio::sync::Mutex::new(Some(replica)));
-            let r2 = Arc::clone(&replica);
-            let got = self
-                .stream_from(src, hash, move |chunk| {
-                    let r2 = Arc::clone(&r2);
-                    async move {
-                        let mut guard = r2.lock().await;
-                        if let Some(r) = guard.as_mut() {
-                            r.write(&chunk).await?;
-                        }
-                        Ok(())
-                    }
-                })
-                .await;
-            let replica = replica.lock().await.take();
-            match (got, replica) {
-                (Ok(n), Some(r)) if n == size => match r.finish(sop_instance_uid).await {
-                    Ok(()) => return Ok(src.name.clone()),
-                    Err(e) => errors.push(format!("{}: {e}", src.name)),
-                },
-                (Ok(n), _) => errors.push(format!(
-                    "{}: {}",
-                    src.name,
-                    PullError::Length { got: n, want: size }
-                )),
-                (Err(e), _) => errors.push(format!("{}: {e}", src.name)),
+            match self.copy_from(src, sop_instance_uid, hash, size).await {
+                Ok(()) => return Ok(src.name.clone()),
+                Err(e) => errors.push(format!("{}: {e}", src.name)),
             }
         }
         if errors.is_empty() {
@@ -158,28 +147,20 @@ impl Grid {
             .create_new(true)
             .open(dest)
             .await?;
-        let writer = Arc::new(tokio::sync::Mutex::new((
-            tokio::io::BufWriter::with_capacity(1 << 20, file),
-            blake3::Hasher::new(),
-        )));
-        let w2 = Arc::clone(&writer);
-        let got = self
-            .stream_from(src, hash, move |chunk| {
-                let w2 = Arc::clone(&w2);
-                async move {
-                    let mut g = w2.lock().await;
-                    g.1.update(&chunk);
-                    g.0.write_all(&chunk).await?;
-                    Ok(())
-                }
-            })
-            .await?;
-        let mut g = writer.lock().await;
-        g.0.flush().await?;
+        let mut out = tokio::io::BufWriter::with_capacity(1 << 20, file);
+        let mut hasher = blake3::Hasher::new();
+        let mut body = self.open_blob(src, hash).await?;
+        let mut got = 0u64;
+        while let Some(chunk) = self.next_chunk(&mut body).await? {
+            got += chunk.len() as u64;
+            hasher.update(&chunk);
+            out.write_all(&chunk).await?;
+        }
+        out.flush().await?;
         if got != size {
             return Err(PullError::Length { got, want: size });
         }
-        let actual = g.1.finalize().to_hex().to_string();
+        let actual = hasher.finalize().to_hex().to_string();
         if actual != hash {
             return Err(PullError::Hash {
                 got: actual,

@@ -196,6 +196,9 @@ pub trait GridIndex: Send + Sync + 'static {
     /// Every recorded conflict, oldest first.
     async fn conflicts(&self) -> Result<Vec<GridConflict>, IndexError>;
 
+    /// Whether an instance or a quarantine entry still references these bytes.
+    async fn referenced(&self, hash: &str) -> Result<bool, IndexError>;
+
     /// Hashes deleted here whose bytes nothing references any more, with the sequence
     /// number of their newest tombstone in this node's feed: the bytes may go once every
     /// peer has read the feed that far.

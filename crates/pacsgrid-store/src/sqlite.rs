@@ -1497,17 +1497,21 @@ fn delete_in(
     ])?;
 
     for hash in hashes {
-        let referenced: bool = tx
-            .prepare_cached(
-                "SELECT EXISTS (SELECT 1 FROM instances WHERE hash = ?1)
-                     OR EXISTS (SELECT 1 FROM quarantine WHERE quarantined_hash = ?1)",
-            )?
-            .query_row([&hash], |r| r.get(0))?;
-        if !referenced {
+        if !referenced(tx, &hash)? {
             out.unreferenced_hashes.push(hash);
         }
     }
     Ok(out)
+}
+
+/// Whether an instance or a quarantine entry still references these bytes.
+fn referenced(conn: &Connection, hash: &str) -> Result<bool, IndexError> {
+    Ok(conn
+        .prepare_cached(
+            "SELECT EXISTS (SELECT 1 FROM instances WHERE hash = ?1)
+                 OR EXISTS (SELECT 1 FROM quarantine WHERE quarantined_hash = ?1)",
+        )?
+        .query_row([hash], |r| r.get(0))?)
 }
 
 #[async_trait]
@@ -1612,28 +1616,18 @@ impl Index for SqliteIndex {
 
     async fn changes(&self, since: i64, limit: u32) -> Result<Vec<Change>, IndexError> {
         self.read(move |c| {
-            let mut stmt = c.prepare_cached(
-                "SELECT seq, kind, sop_instance_uid, study_uid, series_uid, hash, at_ms
-                 FROM changes WHERE seq > ?1 ORDER BY seq LIMIT ?2",
-            )?;
-            let mut rows = stmt.query(params![since, sql_limit(limit)])?;
-            let mut out = Vec::new();
-            while let Some(r) = rows.next()? {
-                let kind: String = r.get(1)?;
-                let kind = ChangeKind::parse(&kind).ok_or_else(|| {
-                    IndexError::Database(format!("unknown change kind {kind:?} in the feed"))
-                })?;
-                out.push(Change {
-                    seq: r.get(0)?,
-                    kind,
-                    sop_instance_uid: r.get(2)?,
-                    study_uid: r.get(3)?,
-                    series_uid: r.get(4)?,
-                    hash: r.get(5)?,
-                    at_ms: r.get(6)?,
-                });
-            }
-            Ok(out)
+            Ok(grid::entries(c, since, limit)?
+                .into_iter()
+                .map(|e| Change {
+                    seq: e.seq,
+                    kind: e.kind,
+                    sop_instance_uid: e.sop_instance_uid,
+                    study_uid: e.study_uid,
+                    series_uid: e.series_uid,
+                    hash: e.hash,
+                    at_ms: e.at_ms,
+                })
+                .collect())
         })
         .await
     }

@@ -1,6 +1,6 @@
 //! [`GridIndex`] for SQLite: peers' records, holders, tombstones, cursors and conflicts.
 
-use super::{append_entry, delete_in, sql_limit, SqliteIndex};
+use super::{append_entry, delete_in, referenced, sql_limit, SqliteIndex};
 use crate::grid_index::*;
 use crate::index::{IndexError, InsertOutcome};
 use crate::model::*;
@@ -247,7 +247,12 @@ fn apply_tombstone_tx(
     Ok(out)
 }
 
-fn feed_sync(conn: &Connection, after: i64, limit: u32) -> Result<Vec<FeedEntry>, IndexError> {
+/// Feed rows after `after`, without the records of `stored` entries.
+pub(super) fn entries(
+    conn: &Connection,
+    after: i64,
+    limit: u32,
+) -> Result<Vec<FeedEntry>, IndexError> {
     let mut stmt = conn.prepare_cached(
         "SELECT seq, kind, sop_instance_uid, study_uid, series_uid, hash, at_ms, site, incarnation
          FROM changes WHERE seq > ?1 ORDER BY seq LIMIT ?2",
@@ -272,6 +277,11 @@ fn feed_sync(conn: &Connection, after: i64, limit: u32) -> Result<Vec<FeedEntry>
             record: None,
         });
     }
+    Ok(out)
+}
+
+fn feed_sync(conn: &Connection, after: i64, limit: u32) -> Result<Vec<FeedEntry>, IndexError> {
+    let mut out = entries(conn, after, limit)?;
     for e in out.iter_mut().filter(|e| e.kind == ChangeKind::Stored) {
         e.record = record_sync(conn, &e.sop_instance_uid)?
             .map(|(rec, _)| rec)
@@ -464,6 +474,11 @@ impl GridIndex for SqliteIndex {
             Ok(rows.collect::<Result<_, _>>()?)
         })
         .await
+    }
+
+    async fn referenced(&self, hash: &str) -> Result<bool, IndexError> {
+        let hash = hash.to_string();
+        self.read(move |c| referenced(c, &hash)).await
     }
 
     async fn removable(&self) -> Result<Vec<(String, i64)>, IndexError> {
