@@ -27,6 +27,9 @@ pub struct Config {
     /// The audit trail: local log and optional syslog forwarding.
     #[serde(default)]
     pub audit: pacsgrid_audit::AuditConfig,
+    /// Who may connect and what they may do: AE rights, HTTP tokens and API keys.
+    #[serde(default)]
+    pub access: pacsgrid_access::AccessConfig,
 }
 
 /// `[node]`.
@@ -126,7 +129,9 @@ fn default_max_upload_bytes() -> u64 {
     16 << 30
 }
 fn default_bind() -> String {
-    "0.0.0.0".into()
+    // loopback until the operator configures access rules (or says --insecure): a node must
+    // not hand patient data to the network by default
+    "127.0.0.1".into()
 }
 fn default_max_pdu() -> u32 {
     256 * 1024

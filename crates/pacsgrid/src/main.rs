@@ -1,5 +1,6 @@
 //! The pacsgrid binary: command line, configuration and wiring; no logic of its own.
 
+mod access;
 mod audit_cli;
 mod check;
 mod config;

@@ -32,6 +32,10 @@ pub struct ServeArgs {
     /// Site name. Default "local".
     #[arg(long, env = "PACSGRID_SITE")]
     pub site: Option<String>,
+    /// Start even though a port open to the network has no access rules (see the log for
+    /// what is exposed). Without it such a configuration is refused.
+    #[arg(long, env = "PACSGRID_INSECURE")]
+    pub insecure: bool,
 }
 
 /// Builds the effective configuration: defaults, then the file, then env and flags.
@@ -97,6 +101,21 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     })
     .await
     .with_context(|| format!("opening data directory {}", data_dir.display()))?;
+    let access = crate::access::open(&cfg, &data_dir)?;
+    let insecure = crate::access::insecure_reasons(&cfg, &access.point);
+    if !insecure.is_empty() {
+        for why in &insecure {
+            tracing::warn!("insecure configuration: {why}");
+        }
+        if !args.insecure {
+            anyhow::bail!(
+                "refusing to start with an insecure configuration on a non-loopback address:\n  - {}\n\
+                 Configure [access] rules, bind to 127.0.0.1, or start with --insecure if this network is trusted.",
+                insecure.join("\n  - ")
+            );
+        }
+        tracing::warn!("starting anyway: --insecure was given");
+    }
 
     let dicom_addr = format!("{}:{}", cfg.dicom.bind, cfg.dicom.port);
     let dicom_listener = tokio::net::TcpListener::bind(&dicom_addr)
@@ -149,6 +168,8 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         "pacsgrid node ready"
     );
 
+    access.started(args.config.as_deref(), &data_dir).await?;
+
     shutdown_signal().await;
     tracing::info!("stopping: no new associations; running ones may finish");
     let _ = stop_tx.send(true);
@@ -161,6 +182,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         tracing::error!(error = %e, "HTTP service ended with an error");
     }
     drop(grid);
+    access.stopped().await;
     archive.close();
     tracing::info!("stopped cleanly");
     Ok(ExitCode::SUCCESS)
