@@ -44,6 +44,12 @@ def free_block(sites: int) -> int:
     raise RuntimeError("no free port block")
 
 
+def audit_records(node: Node) -> list[dict]:
+    r = run_pacsgrid(["audit", "search", "--data", str(node.data_dir), "--json"], timeout=60)
+    assert r.returncode == 0, r.stderr
+    return [json.loads(line) for line in r.stdout.splitlines() if line.strip()]
+
+
 def http_json(port: int, path: str, method: str = "GET", body: dict | None = None,
               timeout: float = 10.0):
     data = json.dumps(body).encode() if body is not None else None
@@ -235,6 +241,17 @@ def test_store_at_a_is_found_everywhere_and_retrieved_identical(grid_factory, co
             body = r.read()
         for i in insts:
             assert i.data in body, f"WADO-RS at C lacks the bytes of {i.sop_uid}"
+        # A's audit trail says which sites were sent which studies (one record per peer and
+        # study, written within seconds); C's says what its own client retrieved
+        def sent_by_a():
+            return {(r["user"], r["study_uids"][0]) for r in audit_records(g["a"])
+                    if r["event"] == "instances-transferred"}
+        want_sent = {(site, st) for site in ("b", "c") for st in want}
+        wait_for("A's audit of what B and C were sent", lambda: want_sent <= sent_by_a(),
+                 timeout=15)
+        at_c = [r for r in audit_records(g["c"]) if r["event"] == "instances-transferred"
+                and r["user"] not in ("a", "b")]
+        assert {r["study_uids"][0] for r in at_c} >= want
     finally:
         scp.stop()
 
@@ -388,6 +405,9 @@ def test_peers_with_foreign_or_unknown_certificates_are_refused(grid_factory, tm
     assert "unknown site d" in g["a"].log_text()
     # the configured peer b gets in
     assert contact(g.dir, "b").startswith(b"HTTP/1.1 200")
+    # both refusals are in A's audit trail as node-authentication alerts
+    alerts = [r for r in audit_records(g["a"]) if r["event"] == "security-alert"]
+    assert [r["user"] for r in alerts] == ["unknown peer", "d"], alerts
 
 
 def test_prefetch_brings_priors_before_they_are_asked_for(grid_factory, tmp_path):

@@ -178,7 +178,7 @@ impl Principal {
         } else {
             format!("{what} {:?}", self.id)
         };
-        if let Grants::Roles(roles) = &self.grants {
+        if let Grants::Roles(roles) = self.grants.clone().non_empty() {
             let names: Vec<&str> = roles.iter().map(|r| r.name()).collect();
             s.push_str(&format!(" (roles: {})", names.join(", ")));
         }
@@ -187,6 +187,15 @@ impl Principal {
             s.push_str(h);
         }
         s
+    }
+}
+
+impl Grants {
+    fn non_empty(self) -> Grants {
+        match self {
+            Grants::Roles(r) if r.is_empty() => Grants::Unrestricted,
+            g => g,
+        }
     }
 }
 

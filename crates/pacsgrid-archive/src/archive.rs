@@ -359,16 +359,24 @@ impl Archive {
         source: &str,
     ) -> Result<StoreOutcome, StoreError> {
         let sop = record.instance.sop_instance_uid.clone();
+        let subject = crate::incoming::Subject {
+            patient_id: record.patient.patient_id.clone(),
+            issuer: record.patient.issuer.clone(),
+            study_uid: record.study.study_uid.clone(),
+            sop_class_uid: record.instance.sop_class_uid.clone(),
+        };
         match self.index.insert(&record, &self.cfg.site).await? {
             InsertOutcome::Inserted { seq } => Ok(StoreOutcome::Stored {
                 sop_instance_uid: sop,
                 study_uid: record.study.study_uid,
                 hash: record.hash,
                 seq,
+                subject,
             }),
             InsertOutcome::Duplicate => Ok(StoreOutcome::Duplicate {
                 sop_instance_uid: sop,
                 hash: record.hash,
+                subject,
             }),
             InsertOutcome::Conflict { existing_hash } => {
                 let entry = QuarantineEntry {
@@ -392,6 +400,7 @@ impl Archive {
                     sop_instance_uid: sop,
                     kept_hash: existing_hash,
                     quarantined_hash: record.hash,
+                    subject,
                 })
             }
         }

@@ -31,6 +31,8 @@ pub enum StoreOutcome {
         hash: String,
         /// Change-feed sequence number.
         seq: i64,
+        /// Whose data it is.
+        subject: Subject,
     },
     /// Already stored with identical bytes: nothing changed.
     Duplicate {
@@ -38,6 +40,8 @@ pub enum StoreOutcome {
         sop_instance_uid: String,
         /// Content hash.
         hash: String,
+        /// Whose data it is.
+        subject: Subject,
     },
     /// Already stored with different bytes: the first is kept, this one set aside.
     Quarantined {
@@ -47,7 +51,34 @@ pub enum StoreOutcome {
         kept_hash: String,
         /// Hash of the object set aside.
         quarantined_hash: String,
+        /// Whose data it is.
+        subject: Subject,
     },
+}
+
+/// Whose data a received object is, as its header says: what the audit trail records of a
+/// store (PS3.15: one patient, the study, the SOP class).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Subject {
+    /// PatientID.
+    pub patient_id: String,
+    /// IssuerOfPatientID (the site's default issuer when the sender gave none).
+    pub issuer: String,
+    /// StudyInstanceUID.
+    pub study_uid: String,
+    /// SOPClassUID.
+    pub sop_class_uid: String,
+}
+
+impl StoreOutcome {
+    /// Whose data the object was, whatever became of it.
+    pub fn subject(&self) -> &Subject {
+        match self {
+            StoreOutcome::Stored { subject, .. }
+            | StoreOutcome::Duplicate { subject, .. }
+            | StoreOutcome::Quarantined { subject, .. } => subject,
+        }
+    }
 }
 
 /// An object being received. Write the data set bytes as they arrive, then

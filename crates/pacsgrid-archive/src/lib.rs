@@ -18,7 +18,7 @@ pub use archive::{Archive, ArchiveConfig, ConsistencyReport, DeleteReport};
 pub use error::{ArchiveError, StoreError};
 pub use grid_link::{GridControl, RemoteFetch};
 pub use grid_ops::{RemoteApply, Replica};
-pub use incoming::{Incoming, IncomingMeta, StoreOutcome};
+pub use incoming::{Incoming, IncomingMeta, StoreOutcome, Subject};
 pub use pacsgrid_store::{
     AttrValues, BlobChunks, BlobReader, Change, ChangeKind, DeleteTarget, FeedEntry, GridConflict,
     Holder, HolderChange, Holdings, IndexStats, InstanceRecord, PeerCursor, Provenance,

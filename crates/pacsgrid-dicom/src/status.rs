@@ -37,6 +37,8 @@ pub const FAILED_UNABLE_TO_PROCESS: u16 = 0xC001;
 pub const FAILED_UNABLE_TO_PROCESS_RETRIEVE: u16 = 0xC002;
 /// Failure: the SOP class is not supported.
 pub const SOP_CLASS_NOT_SUPPORTED: u16 = 0x0122;
+/// Refused: not authorized (PS3.7 C.4): the requester lacks the right for this operation.
+pub const REFUSED_NOT_AUTHORIZED: u16 = 0x0124;
 /// Failure: a required argument is invalid (e.g. SOP Instance UID mismatch).
 pub const INVALID_ARGUMENT_VALUE: u16 = 0x0115;
 /// Failure: processing failure.

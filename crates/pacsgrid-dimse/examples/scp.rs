@@ -40,7 +40,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         ..DimseConfig::default()
     };
     let listener = tokio::net::TcpListener::bind(("0.0.0.0", port)).await?;
-    let server = DimseServer::new(cfg, archive.clone());
+    let access = std::sync::Arc::new(pacsgrid_access::AccessPoint::open_door("example"));
+    let server = DimseServer::new(cfg, archive.clone(), access);
     server
         .run(listener, async {
             let _ = tokio::signal::ctrl_c().await;

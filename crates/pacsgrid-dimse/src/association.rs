@@ -240,6 +240,9 @@ pub struct AcceptPolicy {
     pub allowed_calling_aes: Option<Vec<String>>,
     /// The max PDU length we announce.
     pub max_pdu_length: u32,
+    /// The access point whose AE rules admit calling AEs (by title and host); `None`
+    /// admits any calling AE the other rules let through.
+    pub access: Option<std::sync::Arc<pacsgrid_access::AccessPoint>>,
 }
 
 impl AcceptPolicy {
@@ -250,6 +253,7 @@ impl AcceptPolicy {
             accept_any_called_ae: cfg.accept_any_called_ae,
             allowed_calling_aes: cfg.allowed_calling_aes.clone(),
             max_pdu_length: cfg.effective_max_pdu(),
+            access: None,
         }
     }
 }
@@ -558,7 +562,12 @@ impl Association {
         let decision = if at_capacity {
             Err(RejectReason::LocalLimitExceeded)
         } else {
-            negotiate(&rq, policy)
+            negotiate(&rq, policy).and_then(|neg| match &policy.access {
+                Some(a) if a.ae_rights().admit(&assoc.calling_ae, peer.ip()).is_err() => {
+                    Err(RejectReason::CallingAeNotRecognized)
+                }
+                _ => Ok(neg),
+            })
         };
         match decision {
             Err(reason) => {
@@ -1066,6 +1075,7 @@ mod tests {
             accept_any_called_ae: false,
             allowed_calling_aes: None,
             max_pdu_length: 65536,
+            access: None,
         }
     }
 

@@ -2,11 +2,13 @@
 //! page by page, and each match goes back as a pending response, with C-CANCEL checked
 //! between answers.
 
+use crate::access::{self, AssocAccess};
 use crate::association::{AssocError, Association};
 use crate::identifier::{self, QrService, Refusal, MAX_IDENTIFIER};
 use crate::message::{field, Command};
 use crate::metrics::inc;
 use crate::server::Services;
+use pacsgrid_access::Operation;
 use pacsgrid_dicom::status;
 
 /// Matches fetched from the archive at a time: bounds memory for huge answers while keeping
@@ -17,6 +19,7 @@ const PAGE: u32 = 500;
 pub(crate) async fn handle(
     svc: &Services,
     assoc: &mut Association,
+    access: &mut AssocAccess,
     pc_id: u8,
     command: Command,
 ) -> Result<(), AssocError> {
@@ -44,10 +47,20 @@ pub(crate) async fn handle(
             return refuse(assoc, pc_id, &command, r).await;
         }
     };
+    if let Err(r) = access.permit(&svc.access, &Operation::Query).await {
+        return refuse(assoc, pc_id, &command, r).await;
+    }
     let (query, keys) = match identifier::parse_query(&raw, &ctx.transfer_syntax, model) {
         Ok(q) => q,
         Err(r) => return refuse(assoc, pc_id, &command, r).await,
     };
+    let audit = access::query_event(
+        &svc.access,
+        &access.who,
+        &ctx.abstract_syntax,
+        &raw,
+        &ctx.transfer_syntax,
+    );
     tracing::info!(
         level = query.level.code(),
         keys = query.keys.len(),
@@ -57,8 +70,27 @@ pub(crate) async fn handle(
 
     let mut offset = 0u32;
     let mut answered = 0u64;
+    // the audit record is written while the first page is looked up: no answer goes out
+    // before it is durable, and it adds no latency of its own
+    let (audited, first) = tokio::join!(
+        svc.access.record(audit),
+        svc.archive.find(&query, PAGE, offset)
+    );
+    if let Err(e) = audited {
+        tracing::error!(error = %e, "C-FIND refused: the audit trail cannot take its record");
+        let r = Refusal {
+            status: status::REFUSED_OUT_OF_RESOURCES,
+            comment: "audit trail unavailable".into(),
+        };
+        return refuse(assoc, pc_id, &command, r).await;
+    }
+    let mut first = Some(first);
     loop {
-        let page = match svc.archive.find(&query, PAGE, offset).await {
+        let found = match first.take() {
+            Some(f) => f,
+            None => svc.archive.find(&query, PAGE, offset).await,
+        };
+        let page = match found {
             Ok(p) => p,
             Err(e) => {
                 tracing::warn!(error = %e, "C-FIND failed in the archive");

@@ -2,6 +2,7 @@
 //! association, as C-STORE sub-operations on the storage contexts it offered with the SCP
 //! role, with a pending response after each and C-CANCEL honoured between them.
 
+use crate::access::{AssocAccess, Sent};
 use crate::association::{AssocError, Association};
 use crate::client::{self, ClientError, Route};
 use crate::identifier::QrService;
@@ -9,11 +10,13 @@ use crate::message::{field, Command};
 use crate::metrics::inc;
 use crate::retrieve::{self, Progress};
 use crate::server::Services;
+use pacsgrid_access::Operation;
 
 /// Answers one C-GET-RQ. Errors are returned only when the association cannot go on.
 pub(crate) async fn handle(
     svc: &Services,
     assoc: &mut Association,
+    access: &mut AssocAccess,
     pc_id: u8,
     command: Command,
 ) -> Result<(), AssocError> {
@@ -27,6 +30,10 @@ pub(crate) async fn handle(
         Ok(found) => found,
         Err(r) => return retrieve::refuse(assoc, pc_id, &command, field::C_GET_RSP, &r).await,
     };
+    if let Err(r) = access.permit(&svc.access, &Operation::Retrieve).await {
+        return retrieve::refuse(assoc, pc_id, &command, field::C_GET_RSP, &r).await;
+    }
+    let mut delivered = Sent::default();
     let total = instances.len();
     let mut progress = Progress::new(total);
     let mut cancelled = false;
@@ -80,6 +87,7 @@ pub(crate) async fn handle(
                     == pacsgrid_dicom::status::Category::Success
                 {
                     inc(&svc.metrics.retrieve_subops_ok);
+                    delivered.add(inst);
                 } else {
                     inc(&svc.metrics.retrieve_subops_failed);
                     tracing::warn!(
@@ -112,6 +120,9 @@ pub(crate) async fn handle(
                 .send_pending(assoc, pc_id, &command, field::C_GET_RSP)
                 .await?;
         }
+    }
+    if let Err(e) = delivered.record(&svc.access, &access.who, None).await {
+        tracing::error!(error = %e, "could not audit the instances a C-GET sent");
     }
     let code = progress.final_status(cancelled);
     tracing::info!(

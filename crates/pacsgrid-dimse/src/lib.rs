@@ -5,6 +5,7 @@
 
 #![warn(missing_docs)]
 
+mod access;
 pub mod association;
 pub mod client;
 pub mod config;

@@ -605,6 +605,7 @@ mod tests {
             accept_any_called_ae: false,
             allowed_calling_aes: None,
             max_pdu_length: 16384,
+            access: None,
         };
         // negotiate on the server side by hand, then hand the raw stream to the test
         let acc = tokio::spawn(async move {

@@ -2,6 +2,7 @@
 //! sub-association we open, with pending responses on the requestor's association and
 //! C-CANCEL honoured between sub-operations.
 
+use crate::access::{AssocAccess, Sent};
 use crate::association::{AssocError, Association};
 use crate::client::{self, ClientError, StoreScu};
 use crate::identifier::{QrService, Refusal};
@@ -10,6 +11,8 @@ use crate::metrics::inc;
 use crate::retrieve::{self, Progress};
 use crate::server::Services;
 use dicom_dictionary_std::tags;
+use pacsgrid_access::Operation;
+use pacsgrid_audit::Participant;
 use pacsgrid_dicom::status;
 
 /// Answers one C-MOVE-RQ. Errors are returned only when the requestor's association
@@ -17,6 +20,7 @@ use pacsgrid_dicom::status;
 pub(crate) async fn handle(
     svc: &Services,
     assoc: &mut Association,
+    access: &mut AssocAccess,
     pc_id: u8,
     command: Command,
 ) -> Result<(), AssocError> {
@@ -41,6 +45,13 @@ pub(crate) async fn handle(
         Ok(found) => found,
         Err(r) => return retrieve::refuse(assoc, pc_id, &command, field::C_MOVE_RSP, &r).await,
     };
+    let op = Operation::Move {
+        destination: remote.ae_title.clone(),
+    };
+    if let Err(r) = access.permit(&svc.access, &op).await {
+        return retrieve::refuse(assoc, pc_id, &command, field::C_MOVE_RSP, &r).await;
+    }
+    let mut sent = Sent::default();
     let total = instances.len();
     let mut progress = Progress::new(total);
     if total == 0 {
@@ -109,6 +120,7 @@ pub(crate) async fn handle(
             Ok(rsp) => {
                 if status::category(rsp.status) == status::Category::Success {
                     inc(&svc.metrics.retrieve_subops_ok);
+                    sent.add(inst);
                 } else {
                     inc(&svc.metrics.retrieve_subops_failed);
                     tracing::warn!(
@@ -145,6 +157,10 @@ pub(crate) async fn handle(
         if let Err(e) = scu.release().await {
             tracing::debug!(error = %e, "sub-association release failed");
         }
+    }
+    let dest = Participant::ae(&remote.ae_title, Some(&remote.host));
+    if let Err(e) = sent.record(&svc.access, &access.who, Some(dest)).await {
+        tracing::error!(error = %e, "could not audit the instances a C-MOVE sent");
     }
     let code = progress.final_status(cancelled);
     tracing::info!(

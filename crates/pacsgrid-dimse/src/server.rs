@@ -1,10 +1,12 @@
 //! The DIMSE service provider: accept loop, one task per association, a cap on concurrent
 //! associations, and a graceful shutdown.
 
-use crate::association::{AcceptError, AcceptPolicy, AssocError, Association};
+use crate::access::AssocAccess;
+use crate::association::{AcceptError, AcceptPolicy, AssocError, Association, RejectReason};
 use crate::config::DimseConfig;
 use crate::message::{field, Command, Event};
 use crate::metrics::{inc, ActiveGuard, DimseMetrics};
+use pacsgrid_access::{AccessPoint, Denied, Principal};
 use pacsgrid_archive::Archive;
 use pacsgrid_dicom::status;
 use std::future::Future;
@@ -23,6 +25,7 @@ pub(crate) struct Services {
     pub(crate) policy: AcceptPolicy,
     pub(crate) archive: Arc<Archive>,
     pub(crate) metrics: Arc<DimseMetrics>,
+    pub(crate) access: Arc<AccessPoint>,
 }
 
 /// The DIMSE SCP of a node: C-ECHO, C-STORE, C-FIND, C-GET and C-MOVE over the archive.
@@ -31,15 +34,18 @@ pub struct DimseServer {
 }
 
 impl DimseServer {
-    /// A server for this configuration and archive.
-    pub fn new(cfg: DimseConfig, archive: Arc<Archive>) -> Self {
-        let policy = AcceptPolicy::from_config(&cfg);
+    /// A server for this configuration and archive; `access` admits AEs, decides their
+    /// rights and takes the audit records of what they do.
+    pub fn new(cfg: DimseConfig, archive: Arc<Archive>, access: Arc<AccessPoint>) -> Self {
+        let mut policy = AcceptPolicy::from_config(&cfg);
+        policy.access = Some(Arc::clone(&access));
         DimseServer {
             services: Arc::new(Services {
                 cfg,
                 policy,
                 archive,
                 metrics: Arc::new(DimseMetrics::default()),
+                access,
             }),
         }
     }
@@ -147,6 +153,9 @@ async fn serve_connection(
             }) => {
                 inc(&svc.metrics.associations_rejected);
                 tracing::warn!(calling = %calling_ae, called = %called_ae, %reason, "association rejected");
+                if reason != RejectReason::LocalLimitExceeded {
+                    audit_rejection(&svc, &calling_ae, peer, reason).await;
+                }
                 return;
             }
             Err(AcceptError::Assoc(e)) => {
@@ -158,24 +167,61 @@ async fn serve_connection(
         let span = tracing::Span::current();
         span.record("calling", assoc.calling_ae());
         span.record("called", assoc.called_ae());
+        let who = match svc.access.ae_rights().admit(assoc.calling_ae(), peer.ip()) {
+            Ok(who) => who,
+            Err(e) => {
+                // the gate in negotiation already admitted it; the rules cannot have changed
+                tracing::error!(error = %e, "admitted AE not admitted on second look; aborting");
+                assoc.abort().await;
+                return;
+            }
+        };
         let _active = ActiveGuard::new(&svc.metrics);
         tracing::info!(
             contexts = assoc.contexts().len(),
             max_pdu_send = assoc.max_pdu_send(),
             "association accepted"
         );
-        serve(&svc, assoc, stop).await;
+        let mut access = AssocAccess::new(who);
+        serve(&svc, assoc, &mut access, stop).await;
+        // whatever ended it, what it stored goes into the audit trail
+        access.flush(&svc.access).await;
         drop(permit);
     }
     .instrument(span)
     .await
 }
 
+/// Audits a rejected association request as a node-authentication alert.
+async fn audit_rejection(svc: &Services, calling_ae: &str, peer: SocketAddr, reason: RejectReason) {
+    let denied = match svc.access.ae_rights().admit(calling_ae, peer.ip()) {
+        Err(d) => d,
+        Ok(_) => Denied::UnknownAe {
+            ae: calling_ae.to_string(),
+            host: peer.ip().to_string(),
+            why: reason.to_string(),
+        },
+    };
+    let who = Principal {
+        id: calling_ae.to_string(),
+        kind: pacsgrid_access::PrincipalKind::Ae,
+        host: Some(peer.ip().to_string()),
+        channel: pacsgrid_access::Channel::Dimse,
+        grants: pacsgrid_access::Grants::Roles(Default::default()),
+    };
+    svc.access.refused(&who, &denied).await;
+}
+
 /// How long an association may take, once shutdown began, to show a request it already sent.
 const SHUTDOWN_READ_GRACE: std::time::Duration = std::time::Duration::from_millis(100);
 
 /// Serves messages until release, abort, error or shutdown.
-async fn serve(svc: &Services, mut assoc: Association, stop: CancellationToken) {
+async fn serve(
+    svc: &Services,
+    mut assoc: Association,
+    access: &mut AssocAccess,
+    stop: CancellationToken,
+) {
     loop {
         let event = if stop.is_cancelled() {
             // shutting down: serve what has already arrived (a request sent just before the
@@ -201,12 +247,14 @@ async fn serve(svc: &Services, mut assoc: Association, stop: CancellationToken) 
         };
         let result = match event {
             Ok(Event::Command { pc_id, command }) => {
-                dispatch(svc, &mut assoc, pc_id, command).await
+                dispatch(svc, &mut assoc, access, pc_id, command).await
             }
             Ok(Event::Data(_)) => Err(AssocError::Protocol(
                 "data set fragment without a command".into(),
             )),
             Ok(Event::Release) => {
+                // the release answer tells the peer its transfers are complete: audit first
+                access.flush(&svc.access).await;
                 if let Err(e) = assoc.answer_release().await {
                     tracing::debug!(error = %e, "release reply not delivered");
                 }
@@ -239,6 +287,7 @@ async fn serve(svc: &Services, mut assoc: Association, stop: CancellationToken) 
 async fn dispatch(
     svc: &Services,
     assoc: &mut Association,
+    access: &mut AssocAccess,
     pc_id: u8,
     command: Command,
 ) -> Result<(), AssocError> {
@@ -249,12 +298,10 @@ async fn dispatch(
     }
     match command.field() {
         Some(field::C_ECHO_RQ) => crate::echo::handle(assoc, pc_id, command, &svc.metrics).await,
-        Some(field::C_STORE_RQ) => {
-            crate::store::handle(assoc, pc_id, command, &svc.archive, &svc.metrics).await
-        }
-        Some(field::C_FIND_RQ) => crate::find::handle(svc, assoc, pc_id, command).await,
-        Some(field::C_GET_RQ) => crate::get::handle(svc, assoc, pc_id, command).await,
-        Some(field::C_MOVE_RQ) => crate::move_::handle(svc, assoc, pc_id, command).await,
+        Some(field::C_STORE_RQ) => crate::store::handle(svc, assoc, access, pc_id, command).await,
+        Some(field::C_FIND_RQ) => crate::find::handle(svc, assoc, access, pc_id, command).await,
+        Some(field::C_GET_RQ) => crate::get::handle(svc, assoc, access, pc_id, command).await,
+        Some(field::C_MOVE_RQ) => crate::move_::handle(svc, assoc, access, pc_id, command).await,
         Some(field::C_CANCEL_RQ) => {
             tracing::debug!("C-CANCEL for no running operation");
             Ok(())

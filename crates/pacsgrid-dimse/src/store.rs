@@ -1,13 +1,15 @@
 //! C-STORE SCP: validates the command, streams the data set into the archive fragment by
 //! fragment, and answers only once the archive says the object is durable.
 
+use crate::access::AssocAccess;
 use crate::association::{AssocError, Association};
 use crate::message::{field, Command};
 use crate::metrics::{add, inc, DimseMetrics};
+use crate::server::Services;
 use dicom_dictionary_std::tags;
-use pacsgrid_archive::{Archive, IncomingMeta, StoreError, StoreOutcome};
+use pacsgrid_access::Operation;
+use pacsgrid_archive::{IncomingMeta, StoreError, StoreOutcome};
 use pacsgrid_dicom::status;
-use std::sync::Arc;
 use std::time::Instant;
 
 /// What we answer a C-STORE-RQ with.
@@ -41,12 +43,13 @@ struct Report {
 /// Returns an error only when the association itself cannot go on; every refusal of the
 /// object is a response status, after the data set has been read to its end.
 pub(crate) async fn handle(
+    svc: &Services,
     assoc: &mut Association,
+    access: &mut AssocAccess,
     pc_id: u8,
     command: Command,
-    archive: &Arc<Archive>,
-    metrics: &DimseMetrics,
 ) -> Result<(), AssocError> {
+    let (archive, metrics) = (&svc.archive, &*svc.metrics);
     let started = Instant::now();
     let context = assoc
         .context(pc_id)
@@ -70,16 +73,18 @@ pub(crate) async fn handle(
     }
 
     // refusals decided from the command alone; the data set is still read and dropped
-    let refusal = match (&sop_class, &sop_instance) {
-        (None, _) => Some(Answer::fail(
+    let permitted = access.permit(&svc.access, &Operation::Store).await;
+    let refusal = match (permitted, &sop_class, &sop_instance) {
+        (Err(r), _, _) => Some(Answer::fail(r.status, r.comment)),
+        (_, None, _) => Some(Answer::fail(
             status::ERROR_CANNOT_UNDERSTAND,
             "command lacks AffectedSOPClassUID",
         )),
-        (_, None) => Some(Answer::fail(
+        (_, _, None) => Some(Answer::fail(
             status::ERROR_CANNOT_UNDERSTAND,
             "command lacks AffectedSOPInstanceUID",
         )),
-        (Some(class), _) if *class != context.abstract_syntax => Some(Answer::fail(
+        (_, Some(class), _) if *class != context.abstract_syntax => Some(Answer::fail(
             status::ERROR_DATASET_DOES_NOT_MATCH_SOP_CLASS,
             format!(
                 "SOP class {class} sent on a {} context",
@@ -124,9 +129,20 @@ pub(crate) async fn handle(
     add(&metrics.bytes_received, received);
 
     let commit_started = Instant::now();
-    let answer = match (answer, incoming) {
-        (Some(a), _) => a,
-        (None, Some(inc)) => match inc.finish().await {
+    let finished = match (answer, incoming) {
+        (Some(a), _) => Err(a),
+        (None, Some(inc)) => Ok(inc.finish().await),
+        (None, None) => Err(Answer::fail(
+            status::FAILED_UNABLE_TO_PROCESS,
+            "internal: nothing to store",
+        )),
+    };
+    if let Ok(Ok(outcome)) = &finished {
+        access.stored(&svc.access, outcome.subject()).await;
+    }
+    let answer = match finished {
+        Err(a) => a,
+        Ok(result) => match result {
             Ok(StoreOutcome::Stored { .. }) => Answer {
                 status: status::SUCCESS,
                 comment: None,
@@ -144,10 +160,6 @@ pub(crate) async fn handle(
             },
             Err(e) => store_error(&e),
         },
-        (None, None) => Answer::fail(
-            status::FAILED_UNABLE_TO_PROCESS,
-            "internal: nothing to store",
-        ),
     };
     let report = Report {
         sop_instance,

@@ -8,6 +8,7 @@ use axum::extract::{Path, Query, State};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
+use axum::Extension;
 use axum::{Json, Router};
 use futures::StreamExt;
 use std::collections::BTreeMap;
@@ -82,7 +83,11 @@ fn default_limit() -> u32 {
     500
 }
 
-async fn feed(State(grid): State<Arc<Grid>>, Query(p): Query<FeedParams>) -> Response {
+async fn feed(
+    State(grid): State<Arc<Grid>>,
+    Extension(peer): Extension<crate::transport::PeerSite>,
+    Query(p): Query<FeedParams>,
+) -> Response {
     let limit = p.limit.clamp(1, 2000);
     let result = async {
         let incarnation = grid.archive.incarnation().await?;
@@ -96,7 +101,10 @@ async fn feed(State(grid): State<Arc<Grid>>, Query(p): Query<FeedParams>) -> Res
     }
     .await;
     match result {
-        Ok(page) => Json(page).into_response(),
+        Ok(page) => {
+            grid.disclosures.feed_sent(&peer.0, &page.entries);
+            Json(page).into_response()
+        }
         Err(e) => internal(e),
     }
 }

@@ -10,6 +10,7 @@
 
 mod anti_entropy;
 mod api;
+mod audit;
 pub mod client;
 pub mod config;
 mod gc;

@@ -91,6 +91,8 @@ pub struct Grid {
     pub(crate) stop: watch::Receiver<bool>,
     /// The service itself, for trait methods that start tasks.
     pub(crate) me: std::sync::OnceLock<std::sync::Weak<Grid>>,
+    /// What peers were sent, for the audit trail.
+    pub(crate) disclosures: Arc<crate::audit::Disclosures>,
 }
 
 pub(crate) fn now_ms() -> i64 {
@@ -106,6 +108,7 @@ impl Grid {
     pub async fn start(
         cfg: GridConfig,
         archive: Arc<Archive>,
+        access: Arc<pacsgrid_access::AccessPoint>,
         stop: watch::Receiver<bool>,
     ) -> Result<Arc<Grid>, GridError> {
         let site = archive.site().to_string();
@@ -163,6 +166,7 @@ impl Grid {
             placement_due: Notify::new(),
             stop: stop.clone(),
             me: std::sync::OnceLock::new(),
+            disclosures: Arc::new(crate::audit::Disclosures::new(access)),
         });
         let _ = grid.me.set(Arc::downgrade(&grid));
         archive.attach_grid(grid.clone(), grid.clone());
@@ -170,10 +174,12 @@ impl Grid {
         let allowed = Arc::new(grid.cfg.peer_names());
         let router = crate::api::router(Arc::clone(&grid));
         let mut stop_rx = stop.clone();
+        tokio::spawn(Arc::clone(&grid.disclosures).run(stop.clone()));
         tokio::spawn(crate::transport::serve(
             listener,
             server_tls,
             allowed,
+            Arc::clone(grid.disclosures.access()),
             router,
             async move {
                 let _ = stop_rx.wait_for(|s| *s).await;

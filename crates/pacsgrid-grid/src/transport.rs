@@ -40,6 +40,7 @@ pub async fn serve(
     listener: TcpListener,
     tls: Arc<rustls::ServerConfig>,
     allowed_sites: Arc<HashSet<String>>,
+    access: Arc<pacsgrid_access::AccessPoint>,
     router: Router,
     shutdown: impl Future<Output = ()>,
 ) {
@@ -70,6 +71,7 @@ pub async fn serve(
         let conn = Conn {
             acceptor: acceptor.clone(),
             allowed: Arc::clone(&allowed_sites),
+            access: Arc::clone(&access),
             router: router.clone(),
             watcher: graceful.watcher(),
         };
@@ -90,6 +92,7 @@ pub async fn serve(
 struct Conn {
     acceptor: TlsAcceptor,
     allowed: Arc<HashSet<String>>,
+    access: Arc<pacsgrid_access::AccessPoint>,
     router: Router,
     watcher: Watcher,
 }
@@ -102,6 +105,8 @@ impl Conn {
             Ok(Ok(s)) => s,
             Ok(Err(e)) => {
                 tracing::warn!(%remote, reason = %e, "grid TLS handshake failed");
+                let why = format!("grid TLS handshake failed: {e}");
+                crate::audit::refused(&self.access, None, remote.ip().to_string(), &why).await;
                 return;
             }
             Err(_) => {
@@ -119,6 +124,9 @@ impl Conn {
             Some(name) if self.allowed.contains(&name) => Some(PeerSite(name)),
             Some(name) => {
                 tracing::warn!(%remote, "peer certificate names unknown site {name}");
+                let why = format!("certificate names {name}, which is not a site of this grid");
+                let host = remote.ip().to_string();
+                crate::audit::refused(&self.access, Some(&name), host, &why).await;
                 None
             }
             None => {
@@ -259,7 +267,8 @@ mod tests {
         );
         let allowed = Arc::new(HashSet::from(["b".to_string()]));
         let (tx, rx) = tokio::sync::oneshot::channel();
-        let task = tokio::spawn(serve(listener, tls, allowed, router, async {
+        let open = Arc::new(pacsgrid_access::AccessPoint::open_door("a"));
+        let task = tokio::spawn(serve(listener, tls, allowed, open, router, async {
             let _ = rx.await;
         }));
         (base, tx, task)

@@ -484,6 +484,8 @@ fn stored(r: &InstanceRecord) -> StoredInstance {
         hash: r.hash.clone(),
         size: r.size,
         dataset_offset: r.dataset_offset,
+        patient_id: r.patient.patient_id.clone(),
+        issuer: r.patient.issuer.clone(),
     }
 }
 

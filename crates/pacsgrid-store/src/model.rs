@@ -114,6 +114,12 @@ pub struct StoredInstance {
     pub size: u64,
     /// Offset of the data set within them.
     pub dataset_offset: u64,
+    /// PatientID of the instance's patient (for the audit trail of whoever receives it).
+    #[serde(default)]
+    pub patient_id: String,
+    /// IssuerOfPatientID of that patient.
+    #[serde(default)]
+    pub issuer: String,
 }
 
 /// One answer of a query: attribute values of the matched entity and the levels above,

@@ -1236,7 +1236,7 @@ fn find_sync(
 
 const STORED_INSTANCE_COLUMNS: &str =
     "st.study_uid, se.series_uid, i.sop_instance_uid, i.sop_class_uid, \
-     i.transfer_syntax, i.hash, i.size, i.dataset_offset";
+     i.transfer_syntax, i.hash, i.size, i.dataset_offset, p.patient_id, p.issuer";
 
 fn stored_instance(row: &rusqlite::Row<'_>) -> rusqlite::Result<StoredInstance> {
     Ok(StoredInstance {
@@ -1248,6 +1248,8 @@ fn stored_instance(row: &rusqlite::Row<'_>) -> rusqlite::Result<StoredInstance> 
         hash: row.get(5)?,
         size: row.get(6)?,
         dataset_offset: row.get(7)?,
+        patient_id: row.get(8)?,
+        issuer: row.get(9)?,
     })
 }
 

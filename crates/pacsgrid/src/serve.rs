@@ -133,14 +133,23 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
 
     let grid = match &cfg.grid {
         Some(g) => Some(
-            pacsgrid_grid::Grid::start(g.clone(), Arc::clone(&archive), stop_rx.clone())
-                .await
-                .context("starting the grid service")?,
+            pacsgrid_grid::Grid::start(
+                g.clone(),
+                Arc::clone(&archive),
+                Arc::clone(&access.point),
+                stop_rx.clone(),
+            )
+            .await
+            .context("starting the grid service")?,
         ),
         None => None,
     };
 
-    let server = DimseServer::new(dimse_config(&cfg), Arc::clone(&archive));
+    let server = DimseServer::new(
+        dimse_config(&cfg),
+        Arc::clone(&archive),
+        Arc::clone(&access.point),
+    );
     let metrics = server.metrics();
     let dimse_task = tokio::spawn(server.run(dicom_listener, stopped(stop_rx.clone())));
     let http_state = pacsgrid_web::HttpState {

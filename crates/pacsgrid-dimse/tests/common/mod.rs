@@ -72,7 +72,8 @@ impl Node {
         configure(&mut cfg);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let server = DimseServer::new(cfg, Arc::clone(&archive));
+        let access = Arc::new(pacsgrid_access::AccessPoint::open_door("test"));
+        let server = DimseServer::new(cfg, Arc::clone(&archive), access);
         let metrics = server.metrics();
         let (tx, rx) = oneshot::channel();
         let task = tokio::spawn(server.run(listener, async {

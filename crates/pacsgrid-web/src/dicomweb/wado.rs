@@ -713,6 +713,8 @@ mod tests {
             hash: String::new(),
             size: 0,
             dataset_offset: 0,
+            patient_id: String::new(),
+            issuer: String::new(),
         }
     }
 
