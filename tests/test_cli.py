@@ -55,6 +55,12 @@ def test_import_into_data_dir_then_serve(node_factory, corpora):
     assert summary(again) == (0, len(corpus), 0), again.stdout
     assert again.returncode == 0
 
+    # each import left one "import" audit record per study, naming the folders
+    audit = run_pacsgrid(["audit", "search", "--data", node.data_dir, "--json"])
+    records = [json.loads(line) for line in audit.stdout.splitlines()]
+    assert [r["event"] for r in records] == ["import"] * (2 * len(corpus.studies()))
+    assert {r["study_uids"][0] for r in records} == set(corpus.studies())
+
     chk = run_pacsgrid(["check", "--data", node.data_dir])
     js = check_json(chk)
     assert chk.returncode == 0, f"check failed on a fresh import: {js}\n{chk.stderr[-2000:]}"

@@ -61,6 +61,11 @@ pub fn open(cfg: &Config, data_dir: &Path) -> anyhow::Result<Access> {
 }
 
 impl Access {
+    /// The operator running this process, as an audit participant.
+    pub fn operator(&self) -> pacsgrid_audit::Participant {
+        self.launcher.participant()
+    }
+
     /// Records that the node started, and that its configuration file changed since the last
     /// start (its hash is kept beside the audit log).
     pub async fn started(&self, config_file: Option<&Path>, data_dir: &Path) -> anyhow::Result<()> {

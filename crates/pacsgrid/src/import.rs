@@ -112,10 +112,11 @@ async fn import_local(
     files: &[PathBuf],
     bar: &ProgressBar,
 ) -> anyhow::Result<Summary> {
-    let node = match &args.config {
-        Some(path) => crate::config::Config::load(path)?.node,
-        None => crate::config::Config::default().node,
+    let cfg = match &args.config {
+        Some(path) => crate::config::Config::load(path)?,
+        None => crate::config::Config::default(),
     };
+    let node = cfg.node.clone();
     let data = args
         .data
         .clone()
@@ -128,18 +129,38 @@ async fn import_local(
     })
     .await
     .with_context(|| format!("opening {} (is a node running on it?)", data.display()))?;
+    let access = crate::access::open(&cfg, &data)?;
+    let mut imported = pacsgrid_access::StudyTally::new();
     let mut summary = Summary::default();
     for f in files {
-        record(
-            &mut summary,
-            f,
-            archive
-                .store_file(f, "import")
-                .await
-                .map_err(|e| e.to_string()),
-        );
+        let result = archive.store_file(f, "import").await;
+        if let Ok(outcome) = &result {
+            let s = outcome.subject();
+            imported.add(
+                &s.study_uid,
+                Some(&s.patient_id),
+                Some(&s.issuer),
+                &s.sop_class_uid,
+            );
+        }
+        record(&mut summary, f, result.map_err(|e| e.to_string()));
         bar.inc(1);
     }
+    // one "import" record per study, naming where the files came from
+    let origin = args
+        .paths
+        .iter()
+        .map(|p| std::fs::canonicalize(p).unwrap_or_else(|_| p.clone()))
+        .map(|p| format!("file://{}", p.display()))
+        .collect::<Vec<_>>()
+        .join(" ");
+    let template =
+        pacsgrid_audit::AuditEvent::import(access.point.source(), access.operator(), &origin);
+    access
+        .point
+        .record_all(imported.into_events(&template))
+        .await
+        .context("auditing the import")?;
     archive.close();
     Ok(summary)
 }
