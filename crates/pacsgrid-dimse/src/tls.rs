@@ -3,7 +3,7 @@
 //!
 //! Protocol versions: TLS 1.2 and 1.3 only (RFC 8996 retired 1.0 and 1.1). Cipher suites, on
 //! the ring provider:
-//! - TLS 1.3: `TLS13_AES_256_GCM_SHA384`, `TLS13_AES_128_GCM_SHA256`,
+//! - TLS 1.3: `TLS13_AES_128_GCM_SHA256`, `TLS13_AES_256_GCM_SHA384`,
 //!   `TLS13_CHACHA20_POLY1305_SHA256`;
 //! - TLS 1.2: the four suites RFC 9325 section 4.2 recommends,
 //!   `TLS_ECDHE_ECDSA_WITH_AES_{128,256}_GCM_SHA{256,384}` and
@@ -72,17 +72,19 @@ pub struct TlsServerFiles {
     pub client_ca: Option<PathBuf>,
 }
 
-/// The cipher suites we offer: TLS 1.3's three and the four TLS 1.2 suites of RFC 9325.
+/// The cipher suites we offer: TLS 1.3's three and the four TLS 1.2 suites of RFC 9325, in
+/// our order of preference. AES-128-GCM comes first: every listed suite meets BCP 195, and its
+/// 10 AES rounds (against 14 for AES-256) cost less CPU per byte, which bulk ingest feels.
 pub fn bcp195_cipher_suites() -> Vec<SupportedCipherSuite> {
     use ring::cipher_suite as cs;
     vec![
-        cs::TLS13_AES_256_GCM_SHA384,
         cs::TLS13_AES_128_GCM_SHA256,
+        cs::TLS13_AES_256_GCM_SHA384,
         cs::TLS13_CHACHA20_POLY1305_SHA256,
-        cs::TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384,
         cs::TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256,
-        cs::TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384,
         cs::TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256,
+        cs::TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384,
+        cs::TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384,
     ]
 }
 
@@ -164,13 +166,15 @@ pub fn server_config(files: &TlsServerFiles) -> Result<Arc<ServerConfig>, TlsErr
         }
         None => builder.with_no_client_auth(),
     };
-    let cfg = builder.with_single_cert(certs, key).map_err(|e| match e {
+    let mut cfg = builder.with_single_cert(certs, key).map_err(|e| match e {
         rustls::Error::InconsistentKeys(_) => TlsError::KeyMismatch {
             cert: files.cert.clone(),
             key: files.key.clone(),
         },
         other => pem_err("private key", &files.key, other),
     })?;
+    // our order, not the client's: OpenSSL clients (dcmtk) put AES-256 first
+    cfg.ignore_client_order = true;
     Ok(Arc::new(cfg))
 }
 
