@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Install what the end-to-end suite (tests/) needs on a Debian machine, idempotently:
-#   apt:  dcmtk (storescu, findscu, getscu, movescu, storescp, echoscu, dcmcjpeg), dicom3tools
+#   apt:  dcmtk (storescu, findscu, getscu, movescu, storescp, echoscu, dcmcjpeg), dicom3tools,
+#         openssl (the CLI: test_dicom_tls.py makes its CA and certificates with it)
 #         and, with --bench, orthanc + orthanc-dicomweb
 #   PyPI: tests/requirements.txt (pytest, pydicom, pynetdicom, codecs for gen_dataset.py)
 # Whatever is already present is skipped, so a second run takes about a second.
@@ -24,7 +25,7 @@ if [ "$(id -u)" != 0 ]; then SUDO="sudo"; fi
 export DEBIAN_FRONTEND=noninteractive
 
 # ---------------------------------------------------------------- Debian packages
-apt_pkgs=(dcmtk dicom3tools)
+apt_pkgs=(dcmtk dicom3tools openssl)
 if [ "$BENCH" = 1 ]; then apt_pkgs+=(orthanc orthanc-dicomweb); fi
 missing=()
 for p in "${apt_pkgs[@]}"; do
@@ -40,7 +41,7 @@ if [ "${#missing[@]}" -gt 0 ]; then
 else
   echo "install-test-deps: Debian packages present (${apt_pkgs[*]})"
 fi
-for tool in echoscu storescu findscu getscu movescu storescp dcmdump dcmcjpeg; do
+for tool in echoscu storescu findscu getscu movescu storescp dcmdump dcmcjpeg openssl; do
   [ -x "/usr/bin/$tool" ] || { echo "install-test-deps: /usr/bin/$tool missing after install" >&2; exit 1; }
 done
 

@@ -1,4 +1,5 @@
-//! DICOM associations (PS3.8) over a tokio `TcpStream`, on dicom-ul's PDU types and codec.
+//! DICOM associations (PS3.8) over TCP or TLS ([`DicomStream`]), on dicom-ul's PDU types and
+//! codec.
 //!
 //! Why not dicom-ul's `ServerAssociationOptions` / `ClientAssociationOptions`: its acceptor
 //! picks transfer syntaxes by its own registry check and cannot apply our rules (storage
@@ -18,6 +19,7 @@
 //! association with an A-ABORT, and only that association.
 
 use crate::config::DimseConfig;
+use crate::stream::DicomStream;
 use bytes::{Buf, Bytes, BytesMut};
 use dicom_ul::pdu::{
     AbortRQServiceProviderReason, AbortRQSource, AssociationAC, AssociationRJ, AssociationRJResult,
@@ -445,7 +447,7 @@ const SMALL_PDV: usize = 16 * 1024;
 
 /// An established association (either side): PDU I/O, negotiated contexts, limits.
 pub struct Association {
-    stream: TcpStream,
+    stream: DicomStream,
     rbuf: BytesMut,
     wbuf: Vec<u8>,
     side: Side,
@@ -476,6 +478,8 @@ impl std::fmt::Debug for Association {
             .field("max_pdu_receive", &self.max_pdu_receive)
             .field("max_pdu_send", &self.max_pdu_send)
             .field("contexts", &self.contexts)
+            .field("tls", &self.stream.is_tls())
+            .field("peer_certificate", &self.stream.peer_certificate_name())
             .finish()
     }
 }
@@ -500,7 +504,7 @@ pub struct RequestParams {
 }
 
 impl Association {
-    fn new(stream: TcpStream, peer: SocketAddr, side: Side, idle_timeout: Duration) -> Self {
+    fn new(stream: DicomStream, peer: SocketAddr, side: Side, idle_timeout: Duration) -> Self {
         Association {
             stream,
             rbuf: BytesMut::with_capacity(64 * 1024),
@@ -523,16 +527,18 @@ impl Association {
     /// Reads an A-ASSOCIATE-RQ within `timeout` and answers it: A-ASSOCIATE-AC by our
     /// rules, or A-ASSOCIATE-RJ (`at_capacity` rejects as transient "local limit exceeded").
     ///
-    /// The stream gets TCP_NODELAY first: without it every small response waits for the
-    /// peer's delayed ACK (tens of milliseconds per C-STORE).
+    /// `stream` is a plain `TcpStream` or a [`DicomStream`] whose TLS handshake is done.
+    /// The TCP connection gets TCP_NODELAY first: without it every small response waits for
+    /// the peer's delayed ACK (tens of milliseconds per C-STORE).
     pub async fn accept(
-        stream: TcpStream,
+        stream: impl Into<DicomStream>,
         policy: &AcceptPolicy,
         at_capacity: bool,
         timeout: Duration,
         idle_timeout: Duration,
     ) -> Result<Association, AcceptError> {
-        stream.set_nodelay(true).map_err(AssocError::Io)?;
+        let stream = stream.into();
+        stream.tcp().set_nodelay(true).map_err(AssocError::Io)?;
         let peer = stream.peer_addr().map_err(AssocError::Io)?;
         let mut assoc = Association::new(stream, peer, Side::Acceptor, timeout);
         assoc.max_pdu_receive = policy.max_pdu_length;
@@ -628,6 +634,21 @@ impl Association {
             .await
             .map_err(|_| AssocError::Timeout("TCP connect"))??;
         stream.set_nodelay(true)?;
+        Self::request_on(stream.into(), params).await
+    }
+
+    /// Requests an association on a connection already made (plain, or TLS after its
+    /// handshake); see [`Self::request`].
+    pub async fn request_on(
+        stream: DicomStream,
+        params: &RequestParams,
+    ) -> Result<Association, AssocError> {
+        if params.contexts.is_empty() || params.contexts.len() > 128 {
+            return Err(AssocError::Protocol(format!(
+                "{} presentation contexts proposed; 1 to 128 are allowed",
+                params.contexts.len()
+            )));
+        }
         let peer = stream.peer_addr()?;
         let mut assoc = Association::new(stream, peer, Side::Requestor, params.timeout);
         assoc.max_pdu_receive = params.max_pdu_length;
@@ -760,6 +781,17 @@ impl Association {
         self.peer
     }
 
+    /// Whether the association runs under TLS.
+    pub fn is_tls(&self) -> bool {
+        self.stream.is_tls()
+    }
+
+    /// The subject (CN) of the certificate the peer presented and we verified, if any: the
+    /// identity of a TLS client with a client certificate.
+    pub fn peer_certificate_name(&self) -> Option<&str> {
+        self.stream.peer_certificate_name()
+    }
+
     /// The calling AE title (the requestor's).
     pub fn calling_ae(&self) -> &str {
         &self.calling_ae
@@ -877,7 +909,13 @@ impl Association {
         self.wbuf.clear();
         dicom_ul::pdu::write_pdu(&mut self.wbuf, pdu)
             .map_err(|e| AssocError::Encode(e.to_string()))?;
-        let write = tokio::time::timeout(self.idle_timeout, self.stream.write_all(&self.wbuf));
+        let stream = &mut self.stream;
+        let wbuf = &self.wbuf;
+        let write = tokio::time::timeout(self.idle_timeout, async {
+            stream.write_all(wbuf).await?;
+            // under TLS the record may still sit in the session; plain TCP: a no-op
+            stream.flush().await
+        });
         write
             .await
             .map_err(|_| AssocError::Timeout("the peer to read what we send"))??;
@@ -909,10 +947,10 @@ impl Association {
                 wbuf.clear();
                 wbuf.extend_from_slice(&header);
                 wbuf.extend_from_slice(data);
-                stream.write_all(wbuf).await
+                stream.write_all(wbuf).await?;
+                stream.flush().await
             } else {
-                stream.write_all(&header).await?;
-                stream.write_all(data).await
+                stream.write_all_pair(&header, data).await
             }
         };
         tokio::time::timeout(self.idle_timeout, write)
@@ -958,7 +996,10 @@ impl Association {
     /// Gives up the association object and returns its socket (tests drive raw bytes).
     #[cfg(test)]
     pub(crate) fn into_stream(self) -> TcpStream {
-        self.stream
+        match self.stream {
+            DicomStream::Plain(s) => s,
+            DicomStream::Tls { .. } => panic!("into_stream is for plain test associations"),
+        }
     }
 
     /// Aborts as the service user (we give up on the association).

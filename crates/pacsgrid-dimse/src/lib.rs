@@ -19,9 +19,13 @@ mod move_;
 mod retrieve;
 pub mod server;
 mod store;
+pub mod stream;
+pub mod tls;
 
 pub use association::{AssocError, Association, PresentationContext, ProposedContext};
 pub use client::{StoreResponse, StoreScu};
 pub use config::{DimseConfig, RemoteAe};
 pub use metrics::{DimseMetrics, MetricsSnapshot};
-pub use server::DimseServer;
+pub use server::{DimseListener, DimseServer};
+pub use stream::DicomStream;
+pub use tls::{TlsError, TlsServerFiles};

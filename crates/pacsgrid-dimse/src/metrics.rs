@@ -36,6 +36,11 @@ pub struct DimseMetrics {
     pub retrieve_subops_ok: AtomicU64,
     /// Retrieve sub-operations that failed or ended with a warning.
     pub retrieve_subops_failed: AtomicU64,
+    /// TLS handshakes completed on the DICOM TLS port.
+    pub tls_handshakes: AtomicU64,
+    /// TLS handshakes that failed (untrusted or missing client certificate, plain DICOM
+    /// spoken to the TLS port, timeout).
+    pub tls_handshakes_failed: AtomicU64,
 }
 
 /// A point-in-time copy of [`DimseMetrics`], for rendering.
@@ -69,6 +74,10 @@ pub struct MetricsSnapshot {
     pub retrieve_subops_ok: u64,
     /// See [`DimseMetrics::retrieve_subops_failed`].
     pub retrieve_subops_failed: u64,
+    /// See [`DimseMetrics::tls_handshakes`].
+    pub tls_handshakes: u64,
+    /// See [`DimseMetrics::tls_handshakes_failed`].
+    pub tls_handshakes_failed: u64,
 }
 
 /// Adds one to a counter.
@@ -100,6 +109,8 @@ impl DimseMetrics {
             retrieves: g(&self.retrieves),
             retrieve_subops_ok: g(&self.retrieve_subops_ok),
             retrieve_subops_failed: g(&self.retrieve_subops_failed),
+            tls_handshakes: g(&self.tls_handshakes),
+            tls_handshakes_failed: g(&self.tls_handshakes_failed),
         }
     }
 }

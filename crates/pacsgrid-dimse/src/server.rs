@@ -1,11 +1,12 @@
-//! The DIMSE service provider: accept loop, one task per association, a cap on concurrent
-//! associations, and a graceful shutdown.
+//! The DIMSE service provider: accept loop (on a plain port, a TLS port, or both), one task
+//! per association, a cap on concurrent associations, and a graceful shutdown.
 
 use crate::access::AssocAccess;
 use crate::association::{AcceptError, AcceptPolicy, AssocError, Association, RejectReason};
 use crate::config::DimseConfig;
 use crate::message::{field, Command, Event};
 use crate::metrics::{inc, ActiveGuard, DimseMetrics};
+use crate::stream::DicomStream;
 use pacsgrid_access::{AccessPoint, Denied, Principal};
 use pacsgrid_archive::Archive;
 use pacsgrid_dicom::status;
@@ -26,6 +27,48 @@ pub(crate) struct Services {
     pub(crate) archive: Arc<Archive>,
     pub(crate) metrics: Arc<DimseMetrics>,
     pub(crate) access: Arc<AccessPoint>,
+}
+
+/// One port the DIMSE service listens on: plain TCP, or TLS with this configuration (see
+/// [`crate::tls::server_config`]).
+pub struct DimseListener {
+    /// The bound socket.
+    pub listener: TcpListener,
+    /// The TLS configuration; `None` for the plain port.
+    pub tls: Option<Arc<rustls::ServerConfig>>,
+}
+
+impl DimseListener {
+    /// A plain DICOM port.
+    pub fn plain(listener: TcpListener) -> Self {
+        DimseListener {
+            listener,
+            tls: None,
+        }
+    }
+
+    /// A DICOM TLS port.
+    pub fn tls(listener: TcpListener, config: Arc<rustls::ServerConfig>) -> Self {
+        DimseListener {
+            listener,
+            tls: Some(config),
+        }
+    }
+}
+
+/// A connection accepted on one of the ports, with that port's TLS configuration.
+type Accepted = (TcpStream, SocketAddr, Option<Arc<rustls::ServerConfig>>);
+
+/// Accepts on whichever port has a connection first. Cancel-safe, as `TcpListener::accept`.
+async fn accept_any(listeners: &[DimseListener]) -> std::io::Result<Accepted> {
+    let (res, _, _) = futures::future::select_all(listeners.iter().map(|l| {
+        Box::pin(async move {
+            let (stream, peer) = l.listener.accept().await?;
+            Ok((stream, peer, l.tls.clone()))
+        })
+    }))
+    .await;
+    res
 }
 
 /// The DIMSE SCP of a node: C-ECHO, C-STORE, C-FIND, C-GET and C-MOVE over the archive.
@@ -62,27 +105,50 @@ impl DimseServer {
     where
         F: Future<Output = ()>,
     {
+        self.run_listeners(vec![DimseListener::plain(listener)], shutdown)
+            .await
+    }
+
+    /// As [`Self::run`], on several ports at once (a TLS port and a plain one for legacy
+    /// modalities): all share the association cap and the shutdown.
+    pub async fn run_listeners<F>(
+        self,
+        listeners: Vec<DimseListener>,
+        shutdown: F,
+    ) -> std::io::Result<()>
+    where
+        F: Future<Output = ()>,
+    {
+        if listeners.is_empty() {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                "the DIMSE service needs at least one port",
+            ));
+        }
         let svc = self.services;
         let limit = Arc::new(Semaphore::new(svc.cfg.max_associations.max(1)));
         let stop = CancellationToken::new();
         let mut tasks = JoinSet::new();
-        tracing::info!(
-            ae_title = %svc.cfg.ae_title,
-            addr = %listener.local_addr()?,
-            max_associations = svc.cfg.max_associations,
-            max_pdu = svc.policy.max_pdu_length,
-            "DIMSE service listening"
-        );
+        for l in &listeners {
+            tracing::info!(
+                ae_title = %svc.cfg.ae_title,
+                addr = %l.listener.local_addr()?,
+                tls = l.tls.is_some(),
+                max_associations = svc.cfg.max_associations,
+                max_pdu = svc.policy.max_pdu_length,
+                "DIMSE service listening"
+            );
+        }
         tokio::pin!(shutdown);
         loop {
             tokio::select! {
                 _ = &mut shutdown => break,
-                accepted = listener.accept() => match accepted {
-                    Ok((stream, peer)) => {
+                accepted = accept_any(&listeners) => match accepted {
+                    Ok((stream, peer, tls)) => {
                         let permit = Arc::clone(&limit).try_acquire_owned().ok();
                         let svc = Arc::clone(&svc);
                         let stop = stop.clone();
-                        tasks.spawn(serve_connection(svc, stream, peer, permit, stop));
+                        tasks.spawn(serve_connection(svc, stream, peer, tls, permit, stop));
                     }
                     Err(e) => {
                         // out of file descriptors and the like: back off instead of spinning
@@ -99,7 +165,7 @@ impl DimseServer {
                 }
             }
         }
-        drop(listener);
+        drop(listeners);
         let running = tasks.len();
         tracing::info!(running, "DIMSE service stopping");
         stop.cancel();
@@ -126,6 +192,7 @@ async fn serve_connection(
     svc: Arc<Services>,
     stream: TcpStream,
     peer: SocketAddr,
+    tls: Option<Arc<rustls::ServerConfig>>,
     permit: Option<OwnedSemaphorePermit>,
     stop: CancellationToken,
 ) {
@@ -136,6 +203,9 @@ async fn serve_connection(
         called = tracing::field::Empty
     );
     async move {
+        let Some(stream) = open_transport(&svc, stream, peer, tls).await else {
+            return;
+        };
         let accepted = Association::accept(
             stream,
             &svc.policy,
@@ -180,6 +250,8 @@ async fn serve_connection(
         tracing::info!(
             contexts = assoc.contexts().len(),
             max_pdu_send = assoc.max_pdu_send(),
+            tls = assoc.is_tls(),
+            peer_certificate = assoc.peer_certificate_name().unwrap_or(""),
             "association accepted"
         );
         let mut access = AssocAccess::new(who);
@@ -209,6 +281,61 @@ async fn audit_rejection(svc: &Services, calling_ae: &str, peer: SocketAddr, rea
         channel: pacsgrid_access::Channel::Dimse,
         grants: pacsgrid_access::Grants::Roles(Default::default()),
     };
+    svc.access.refused(&who, &denied).await;
+}
+
+/// The connection an association runs on: the TCP stream itself on the plain port; on the
+/// TLS port, the stream after a TLS handshake bounded by the association timeout. `None`
+/// when the handshake failed (reported through [`on_tls_refused`]); the node serves on.
+async fn open_transport(
+    svc: &Services,
+    tcp: TcpStream,
+    peer: SocketAddr,
+    tls: Option<Arc<rustls::ServerConfig>>,
+) -> Option<DicomStream> {
+    let Some(config) = tls else {
+        return Some(DicomStream::Plain(tcp));
+    };
+    let handshake = DicomStream::accept_tls(tcp, config);
+    match tokio::time::timeout(svc.cfg.association_timeout, handshake).await {
+        Ok(Ok(stream)) => {
+            inc(&svc.metrics.tls_handshakes);
+            tracing::debug!(
+                peer_certificate = stream.peer_certificate_name().unwrap_or(""),
+                tls = stream.tls_parameters().unwrap_or_default(),
+                "TLS handshake done"
+            );
+            Some(stream)
+        }
+        Ok(Err(e)) => {
+            on_tls_refused(svc, peer, &e.reason()).await;
+            None
+        }
+        Err(_) => {
+            let reason = format!(
+                "no TLS handshake within the association timeout of {:?}",
+                svc.cfg.association_timeout
+            );
+            on_tls_refused(svc, peer, &reason).await;
+            None
+        }
+    }
+}
+
+/// Reports a connection to the TLS port whose handshake failed (an untrusted or missing
+/// client certificate, plain DICOM spoken to the TLS port, a timeout): counted, and audited
+/// as a node-authentication alert. `reason` is rustls's.
+async fn on_tls_refused(svc: &Services, peer: SocketAddr, reason: &str) {
+    inc(&svc.metrics.tls_handshakes_failed);
+    tracing::warn!(%peer, reason, "TLS handshake refused");
+    let who = Principal {
+        id: "unknown (TLS handshake failed)".into(),
+        kind: pacsgrid_access::PrincipalKind::Ae,
+        host: Some(peer.ip().to_string()),
+        channel: pacsgrid_access::Channel::Dimse,
+        grants: pacsgrid_access::Grants::Roles(Default::default()),
+    };
+    let denied = Denied::Unauthenticated(format!("DICOM TLS handshake failed: {reason}"));
     svc.access.refused(&who, &denied).await;
 }
 

@@ -148,16 +148,29 @@ pub fn insecure_reasons(cfg: &Config, point: &AccessPoint) -> Vec<String> {
             cfg.http.bind, cfg.http.port
         ));
     }
-    if !is_loopback(&cfg.dicom.bind)
-        && !point.ae_rights().is_restricted()
-        && cfg.dicom.allowed_calling_aes.is_none()
-    {
+    let ae_rules = point.ae_rights().is_restricted() || cfg.dicom.allowed_calling_aes.is_some();
+    if cfg.dicom.plain && !is_loopback(&cfg.dicom.bind) && !ae_rules {
         why.push(format!(
             "DICOM listens on {}:{} with no [[access.ae]] rules: any AE may store, query and retrieve",
             cfg.dicom.bind, cfg.dicom.port
         ));
     }
-    let exposed = !is_loopback(&cfg.http.bind) || !is_loopback(&cfg.dicom.bind);
+    if let Some(tls) = &cfg.dicom.tls {
+        let bind = tls.bind.as_deref().unwrap_or(&cfg.dicom.bind);
+        // client certificates authenticate the caller; without them TLS only encrypts
+        if !is_loopback(bind) && tls.client_ca.is_none() && !ae_rules {
+            why.push(format!(
+                "DICOM TLS listens on {bind}:{} with neither client_ca nor [[access.ae]] rules: any AE may store, query and retrieve",
+                tls.port
+            ));
+        }
+    }
+    let tls_exposed = cfg
+        .dicom
+        .tls
+        .as_ref()
+        .is_some_and(|t| !is_loopback(t.bind.as_deref().unwrap_or(&cfg.dicom.bind)));
+    let exposed = !is_loopback(&cfg.http.bind) || !is_loopback(&cfg.dicom.bind) || tls_exposed;
     if !cfg.audit.enabled && exposed {
         why.push("[audit] enabled = false on a node reachable from the network".into());
     }

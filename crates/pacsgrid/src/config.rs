@@ -77,6 +77,55 @@ pub struct DicomSection {
     /// Orthanc: many modalities are configured with a wrong or generic called AE).
     #[serde(default)]
     pub check_called_ae: bool,
+    /// Serve plain (unencrypted) DICOM on `port`; false closes it, so that only the TLS
+    /// port is open.
+    #[serde(default = "default_true")]
+    pub plain: bool,
+    /// The DICOM TLS port; absent: no TLS.
+    #[serde(default)]
+    pub tls: Option<DicomTlsSection>,
+}
+
+/// `[dicom.tls]`: DICOM over TLS (PS3.15 BCP 195 profile) on its own port.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DicomTlsSection {
+    /// TCP port of the TLS service.
+    #[serde(default = "default_dicom_tls_port")]
+    pub port: u16,
+    /// Address to listen on; defaults to `[dicom] bind`.
+    pub bind: Option<String>,
+    /// PEM certificate chain of the node (end-entity first).
+    pub cert: PathBuf,
+    /// PEM private key of that certificate.
+    pub key: PathBuf,
+    /// PEM CA bundle: when set, every client must present a certificate chaining to it.
+    pub client_ca: Option<PathBuf>,
+}
+
+impl DicomTlsSection {
+    /// Makes relative paths relative to `base` (the config file's directory).
+    fn resolve_relative_paths(&mut self, base: &Path) {
+        let fix = |p: &mut PathBuf| {
+            if p.is_relative() {
+                *p = base.join(&*p);
+            }
+        };
+        fix(&mut self.cert);
+        fix(&mut self.key);
+        if let Some(ca) = &mut self.client_ca {
+            fix(ca);
+        }
+    }
+
+    /// The files as the DIMSE crate takes them.
+    pub fn files(&self) -> pacsgrid_dimse::TlsServerFiles {
+        pacsgrid_dimse::TlsServerFiles {
+            cert: self.cert.clone(),
+            key: self.key.clone(),
+            client_ca: self.client_ca.clone(),
+        }
+    }
 }
 
 /// `[http]`.
@@ -121,6 +170,12 @@ fn default_ae() -> String {
 }
 fn default_dicom_port() -> u16 {
     11112
+}
+fn default_dicom_tls_port() -> u16 {
+    2762
+}
+fn default_true() -> bool {
+    true
 }
 fn default_http_port() -> u16 {
     8080
@@ -168,6 +223,8 @@ impl Default for DicomSection {
             idle_timeout_secs: default_idle_timeout(),
             allowed_calling_aes: None,
             check_called_ae: false,
+            plain: true,
+            tls: None,
         }
     }
 }
@@ -208,6 +265,29 @@ pub enum ConfigError {
 }
 
 impl Config {
+    /// The DICOM TLS port's bind address: its own, or `[dicom] bind`.
+    pub fn dicom_tls_bind(&self) -> Option<&str> {
+        let tls = self.dicom.tls.as_ref()?;
+        Some(tls.bind.as_deref().unwrap_or(&self.dicom.bind))
+    }
+
+    /// At least one DICOM port, and the plain and TLS ports apart.
+    fn validate_dicom_ports(&self) -> Result<(), ConfigError> {
+        match &self.dicom.tls {
+            None if !self.dicom.plain => Err(ConfigError::Invalid(
+                "dicom.plain = false needs a [dicom.tls] section: no DICOM port would be open"
+                    .into(),
+            )),
+            Some(tls) if self.dicom.plain && tls.port == self.dicom.port => {
+                Err(ConfigError::Invalid(format!(
+                    "dicom.tls.port and dicom.port are both {}: the TLS and plain ports must differ",
+                    tls.port
+                )))
+            }
+            _ => Ok(()),
+        }
+    }
+
     /// Reads and validates a configuration file.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
@@ -220,13 +300,16 @@ impl Config {
         })?;
         // Certificates usually sit beside the config file: relative paths mean "from there",
         // whatever directory the node is started in.
+        let base = match path.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+            _ => PathBuf::from("."),
+        };
+        let base = std::path::absolute(&base).unwrap_or(base);
         if let Some(grid) = &mut cfg.grid {
-            let base = match path.parent() {
-                Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-                _ => PathBuf::from("."),
-            };
-            let base = std::path::absolute(&base).unwrap_or(base);
             grid.resolve_relative_paths(&base);
+        }
+        if let Some(tls) = &mut cfg.dicom.tls {
+            tls.resolve_relative_paths(&base);
         }
         Ok(cfg)
     }
@@ -262,6 +345,7 @@ impl Config {
                 .validate()
                 .map_err(|e| ConfigError::Invalid(e.to_string()))?;
         }
+        self.validate_dicom_ports()?;
         if self.dicom.max_associations == 0 {
             return Err(ConfigError::Invalid(
                 "dicom.max_associations must be at least 1".into(),
@@ -352,6 +436,51 @@ mod tests {
         assert_eq!(cfg.http.port, 8080);
         assert_eq!(cfg.dicom.ae_title, "PACSGRID");
         assert!(cfg.audit.enabled && cfg.audit.syslog.is_none());
+    }
+
+    #[test]
+    fn dicom_tls_section_parses_and_resolves_paths() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("n.toml");
+        std::fs::write(
+            &path,
+            "[dicom]\nbind = \"127.0.0.1\"\nplain = false\n[dicom.tls]\ncert = \"tls/node.pem\"\n\
+             key = \"/abs/node.key\"\nclient_ca = \"ca.pem\"\n",
+        )
+        .unwrap();
+        let cfg = Config::load(&path).unwrap();
+        cfg.validate().unwrap();
+        assert!(!cfg.dicom.plain);
+        let tls = cfg.dicom.tls.as_ref().unwrap();
+        assert_eq!(tls.port, 2762);
+        assert_eq!(tls.cert, dir.path().join("tls/node.pem"));
+        assert_eq!(tls.key, PathBuf::from("/abs/node.key"));
+        assert_eq!(tls.client_ca, Some(dir.path().join("ca.pem")));
+        assert_eq!(cfg.dicom_tls_bind(), Some("127.0.0.1"));
+        let cfg: Config = toml::from_str("").unwrap();
+        assert!(cfg.dicom.plain && cfg.dicom.tls.is_none() && cfg.dicom_tls_bind().is_none());
+    }
+
+    #[test]
+    fn dicom_port_combinations_are_checked() {
+        let cfg: Config = toml::from_str("[dicom]\nplain = false\n").unwrap();
+        let err = cfg.validate().unwrap_err().to_string();
+        assert!(err.contains("dicom.plain = false"), "{err}");
+        let cfg: Config =
+            toml::from_str("[dicom]\nport = 2762\n[dicom.tls]\ncert = \"c\"\nkey = \"k\"\n")
+                .unwrap();
+        let err = cfg.validate().unwrap_err().to_string();
+        assert!(err.contains("must differ"), "{err}");
+        let cfg: Config = toml::from_str(
+            "[dicom]\nport = 2762\nplain = false\n[dicom.tls]\ncert = \"c\"\nkey = \"k\"\n",
+        )
+        .unwrap();
+        cfg.validate().unwrap();
+        let err = toml::from_str::<Config>("[dicom.tls]\ncert = \"c\"\n").unwrap_err();
+        assert!(err.to_string().contains("key"), "{err}");
+        let err = toml::from_str::<Config>("[dicom.tls]\ncert = \"c\"\nkey = \"k\"\nca = 1\n")
+            .unwrap_err();
+        assert!(err.to_string().contains("ca"), "{err}");
     }
 
     #[test]

@@ -80,5 +80,15 @@ impl MetricsSource for DimseMetricsSource {
             "Retrieve sub-operations that failed or warned.",
             s.retrieve_subops_failed,
         );
+        out.counter(
+            "pacsgrid_dimse_tls_handshakes_total",
+            "TLS handshakes completed on the DICOM TLS port.",
+            s.tls_handshakes,
+        );
+        out.counter(
+            "pacsgrid_dimse_tls_handshakes_failed_total",
+            "TLS handshakes refused or failed on the DICOM TLS port.",
+            s.tls_handshakes_failed,
+        );
     }
 }

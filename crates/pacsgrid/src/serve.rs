@@ -4,7 +4,7 @@ use crate::config::{Config, RemoteAeEntry};
 use anyhow::Context;
 use clap::Args;
 use pacsgrid_archive::{Archive, ArchiveConfig};
-use pacsgrid_dimse::{DimseConfig, DimseServer, RemoteAe};
+use pacsgrid_dimse::{DimseConfig, DimseListener, DimseServer, RemoteAe};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -85,6 +85,38 @@ fn remote_ae(r: &RemoteAeEntry) -> RemoteAe {
     }
 }
 
+/// The DICOM ports of the configuration, bound: the plain one unless `[dicom] plain =
+/// false`, the TLS one when `[dicom.tls]` is there (its files read and checked first, so a
+/// missing file or a key that is not the certificate's stops the start with a clear error).
+/// Also returns both addresses for the "ready" line ("off" for a closed one).
+async fn dicom_listeners(cfg: &Config) -> anyhow::Result<(Vec<DimseListener>, String, String)> {
+    let mut listeners = Vec::new();
+    let mut plain_addr = "off".to_string();
+    let mut tls_addr = "off".to_string();
+    if let (Some(tls), Some(bind)) = (&cfg.dicom.tls, cfg.dicom_tls_bind()) {
+        let server_config = pacsgrid_dimse::tls::server_config(&tls.files())
+            .context("[dicom.tls]: cannot set up DICOM TLS")?;
+        let addr = format!("{bind}:{}", tls.port);
+        let listener = tokio::net::TcpListener::bind(&addr)
+            .await
+            .with_context(|| format!("cannot listen for DICOM TLS on {addr}"))?;
+        listeners.push(DimseListener::tls(listener, server_config));
+        tls_addr = match &tls.client_ca {
+            Some(_) => format!("{addr} (client certificates required)"),
+            None => addr,
+        };
+    }
+    if cfg.dicom.plain {
+        let addr = format!("{}:{}", cfg.dicom.bind, cfg.dicom.port);
+        let listener = tokio::net::TcpListener::bind(&addr)
+            .await
+            .with_context(|| format!("cannot listen for DICOM on {addr}"))?;
+        listeners.push(DimseListener::plain(listener));
+        plain_addr = addr;
+    }
+    Ok((listeners, plain_addr, tls_addr))
+}
+
 /// Runs the node until SIGINT or SIGTERM, then stops accepting, lets running work finish
 /// briefly and marks a clean stop.
 pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
@@ -117,10 +149,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         tracing::warn!("starting anyway: --insecure was given");
     }
 
-    let dicom_addr = format!("{}:{}", cfg.dicom.bind, cfg.dicom.port);
-    let dicom_listener = tokio::net::TcpListener::bind(&dicom_addr)
-        .await
-        .with_context(|| format!("cannot listen for DICOM on {dicom_addr}"))?;
+    let (dicom_listeners, dicom_addr, dicom_tls_addr) = dicom_listeners(&cfg).await?;
     let http_addr = format!("{}:{}", cfg.http.bind, cfg.http.port);
     let http_listener = tokio::net::TcpListener::bind(&http_addr)
         .await
@@ -151,7 +180,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         Arc::clone(&access.point),
     );
     let metrics = server.metrics();
-    let dimse_task = tokio::spawn(server.run(dicom_listener, stopped(stop_rx.clone())));
+    let dimse_task = tokio::spawn(server.run_listeners(dicom_listeners, stopped(stop_rx.clone())));
     let http_state = pacsgrid_web::HttpState {
         archive: Arc::clone(&archive),
         extra_metrics: vec![Arc::new(crate::metrics::DimseMetricsSource(metrics))],
@@ -169,6 +198,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     tracing::info!(
         ae_title = %cfg.dicom.ae_title,
         dicom = %dicom_addr,
+        dicom_tls = %dicom_tls_addr,
         http = %http_addr,
         data = %data_dir.display(),
         site = %cfg.node.site,
