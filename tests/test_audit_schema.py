@@ -21,7 +21,7 @@ SCHEMA = ROOT / "crates" / "pacsgrid-audit" / "schema" / "audit-message.rng"
 SAMPLES = Path(__file__).resolve().parent / "data" / "audit-samples"
 EVENTS = {"application-start", "application-stop", "instances-stored", "query",
           "instances-transferred", "instances-accessed", "export", "import", "study-deleted",
-          "login", "logout", "security-alert", "configuration-change"}
+          "login", "logout", "security-alert", "configuration-change", "audit-log-used"}
 FIELDS = {"seq", "time", "event", "outcome", "user", "patient_id", "study_uids", "prev", "hash"}
 
 
@@ -74,7 +74,7 @@ def search(data: Path, *args: str) -> list[dict]:
 def test_search_prints_records_whose_xml_is_valid(tmp_path, schema):
     data = data_dir(tmp_path)
     records = search(data, "--xml")
-    assert [r["seq"] for r in records] == list(range(1, 16))
+    assert [r["seq"] for r in records] == list(range(1, 17))
     assert {r["event"] for r in records} == EVENTS
     for r in records:
         assert FIELDS <= r.keys(), r.keys()
@@ -90,7 +90,7 @@ def test_search_filters(tmp_path):
     assert [r["seq"] for r in by_patient] == [2, 3, 4, 5, 6, 8]
     assert all(r["patient_id"] == "PAT-1" for r in by_patient)
     assert [r["seq"] for r in search(data, "--study", study, "--user", "alice")] == [5, 6, 8]
-    assert [r["seq"] for r in search(data, "--since", "2025-03-01T08:12:00Z")] == [13, 14, 15]
+    assert [r["seq"] for r in search(data, "--since", "2025-03-01T08:12:00Z")] == [13, 14, 15, 16]
     assert search(data, "--since", "2025-03-02") == []
     assert [r["event"] for r in search(data, "--event", "login")] == ["login", "login"]
     failed = search(data, "--event", "login", "--user", "mallory")
@@ -109,7 +109,7 @@ def verify(data: Path) -> tuple[int, str]:
 def test_verify_passes_an_intact_log(tmp_path):
     code, out = verify(data_dir(tmp_path))
     assert code == 0, out
-    assert "15 records" in out
+    assert "16 records" in out
 
 
 def test_verify_names_the_record_with_an_edited_byte(tmp_path):

@@ -521,7 +521,7 @@ def test_openapi_document_is_valid(loaded):
     assert set(doc["paths"]) == {
         "/status", "/patients", "/patients/{issuer}/{patient_id}", "/studies",
         "/studies/{study_uid}", "/series/{series_uid}", "/instances/{sop_instance_uid}",
-        "/changes", "/quarantine", "/openapi.json", "/grid", "/grid/scrub", "/prefetch"}
+        "/changes", "/quarantine", "/openapi.json", "/grid", "/grid/scrub", "/prefetch", "/audit"}
     for path, item in doc["paths"].items():
         for method, op in item.items():
             if method == "parameters":

@@ -49,6 +49,9 @@ pub enum AccessError {
     /// The audit log refused the record (disk full, log closed).
     #[error("audit log: {0}")]
     Audit(#[from] pacsgrid_audit::AuditError),
+    /// The audit trail was asked for, but auditing is off on this node.
+    #[error("auditing is off on this node ([audit] enabled = false)")]
+    NotAuditing,
     /// The access configuration is inconsistent.
     #[error("access configuration: {0}")]
     Config(String),

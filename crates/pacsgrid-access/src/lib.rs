@@ -25,4 +25,4 @@ pub use operation::Operation;
 pub use point::AccessPoint;
 pub use principal::{Channel, Grants, Principal, PrincipalKind, Role};
 pub use tally::StudyTally;
-pub use token::{Authenticator, HttpAuthConfig};
+pub use token::{new_api_key, Authenticator, HttpAuthConfig, JwtConfig, NewApiKey};

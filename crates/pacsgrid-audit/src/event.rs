@@ -86,6 +86,8 @@ pub enum EventKind {
     SecurityAlert(AlertKind),
     /// The node's configuration changed (Security Alert, Software Configuration).
     ConfigurationChange,
+    /// Someone read the audit trail itself (Audit Log Used).
+    AuditLogUsed,
 }
 
 impl EventKind {
@@ -106,6 +108,7 @@ impl EventKind {
             EventKind::Logout => "logout",
             EventKind::SecurityAlert(_) => "security-alert",
             EventKind::ConfigurationChange => "configuration-change",
+            EventKind::AuditLogUsed => "audit-log-used",
         }
     }
 
@@ -124,6 +127,7 @@ impl EventKind {
         "logout",
         "security-alert",
         "configuration-change",
+        "audit-log-used",
     ];
 
     /// The EventID code (PS3.16 CID 400).
@@ -144,6 +148,7 @@ impl EventKind {
                 dcm("110113", "Security Alert")
             }
             EventKind::Login | EventKind::Logout => dcm("110114", "User Authentication"),
+            EventKind::AuditLogUsed => dcm("110101", "Audit Log Used"),
         }
     }
 
@@ -164,9 +169,10 @@ impl EventKind {
     pub fn default_action(self) -> Action {
         match self {
             EventKind::InstancesStored | EventKind::Import => Action::Create,
-            EventKind::InstancesTransferred | EventKind::InstancesAccessed | EventKind::Export => {
-                Action::Read
-            }
+            EventKind::InstancesTransferred
+            | EventKind::InstancesAccessed
+            | EventKind::Export
+            | EventKind::AuditLogUsed => Action::Read,
             EventKind::StudyDeleted => Action::Delete,
             _ => Action::Execute,
         }
@@ -586,6 +592,19 @@ impl AuditEvent {
             .object(ParticipantObject::Uri(what.to_string()))
     }
 
+    /// `reader` read the audit trail; `log` is the URI of the log read (with the search's
+    /// filter as its query, so the record says what was looked for).
+    pub fn audit_log_used(source: &AuditSource, reader: Participant, log: &str) -> AuditEvent {
+        let reader = Participant {
+            is_requestor: true,
+            ..reader
+        };
+        AuditEvent::new(EventKind::AuditLogUsed, source)
+            .participant(reader)
+            .node_as(Role::Application)
+            .object(ParticipantObject::Uri(log.to_string()))
+    }
+
     /// Sets the outcome and its description.
     pub fn outcome(mut self, outcome: Outcome, description: Option<&str>) -> AuditEvent {
         self.outcome = outcome;
@@ -712,6 +731,7 @@ mod tests {
             EventKind::Logout,
             EventKind::SecurityAlert(AlertKind::NodeAuthentication),
             EventKind::ConfigurationChange,
+            EventKind::AuditLogUsed,
         ];
         let names: Vec<_> = kinds.iter().map(|k| k.name()).collect();
         assert_eq!(names, EventKind::NAMES);

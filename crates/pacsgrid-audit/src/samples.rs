@@ -92,6 +92,12 @@ fn samples() -> Vec<AuditEvent> {
         AuditEvent::application_stop(&src, None)
             .outcome(Outcome::Success, Some("signal"))
             .at(at(14)),
+        AuditEvent::audit_log_used(
+            &src,
+            alice.clone(),
+            "file:///var/lib/pacsgrid/audit/audit.log?patient=PAT-1",
+        )
+        .at(at(15)),
     ]
 }
 

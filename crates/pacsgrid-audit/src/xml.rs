@@ -188,7 +188,11 @@ fn object(x: &mut String, kind: EventKind, o: &ParticipantObject) {
             attr(x, "ParticipantObjectTypeCodeRole", role);
             x.push('>');
             coded(x, "ParticipantObjectIDTypeCode", URI);
-            name(x, uri);
+            // PS3.15 A.5.3.1 names the audit log object this way.
+            match kind {
+                EventKind::AuditLogUsed => name(x, "Security Audit Log"),
+                _ => name(x, uri),
+            }
         }
     }
     x.push_str("</ParticipantObjectIdentification>");

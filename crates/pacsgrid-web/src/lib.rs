@@ -1,6 +1,8 @@
 //! The HTTP surface of a node: health, metrics, DICOMweb (`/dicom-web`) and the REST API
-//! (`/api/v1`), all on one router. Calls the archive only.
+//! (`/api/v1`), all on one router. Calls the archive only, and asks the node's access point
+//! who may do what (see [`access`](crate::access)).
 
+mod access;
 mod dicomweb;
 mod health;
 mod metrics;
@@ -13,6 +15,7 @@ pub use problem::Problem;
 use axum::http::{HeaderValue, Method};
 use axum::routing::get;
 use axum::Router;
+use pacsgrid_access::AccessPoint;
 use pacsgrid_archive::Archive;
 use std::sync::Arc;
 use tower_http::cors::{AllowOrigin, CorsLayer};
@@ -49,16 +52,21 @@ pub struct HttpState {
     pub extra_metrics: Vec<Arc<dyn MetricsSource>>,
     /// HTTP settings.
     pub options: Arc<HttpOptions>,
+    /// Who may do what, and the audit trail every access to patient data is written to.
+    pub access: Arc<AccessPoint>,
 }
 
 /// Builds the node's HTTP router.
 pub fn router(state: HttpState) -> Router {
     let cors = cors_layer(&state.options.cors_allow_origins);
+    // A route layer runs only for matched routes, with the route known; /healthz and
+    // /metrics carry no patient data and stay open to probes and scrapers.
+    let guard = axum::middleware::from_fn_with_state(state.clone(), access::guard);
     let router = Router::new()
         .route("/healthz", get(health::healthz))
         .route("/metrics", get(metrics::metrics))
-        .nest(DICOMWEB_BASE, dicomweb::routes())
-        .nest(REST_BASE, rest::routes())
+        .nest(DICOMWEB_BASE, dicomweb::routes().route_layer(guard.clone()))
+        .nest(REST_BASE, rest::routes().route_layer(guard))
         .with_state(state);
     match cors {
         Some(layer) => router.layer(layer),

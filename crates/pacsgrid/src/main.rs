@@ -1,6 +1,7 @@
 //! The pacsgrid binary: command line, configuration and wiring; no logic of its own.
 
 mod access;
+mod access_cli;
 mod audit_cli;
 mod check;
 mod config;
@@ -36,6 +37,11 @@ enum Command {
     Audit {
         #[command(subcommand)]
         command: audit_cli::AuditCommand,
+    },
+    /// Makes credentials for HTTP clients (`access new-key`).
+    Access {
+        #[command(subcommand)]
+        command: access_cli::AccessCommand,
     },
     /// Checks that a data directory's index and blob store agree (stop the node first).
     Check {
@@ -82,6 +88,7 @@ fn main() -> std::process::ExitCode {
             Command::Grid { command } => grid_setup::run(command),
             Command::Prefetch(args) => grid_admin::prefetch(args).await,
             Command::Audit { command } => audit_cli::run(command),
+            Command::Access { command } => access_cli::run(command),
         }
     });
     match result {

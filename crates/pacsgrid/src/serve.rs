@@ -188,6 +188,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
             cors_allow_origins: cfg.http.cors_allow_origins.clone(),
             max_upload_bytes: cfg.http.max_upload_bytes,
         }),
+        access: Arc::clone(&access.point),
     };
     let http_task = tokio::spawn(pacsgrid_web::serve(
         http_listener,

@@ -11,6 +11,7 @@ mod fields;
 mod fuzzy;
 mod params;
 
+use crate::access::Audit;
 use crate::problem::Problem;
 use crate::{HttpState, DICOMWEB_BASE};
 use axum::body::{Body, Bytes};
@@ -34,6 +35,7 @@ const PAGE: u32 = 500;
 /// `GET /studies`.
 pub(crate) async fn search_studies(
     State(state): State<HttpState>,
+    audit: Audit,
     uri: Uri,
     headers: HeaderMap,
     RawQuery(query): RawQuery,
@@ -44,12 +46,13 @@ pub(crate) async fn search_studies(
         study: None,
         series: None,
     };
-    respond(search(&state, req, &uri, &headers, query.as_deref()).await)
+    respond(search(&state, &audit, req, &uri, &headers, query.as_deref()).await)
 }
 
 /// `GET /series`.
 pub(crate) async fn search_series(
     State(state): State<HttpState>,
+    audit: Audit,
     uri: Uri,
     headers: HeaderMap,
     RawQuery(query): RawQuery,
@@ -60,12 +63,13 @@ pub(crate) async fn search_series(
         study: None,
         series: None,
     };
-    respond(search(&state, req, &uri, &headers, query.as_deref()).await)
+    respond(search(&state, &audit, req, &uri, &headers, query.as_deref()).await)
 }
 
 /// `GET /instances`.
 pub(crate) async fn search_instances(
     State(state): State<HttpState>,
+    audit: Audit,
     uri: Uri,
     headers: HeaderMap,
     RawQuery(query): RawQuery,
@@ -76,12 +80,13 @@ pub(crate) async fn search_instances(
         study: None,
         series: None,
     };
-    respond(search(&state, req, &uri, &headers, query.as_deref()).await)
+    respond(search(&state, &audit, req, &uri, &headers, query.as_deref()).await)
 }
 
 /// `GET /studies/{study}/series`.
 pub(crate) async fn search_study_series(
     State(state): State<HttpState>,
+    audit: Audit,
     Path(study): Path<String>,
     uri: Uri,
     headers: HeaderMap,
@@ -93,12 +98,13 @@ pub(crate) async fn search_study_series(
         study: Some(study),
         series: None,
     };
-    respond(search(&state, req, &uri, &headers, query.as_deref()).await)
+    respond(search(&state, &audit, req, &uri, &headers, query.as_deref()).await)
 }
 
 /// `GET /studies/{study}/instances`.
 pub(crate) async fn search_study_instances(
     State(state): State<HttpState>,
+    audit: Audit,
     Path(study): Path<String>,
     uri: Uri,
     headers: HeaderMap,
@@ -110,12 +116,13 @@ pub(crate) async fn search_study_instances(
         study: Some(study),
         series: None,
     };
-    respond(search(&state, req, &uri, &headers, query.as_deref()).await)
+    respond(search(&state, &audit, req, &uri, &headers, query.as_deref()).await)
 }
 
 /// `GET /studies/{study}/series/{series}/instances`.
 pub(crate) async fn search_series_instances(
     State(state): State<HttpState>,
+    audit: Audit,
     Path((study, series)): Path<(String, String)>,
     uri: Uri,
     headers: HeaderMap,
@@ -127,7 +134,7 @@ pub(crate) async fn search_series_instances(
         study: Some(study),
         series: Some(series),
     };
-    respond(search(&state, req, &uri, &headers, query.as_deref()).await)
+    respond(search(&state, &audit, req, &uri, &headers, query.as_deref()).await)
 }
 
 fn respond(r: Result<Response, Problem>) -> Response {
@@ -145,6 +152,7 @@ struct Request {
 /// Runs one search and starts the answer.
 async fn search(
     state: &HttpState,
+    audit: &Audit,
     req: Request,
     uri: &Uri,
     headers: &HeaderMap,
@@ -227,7 +235,10 @@ async fn search(
         }
     }
     let mut cursor = Cursor::new(archive, query, filter, params.offset, params.limit);
-    let first = cursor.next_page().await?;
+    // The search is recorded while its first page is read: no answer without its record.
+    let (recorded, first) = tokio::join!(audit.record(vec![audit.query()]), cursor.next_page());
+    recorded?;
+    let first = first?;
 
     let mut rsp = if first.is_empty() {
         StatusCode::NO_CONTENT.into_response()

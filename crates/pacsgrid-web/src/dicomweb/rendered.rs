@@ -14,12 +14,14 @@ mod render;
 #[cfg(test)]
 pub(crate) mod fixtures;
 
+use crate::access::{study_rows, tally_instances, Audit};
 use crate::problem::Problem;
 use crate::HttpState;
 use axum::extract::{Path, Query, State};
 use axum::http::{header, HeaderMap, HeaderValue};
 use axum::response::{IntoResponse, Response};
 use dicom_dictionary_std::tags;
+use pacsgrid_access::StudyTally;
 use pacsgrid_archive::StoredInstance;
 use pacsgrid_dicom::{uid, Level, QueryModel};
 use params::RenderParams;
@@ -31,81 +33,111 @@ type Params = Query<Vec<(String, String)>>;
 /// `GET /studies/{study}/rendered`: a representative image of the study.
 pub(crate) async fn study_rendered(
     State(s): State<HttpState>,
+    audit: Audit,
     Path(study): Path<String>,
     Query(q): Params,
     headers: HeaderMap,
 ) -> Response {
-    answer(representative(s, &study, None, &q, &headers, false).await)
+    answer(representative(s, audit, &study, None, &q, &headers, false).await)
 }
 
 /// `GET /studies/{study}/series/{series}/rendered`: a representative image of the series.
 pub(crate) async fn series_rendered(
     State(s): State<HttpState>,
+    audit: Audit,
     Path((study, series)): Path<(String, String)>,
     Query(q): Params,
     headers: HeaderMap,
 ) -> Response {
-    answer(representative(s, &study, Some(&series), &q, &headers, false).await)
+    answer(representative(s, audit, &study, Some(&series), &q, &headers, false).await)
 }
 
 /// `GET …/instances/{instance}/rendered`: the first frame of the instance.
 pub(crate) async fn instance_rendered(
     State(s): State<HttpState>,
+    audit: Audit,
     Path((study, series, inst)): Path<(String, String, String)>,
     Query(q): Params,
     headers: HeaderMap,
 ) -> Response {
-    answer(instance(s, [&study, &series, &inst], "1", &q, &headers, false).await)
+    answer(instance(s, audit, [&study, &series, &inst], "1", &q, &headers, false).await)
 }
 
 /// `GET …/instances/{instance}/frames/{frame}/rendered`: one frame.
 pub(crate) async fn frames_rendered(
     State(s): State<HttpState>,
+    audit: Audit,
     Path((study, series, inst, frames)): Path<(String, String, String, String)>,
     Query(q): Params,
     headers: HeaderMap,
 ) -> Response {
-    answer(instance(s, [&study, &series, &inst], &frames, &q, &headers, false).await)
+    answer(
+        instance(
+            s,
+            audit,
+            [&study, &series, &inst],
+            &frames,
+            &q,
+            &headers,
+            false,
+        )
+        .await,
+    )
 }
 
 /// `GET /studies/{study}/thumbnail`: a small representative image of the study.
 pub(crate) async fn study_thumbnail(
     State(s): State<HttpState>,
+    audit: Audit,
     Path(study): Path<String>,
     Query(q): Params,
     headers: HeaderMap,
 ) -> Response {
-    answer(representative(s, &study, None, &q, &headers, true).await)
+    answer(representative(s, audit, &study, None, &q, &headers, true).await)
 }
 
 /// `GET /studies/{study}/series/{series}/thumbnail`: a small representative image.
 pub(crate) async fn series_thumbnail(
     State(s): State<HttpState>,
+    audit: Audit,
     Path((study, series)): Path<(String, String)>,
     Query(q): Params,
     headers: HeaderMap,
 ) -> Response {
-    answer(representative(s, &study, Some(&series), &q, &headers, true).await)
+    answer(representative(s, audit, &study, Some(&series), &q, &headers, true).await)
 }
 
 /// `GET …/instances/{instance}/thumbnail`: the first frame, small.
 pub(crate) async fn instance_thumbnail(
     State(s): State<HttpState>,
+    audit: Audit,
     Path((study, series, inst)): Path<(String, String, String)>,
     Query(q): Params,
     headers: HeaderMap,
 ) -> Response {
-    answer(instance(s, [&study, &series, &inst], "1", &q, &headers, true).await)
+    answer(instance(s, audit, [&study, &series, &inst], "1", &q, &headers, true).await)
 }
 
 /// `GET …/frames/{frame}/thumbnail`: one frame, small.
 pub(crate) async fn frames_thumbnail(
     State(s): State<HttpState>,
+    audit: Audit,
     Path((study, series, inst, frames)): Path<(String, String, String, String)>,
     Query(q): Params,
     headers: HeaderMap,
 ) -> Response {
-    answer(instance(s, [&study, &series, &inst], &frames, &q, &headers, true).await)
+    answer(
+        instance(
+            s,
+            audit,
+            [&study, &series, &inst],
+            &frames,
+            &q,
+            &headers,
+            true,
+        )
+        .await,
+    )
 }
 
 fn answer(r: Result<Response, Problem>) -> Response {
@@ -155,6 +187,7 @@ fn accept(headers: &HeaderMap) -> Option<String> {
 /// Renders one instance named by the URL.
 async fn instance(
     state: HttpState,
+    audit: Audit,
     [study, series, inst]: [&str; 3],
     frames: &str,
     query: &[(String, String)],
@@ -164,22 +197,26 @@ async fn instance(
     check_uids(&[("study", study), ("series", series), ("instance", inst)])?;
     let frame = single_frame(frames)?;
     let params = params::parse(query, accept(headers).as_deref(), thumbnail)?;
-    let found = state
-        .archive
-        .instance(inst)
-        .await?
+    let study_uid = [study.to_string()];
+    let (found, rows) = tokio::join!(
+        state.archive.instance(inst),
+        study_rows(&state.archive, &study_uid)
+    );
+    let found = found?
         .filter(|i| i.study_uid == study && i.series_uid == series)
         .ok_or_else(|| {
             Problem::not_found(format!(
                 "no instance {inst} in series {series} of study {study}"
             ))
         })?;
-    render_instance(&state, found, frame, params).await
+    let tally = tally_instances(std::slice::from_ref(&found), &rows?);
+    render_instance(&state, &audit, tally, found, frame, params).await
 }
 
 /// Renders the representative instance of a study or series.
 async fn representative(
     state: HttpState,
+    audit: Audit,
     study: &str,
     series: Option<&str>,
     query: &[(String, String)],
@@ -219,7 +256,9 @@ async fn representative(
         .instance(&pick)
         .await?
         .ok_or_else(|| Problem::not_found(format!("instance {pick} is no longer stored")))?;
-    render_instance(&state, found, 1, params).await
+    // the image rows carry the study's patient
+    let tally = tally_instances(std::slice::from_ref(&found), &rows[..1]);
+    render_instance(&state, &audit, tally, found, 1, params).await
 }
 
 /// SOP classes that never hold pixel data to render (structured reports, presentation
@@ -271,20 +310,28 @@ fn pick_representative(rows: &[pacsgrid_archive::AttrValues]) -> Option<String> 
 /// Reads the instance (one object in memory at a time) and renders it off the async pool.
 async fn render_instance(
     state: &HttpState,
+    audit: &Audit,
+    tally: StudyTally,
     inst: StoredInstance,
     frame: u32,
     params: RenderParams,
 ) -> Result<Response, Problem> {
     // Refuse what cannot be decoded before reading a possibly large object.
     render::check_decodable(&inst.transfer_syntax)?;
-    let mut file = Vec::with_capacity(usize::try_from(inst.size).unwrap_or(0).min(1 << 30));
-    state
-        .archive
-        .open_file(&inst)
-        .await?
-        .read_to_end(&mut file)
-        .await
-        .map_err(|e| Problem::internal(format!("reading {}: {e}", inst.sop_instance_uid)))?;
+    let read = async {
+        let mut file = Vec::with_capacity(usize::try_from(inst.size).unwrap_or(0).min(1 << 30));
+        state
+            .archive
+            .open_file(&inst)
+            .await?
+            .read_to_end(&mut file)
+            .await
+            .map_err(|e| Problem::internal(format!("reading {}: {e}", inst.sop_instance_uid)))?;
+        Ok::<_, Problem>(file)
+    };
+    let (recorded, file) = tokio::join!(audit.record_studies(audit.transferred(), tally), read);
+    recorded?;
+    let file = file?;
     let format = params.format;
     let uid = inst.sop_instance_uid.clone();
     let image = tokio::task::spawn_blocking(move || render::render(file, frame, &params))

@@ -9,6 +9,7 @@ mod media_type;
 mod multipart;
 mod response;
 
+use crate::access::{study_rows, tally_row, Audit};
 use crate::problem::Problem;
 use crate::{HttpState, DICOMWEB_BASE};
 use axum::body::Body;
@@ -20,7 +21,9 @@ use futures::{Stream, StreamExt};
 use limit::{limited, BodyMeter, BoxError};
 use media_type::MediaType;
 use multipart::MultipartReader;
+use pacsgrid_access::StudyTally;
 use pacsgrid_archive::{Archive, StoreError, StoreOutcome};
+use pacsgrid_audit::Outcome;
 use pacsgrid_dicom::part10::{parse_part10_header, Part10Header, MAX_META_GROUP};
 use pacsgrid_dicom::{status, uid};
 use response::{Failed, Referenced, StoreReport, WARNING_DUPLICATE, WARNING_QUARANTINED};
@@ -36,14 +39,15 @@ const ACCEPTED: &str = "STOW-RS here takes multipart/related; type=\"application
                         (DICOM Part 10 instances, one per part) or a single application/dicom body";
 
 /// `POST /studies`: stores every instance of the request.
-pub(crate) async fn store(State(state): State<HttpState>, req: Request) -> Response {
-    into_response(receive(state, None, req).await)
+pub(crate) async fn store(State(state): State<HttpState>, audit: Audit, req: Request) -> Response {
+    into_response(receive(state, audit, None, req).await)
 }
 
 /// `POST /studies/{study}`: stores the instances of that study; an instance of another study
 /// fails (FailedSOPSequence) while the others are stored.
 pub(crate) async fn store_in_study(
     State(state): State<HttpState>,
+    audit: Audit,
     Path(study): Path<String>,
     req: Request,
 ) -> Response {
@@ -51,7 +55,7 @@ pub(crate) async fn store_in_study(
         return Problem::bad_request(format!("study {study:?} in the URL is not a valid UID"))
             .into_response();
     }
-    into_response(receive(state, Some(study), req).await)
+    into_response(receive(state, audit, Some(study), req).await)
 }
 
 fn into_response(r: Result<Response, Problem>) -> Response {
@@ -304,6 +308,8 @@ struct Receiver {
     base: String,
     report: StoreReport,
     studies: Vec<String>,
+    /// What the archive holds now, for the audit records.
+    tally: StudyTally,
     parts: usize,
 }
 
@@ -346,6 +352,7 @@ impl Receiver {
                         if !self.studies.contains(&i.study_uid) {
                             self.studies.push(i.study_uid.clone());
                         }
+                        self.tally.add(&i.study_uid, None, None, &i.sop_class_uid);
                         let url = format!(
                             "{}/studies/{}/series/{}/instances/{}",
                             self.base, i.study_uid, i.series_uid, i.sop_instance_uid
@@ -396,6 +403,7 @@ impl Receiver {
 /// Receives a whole request and answers with the Store Instances Response.
 async fn receive(
     state: HttpState,
+    audit: Audit,
     expect_study: Option<String>,
     req: Request,
 ) -> Result<Response, Problem> {
@@ -426,6 +434,7 @@ async fn receive(
         expect_study: expect_study.clone(),
         report: StoreReport::default(),
         studies: Vec::new(),
+        tally: StudyTally::new(),
         parts: 0,
     };
     let meter = Arc::new(BodyMeter::default());
@@ -449,51 +458,69 @@ async fn receive(
         }
     };
     let received = meter.seen();
-    if let Some(Interrupted { header, error }) = stopped {
-        match error {
-            BodyError::TooLarge => {
-                return Err(too_large(max, received, rx.report.referenced.len()));
-            }
-            BodyError::Malformed(why) => {
-                if rx.parts == 0 && header.is_none() {
-                    return Err(Problem::bad_request(format!(
-                        "the multipart body cannot be read: {why}"
-                    )));
+    let answer = 'answer: {
+        if let Some(Interrupted { header, error }) = stopped {
+            match error {
+                BodyError::TooLarge => {
+                    break 'answer Err(too_large(max, received, rx.report.referenced.len()));
                 }
-                // Parts before the break are stored; the broken one is reported.
-                tracing::warn!(peer = %peer, "STOW-RS body broken after {} parts: {why}", rx.parts);
-                rx.parts += 1;
-                rx.fail(header, status::ERROR_CANNOT_UNDERSTAND);
+                BodyError::Malformed(why) => {
+                    if rx.parts == 0 && header.is_none() {
+                        break 'answer Err(Problem::bad_request(format!(
+                            "the multipart body cannot be read: {why}"
+                        )));
+                    }
+                    // Parts before the break are stored; the broken one is reported.
+                    tracing::warn!(peer = %peer, "STOW-RS body broken after {} parts: {why}", rx.parts);
+                    rx.parts += 1;
+                    rx.fail(header, status::ERROR_CANNOT_UNDERSTAND);
+                }
             }
         }
-    }
-    if rx.parts == 0 {
-        return Err(Problem::bad_request(
-            "the request holds no part: nothing to store",
-        ));
-    }
-    rx.report.study_url = match (&expect_study, rx.studies.as_slice()) {
-        (Some(s), _) => Some(format!("{}/studies/{s}", rx.base)),
-        (None, [one]) => Some(format!("{}/studies/{one}", rx.base)),
-        _ => None,
+        if rx.parts == 0 {
+            break 'answer Err(Problem::bad_request(
+                "the request holds no part: nothing to store",
+            ));
+        }
+        rx.report.study_url = match (&expect_study, rx.studies.as_slice()) {
+            (Some(s), _) => Some(format!("{}/studies/{s}", rx.base)),
+            (None, [one]) => Some(format!("{}/studies/{one}", rx.base)),
+            _ => None,
+        };
+        let code = rx.report.status();
+        let held = &rx.report.referenced;
+        tracing::info!(
+            peer = %peer,
+            status = code.as_u16(),
+            parts = rx.parts,
+            stored = held.iter().filter(|r| r.warning.is_none()).count(),
+            warnings = held.iter().filter(|r| r.warning.is_some()).count(),
+            failed = rx.report.failed.len(),
+            bytes = received,
+            ms = started.elapsed().as_millis() as u64,
+            "STOW-RS request done"
+        );
+        let mut rsp = (code, Body::from(rx.report.to_json().to_string())).into_response();
+        rsp.headers_mut()
+            .insert(header::CONTENT_TYPE, HeaderValue::from_static(DICOM_JSON));
+        Ok(rsp)
     };
-    let code = rx.report.status();
-    let held = &rx.report.referenced;
-    tracing::info!(
-        peer = %peer,
-        status = code.as_u16(),
-        parts = rx.parts,
-        stored = held.iter().filter(|r| r.warning.is_none()).count(),
-        warnings = held.iter().filter(|r| r.warning.is_some()).count(),
-        failed = rx.report.failed.len(),
-        bytes = received,
-        ms = started.elapsed().as_millis() as u64,
-        "STOW-RS request done"
-    );
-    let mut rsp = (code, Body::from(rx.report.to_json().to_string())).into_response();
-    rsp.headers_mut()
-        .insert(header::CONTENT_TYPE, HeaderValue::from_static(DICOM_JSON));
-    Ok(rsp)
+    // Whatever the answer, what was stored is recorded before it goes out.
+    let studies = std::mem::take(&mut rx.studies);
+    let rows = study_rows(&rx.archive, &studies).await?;
+    let mut tally = std::mem::take(&mut rx.tally);
+    for row in &rows {
+        tally_row(&mut tally, row);
+    }
+    let mut template = audit.stored();
+    if answer.is_err() || !rx.report.failed.is_empty() {
+        template = template.outcome(
+            Outcome::MinorFailure,
+            Some("some instances of the request were not stored"),
+        );
+    }
+    audit.record_studies(template, tally).await?;
+    answer
 }
 
 /// Walks the parts of a multipart body. Returns where it broke, if it did.

@@ -7,6 +7,7 @@ mod metadata;
 mod multipart;
 mod pixels;
 
+use crate::access::{study_rows, tally_instances, Audit};
 use crate::problem::Problem;
 use crate::{HttpState, LocalAddr};
 use accept::TsChoice;
@@ -18,7 +19,9 @@ use bytes::Bytes;
 use dicom_dictionary_std::tags;
 use dicom_object::meta::FileMetaTableBuilder;
 use multipart::{Closed, PartWriter};
+use pacsgrid_access::StudyTally;
 use pacsgrid_archive::{Archive, StoredInstance};
+use pacsgrid_audit::Action;
 use pacsgrid_dicom::{uid, Level, Query, QueryModel, Tag};
 use std::sync::Arc;
 use std::time::Instant;
@@ -87,6 +90,21 @@ async fn locate(archive: &Archive, t: &Target) -> Result<Vec<StoredInstance>, Pr
         return Err(Problem::not_found(format!("no {} is stored", t.describe())));
     }
     Ok(found)
+}
+
+/// [`locate`], with the study's patient looked up in the index at the same time, for the
+/// audit record of what is about to be served.
+async fn locate_for_audit(
+    archive: &Archive,
+    t: &Target,
+) -> Result<(Vec<StoredInstance>, StudyTally), Problem> {
+    let (found, rows) = tokio::join!(
+        locate(archive, t),
+        study_rows(archive, std::slice::from_ref(&t.study))
+    );
+    let found = found?;
+    let tally = tally_instances(&found, &rows?);
+    Ok((found, tally))
 }
 
 fn accept_header(headers: &HeaderMap) -> Result<Option<String>, Problem> {
@@ -309,10 +327,15 @@ async fn send_instance(
 }
 
 /// Answers a retrieve of instances: negotiates, then streams them.
-async fn retrieve(st: HttpState, headers: HeaderMap, t: Target) -> Result<Response, Problem> {
+async fn retrieve(
+    st: HttpState,
+    audit: Audit,
+    headers: HeaderMap,
+    t: Target,
+) -> Result<Response, Problem> {
     let accept = accept_header(&headers)?;
     let choices = accept::dicom_choices(&accept::parse_accept(accept.as_deref())?)?;
-    let found = locate(&st.archive, &t).await?;
+    let (found, tally) = locate_for_audit(&st.archive, &t).await?;
     // decide every instance before the first byte: a 406 after a 200 is impossible
     let mut planned = Vec::with_capacity(found.len());
     for inst in found {
@@ -366,6 +389,9 @@ async fn retrieve(st: HttpState, headers: HeaderMap, t: Target) -> Result<Respon
             }
         }
     });
+    // The sender reads ahead into the body while the record is written; nothing reaches the
+    // client before the record is durable, and a failed record drops the body unsent.
+    audit.record_studies(audit.transferred(), tally).await?;
     let mut rsp = multipart_response(
         &multipart::content_type("application/dicom", &boundary),
         body,
@@ -388,6 +414,7 @@ fn multipart_response(content_type: &str, body: axum::body::Body) -> Response {
 /// GET /studies/{study}: every instance of a study.
 pub(crate) async fn retrieve_study(
     State(st): State<HttpState>,
+    audit: Audit,
     Path(study): Path<String>,
     headers: HeaderMap,
 ) -> Result<Response, Problem> {
@@ -396,12 +423,13 @@ pub(crate) async fn retrieve_study(
         series: None,
         instance: None,
     };
-    retrieve(st, headers, t).await
+    retrieve(st, audit, headers, t).await
 }
 
 /// GET /studies/{study}/series/{series}: every instance of a series.
 pub(crate) async fn retrieve_series(
     State(st): State<HttpState>,
+    audit: Audit,
     Path((study, series)): Path<(String, String)>,
     headers: HeaderMap,
 ) -> Result<Response, Problem> {
@@ -410,12 +438,13 @@ pub(crate) async fn retrieve_series(
         series: Some(series),
         instance: None,
     };
-    retrieve(st, headers, t).await
+    retrieve(st, audit, headers, t).await
 }
 
 /// GET /studies/{study}/series/{series}/instances/{instance}: one instance.
 pub(crate) async fn retrieve_instance(
     State(st): State<HttpState>,
+    audit: Audit,
     Path((study, series, instance)): Path<(String, String, String)>,
     headers: HeaderMap,
 ) -> Result<Response, Problem> {
@@ -424,7 +453,7 @@ pub(crate) async fn retrieve_instance(
         series: Some(series),
         instance: Some(instance),
     };
-    retrieve(st, headers, t).await
+    retrieve(st, audit, headers, t).await
 }
 
 /// Refuses metadata requests that accept no JSON.
@@ -454,12 +483,13 @@ fn check_json_accept(headers: &HeaderMap) -> Result<(), Problem> {
 /// Answers a metadata request: a JSON array streamed instance by instance.
 async fn metadata(
     st: HttpState,
+    audit: Audit,
     headers: HeaderMap,
     local: Option<LocalAddr>,
     t: Target,
 ) -> Result<Response, Problem> {
     check_json_accept(&headers)?;
-    let found = locate(&st.archive, &t).await?;
+    let (found, tally) = locate_for_audit(&st.archive, &t).await?;
     let base = base_url(&headers, local);
     let (mut w, body) = multipart::channel("");
     let archive = Arc::clone(&st.archive);
@@ -514,6 +544,9 @@ async fn metadata(
             }
         }
     });
+    audit
+        .record_studies(audit.accessed(Action::Read), tally)
+        .await?;
     let mut rsp = (StatusCode::OK, body).into_response();
     rsp.headers_mut()
         .insert(header::CONTENT_TYPE, HeaderValue::from_static(DICOM_JSON));
@@ -523,6 +556,7 @@ async fn metadata(
 /// GET /studies/{study}/metadata.
 pub(crate) async fn study_metadata(
     State(st): State<HttpState>,
+    audit: Audit,
     Path(study): Path<String>,
     headers: HeaderMap,
     local: Option<Extension<LocalAddr>>,
@@ -532,12 +566,13 @@ pub(crate) async fn study_metadata(
         series: None,
         instance: None,
     };
-    metadata(st, headers, local.map(|Extension(l)| l), t).await
+    metadata(st, audit, headers, local.map(|Extension(l)| l), t).await
 }
 
 /// GET /studies/{study}/series/{series}/metadata.
 pub(crate) async fn series_metadata(
     State(st): State<HttpState>,
+    audit: Audit,
     Path((study, series)): Path<(String, String)>,
     headers: HeaderMap,
     local: Option<Extension<LocalAddr>>,
@@ -547,12 +582,13 @@ pub(crate) async fn series_metadata(
         series: Some(series),
         instance: None,
     };
-    metadata(st, headers, local.map(|Extension(l)| l), t).await
+    metadata(st, audit, headers, local.map(|Extension(l)| l), t).await
 }
 
 /// GET /studies/{study}/series/{series}/instances/{instance}/metadata.
 pub(crate) async fn instance_metadata(
     State(st): State<HttpState>,
+    audit: Audit,
     Path((study, series, instance)): Path<(String, String, String)>,
     headers: HeaderMap,
     local: Option<Extension<LocalAddr>>,
@@ -562,7 +598,7 @@ pub(crate) async fn instance_metadata(
         series: Some(series),
         instance: Some(instance),
     };
-    metadata(st, headers, local.map(|Extension(l)| l), t).await
+    metadata(st, audit, headers, local.map(|Extension(l)| l), t).await
 }
 
 /// Sends parts built in memory (frames, bulk data of one instance) as a multipart answer.
@@ -621,6 +657,7 @@ async fn parts_response(
 /// stored bitstreams.
 pub(crate) async fn retrieve_frames(
     State(st): State<HttpState>,
+    audit: Audit,
     Path((study, series, instance, frames)): Path<(String, String, String, String)>,
     headers: HeaderMap,
 ) -> Result<Response, Problem> {
@@ -633,8 +670,14 @@ pub(crate) async fn retrieve_frames(
         series: Some(series),
         instance: Some(instance),
     };
-    let inst = first(locate(&st.archive, &t).await?)?;
-    let bytes = read_whole(&st.archive, &inst).await?;
+    let (found, tally) = locate_for_audit(&st.archive, &t).await?;
+    let inst = first(found)?;
+    let (recorded, bytes) = tokio::join!(
+        audit.record_studies(audit.transferred(), tally),
+        read_whole(&st.archive, &inst)
+    );
+    recorded?;
+    let bytes = bytes?;
     let ts = inst.transfer_syntax.clone();
     let parts = tokio::task::spawn_blocking(move || pixels::frames(&bytes, &ts, &list, &choices))
         .await
@@ -657,6 +700,7 @@ fn first(found: Vec<StoredInstance>) -> Result<StoredInstance, Problem> {
 /// GET …/instances/{instance}/bulkdata/{path}: the value a metadata BulkDataURI points at.
 pub(crate) async fn bulkdata(
     State(st): State<HttpState>,
+    audit: Audit,
     Path((study, series, instance, path)): Path<(String, String, String, String)>,
     headers: HeaderMap,
 ) -> Result<Response, Problem> {
@@ -669,8 +713,14 @@ pub(crate) async fn bulkdata(
         series: Some(series),
         instance: Some(instance),
     };
-    let inst = first(locate(&st.archive, &t).await?)?;
-    let bytes = read_whole(&st.archive, &inst).await?;
+    let (found, tally) = locate_for_audit(&st.archive, &t).await?;
+    let inst = first(found)?;
+    let (recorded, bytes) = tokio::join!(
+        audit.record_studies(audit.transferred(), tally),
+        read_whole(&st.archive, &inst)
+    );
+    recorded?;
+    let bytes = bytes?;
     let ts = inst.transfer_syntax.clone();
     let parts = tokio::task::spawn_blocking(move || {
         if seqs.is_empty() && tag == tags::PIXEL_DATA {

@@ -3,11 +3,16 @@
 //! removes blobs nothing references any more.
 
 use super::params::{patient_param, uid_param, Params, PathPair, PathSegment, RawParams};
+use crate::access::{tally_row, Audit};
 use crate::problem::Problem;
 use crate::HttpState;
 use axum::extract::State;
 use axum::Json;
+use dicom_dictionary_std::tags;
+use pacsgrid_access::StudyTally;
 use pacsgrid_archive::{DeleteReport, DeleteTarget};
+use pacsgrid_audit::Action;
+use pacsgrid_dicom::{Level, Query, QueryModel};
 use serde::Serialize;
 
 /// What a deletion removed.
@@ -58,62 +63,101 @@ impl From<DeleteReport> for Deleted {
     }
 }
 
+/// Deletes, then records one event per study touched (Study Deleted for whole studies and
+/// patients, Instances Accessed with action D for series and instances), with the patient
+/// read from the index before the rows are gone.
 async fn delete(
     state: &HttpState,
+    audit: &Audit,
     target: DeleteTarget,
     what: String,
 ) -> Result<Json<Deleted>, Problem> {
+    let mut tally = StudyTally::new();
+    let before = match &target {
+        DeleteTarget::Patient { .. } => None,
+        DeleteTarget::Study(uid) => Some((Level::Study, tags::STUDY_INSTANCE_UID, uid)),
+        DeleteTarget::Series(uid) => Some((Level::Series, tags::SERIES_INSTANCE_UID, uid)),
+        DeleteTarget::Instance(uid) => Some((Level::Image, tags::SOP_INSTANCE_UID, uid)),
+    };
+    if let Some((level, tag, uid)) = before {
+        let q = Query::parse(QueryModel::StudyRoot, level, [(tag, uid.as_str())])?;
+        for row in state.archive.find(&q, 1, 0).await? {
+            tally_row(&mut tally, &row);
+        }
+    }
+    let template = match &target {
+        DeleteTarget::Patient { patient_id, issuer } => {
+            // the patient is named by the path; the tombstones name the studies
+            audit.study_deleted().patient(patient_id, Some(issuer))
+        }
+        DeleteTarget::Study(_) => audit.study_deleted(),
+        _ => audit.accessed(Action::Delete),
+    };
     let report = state.archive.delete(target).await?;
     if report.instances == 0 {
         return Err(Problem::not_found(format!("no {what}")));
     }
+    for t in &report.tombstones {
+        tally.add(&t.study_uid, None, None, "");
+    }
+    audit.record_studies(template, tally).await?;
     Ok(Json(report.into()))
 }
 
 /// `DELETE /patients/{issuer}/{patient_id}`.
 pub(crate) async fn delete_patient(
     State(state): State<HttpState>,
+    audit: Audit,
     path: PathPair,
     raw: RawParams,
 ) -> Result<Json<Deleted>, Problem> {
     Params::new(raw, &[])?;
     let (issuer, patient_id) = patient_param(path)?;
     let what = format!("patient with PatientID {patient_id:?} under issuer {issuer:?}");
-    delete(&state, DeleteTarget::Patient { patient_id, issuer }, what).await
+    delete(
+        &state,
+        &audit,
+        DeleteTarget::Patient { patient_id, issuer },
+        what,
+    )
+    .await
 }
 
 /// `DELETE /studies/{uid}`.
 pub(crate) async fn delete_study(
     State(state): State<HttpState>,
+    audit: Audit,
     path: PathSegment,
     raw: RawParams,
 ) -> Result<Json<Deleted>, Problem> {
     Params::new(raw, &[])?;
     let uid = uid_param(path, "study UID")?;
     let what = format!("study {uid}");
-    delete(&state, DeleteTarget::Study(uid), what).await
+    delete(&state, &audit, DeleteTarget::Study(uid), what).await
 }
 
 /// `DELETE /series/{uid}`.
 pub(crate) async fn delete_series(
     State(state): State<HttpState>,
+    audit: Audit,
     path: PathSegment,
     raw: RawParams,
 ) -> Result<Json<Deleted>, Problem> {
     Params::new(raw, &[])?;
     let uid = uid_param(path, "series UID")?;
     let what = format!("series {uid}");
-    delete(&state, DeleteTarget::Series(uid), what).await
+    delete(&state, &audit, DeleteTarget::Series(uid), what).await
 }
 
 /// `DELETE /instances/{uid}`.
 pub(crate) async fn delete_instance(
     State(state): State<HttpState>,
+    audit: Audit,
     path: PathSegment,
     raw: RawParams,
 ) -> Result<Json<Deleted>, Problem> {
     Params::new(raw, &[])?;
     let uid = uid_param(path, "SOP instance UID")?;
     let what = format!("instance {uid}");
-    delete(&state, DeleteTarget::Instance(uid), what).await
+    delete(&state, &audit, DeleteTarget::Instance(uid), what).await
 }

@@ -2,6 +2,7 @@
 
 use super::params::{Params, RawParams};
 use super::time::rfc3339_ms;
+use crate::access::Audit;
 use crate::problem::Problem;
 use crate::HttpState;
 use axum::extract::State;
@@ -69,6 +70,7 @@ pub(crate) struct ChangesPage {
 /// `GET /changes?since=N&limit=M`.
 pub(crate) async fn changes(
     State(state): State<HttpState>,
+    audit: Audit,
     raw: RawParams,
 ) -> Result<Json<ChangesPage>, Problem> {
     let p = Params::new(raw, &["since", "limit"])?;
@@ -80,7 +82,13 @@ pub(crate) async fn changes(
         i64::from(CHANGES_MAX_LIMIT),
     )?;
     let limit = u32::try_from(limit).unwrap_or(CHANGES_MAX_LIMIT);
-    let mut entries = state.archive.changes(since, limit + 1).await?;
+    // The feed names studies and instances: reading it is a query, recorded as one.
+    let (recorded, entries) = tokio::join!(
+        audit.record(vec![audit.query()]),
+        state.archive.changes(since, limit + 1)
+    );
+    recorded?;
+    let mut entries = entries?;
     let more = entries.len() > limit as usize;
     entries.truncate(limit as usize);
     let next_since = entries.last().map(|c| c.seq).unwrap_or(since);
@@ -122,6 +130,7 @@ pub(crate) struct QuarantineList {
 /// `GET /quarantine?limit=M`.
 pub(crate) async fn quarantine(
     State(state): State<HttpState>,
+    audit: Audit,
     raw: RawParams,
 ) -> Result<Json<QuarantineList>, Problem> {
     let p = Params::new(raw, &["limit"])?;
@@ -132,10 +141,12 @@ pub(crate) async fn quarantine(
         i64::from(QUARANTINE_MAX_LIMIT),
     )?;
     let limit = u32::try_from(limit).unwrap_or(QUARANTINE_MAX_LIMIT);
-    let items = state
-        .archive
-        .quarantined(limit)
-        .await?
+    let (recorded, entries) = tokio::join!(
+        audit.record(vec![audit.query()]),
+        state.archive.quarantined(limit)
+    );
+    recorded?;
+    let items = entries?
         .into_iter()
         .map(|q: QuarantineEntry| QuarantineView {
             id: q.id,

@@ -1,6 +1,7 @@
 //! `GET /grid` (the grid as this site sees it), `POST /grid/scrub` and `POST /prefetch`:
 //! thin doors to the grid layer, which the archive hands over when the node is in a grid.
 
+use crate::access::Audit;
 use crate::problem::Problem;
 use crate::HttpState;
 use axum::extract::State;
@@ -48,6 +49,7 @@ pub(crate) struct PrefetchBody {
 /// `POST /prefetch`: pulls every study of a patient to this site now.
 pub(crate) async fn prefetch(
     State(state): State<HttpState>,
+    audit: Audit,
     body: Result<Json<PrefetchBody>, axum::extract::rejection::JsonRejection>,
 ) -> Result<(StatusCode, Json<serde_json::Value>), Problem> {
     let Json(body) = body.map_err(|e| Problem::bad_request(e.body_text()))?;
@@ -55,6 +57,16 @@ pub(crate) async fn prefetch(
         return Err(Problem::bad_request("patient_id must not be empty"));
     }
     let grid = control(&state)?;
+    // Recorded as a query naming the patient, before the grid starts moving their studies;
+    // the transfers themselves are recorded by the grid as they happen.
+    let ev = audit
+        .query_of(
+            serde_json::json!({"patient_id": body.patient_id.trim(), "issuer": body.issuer})
+                .to_string()
+                .as_bytes(),
+        )
+        .patient(body.patient_id.trim(), body.issuer.as_deref());
+    audit.record(vec![ev]).await?;
     grid.prefetch(body.patient_id.trim(), body.issuer.as_deref())
         .await
         .map(|v| (StatusCode::OK, Json(v)))

@@ -1,11 +1,12 @@
 //! The REST API under `/api/v1`: node status, patients / studies / series / instances,
 //! deletion, the change feed, the quarantine, the grid (status, scrub, prefetch) and the
-//! OpenAPI document.
+//! OpenAPI document, and the audit trail.
 //!
 //! A patient is addressed as `/patients/{issuer}/{patient_id}` (each segment
 //! percent-encoded): a PatientID means something only within its issuer, so the issuer
 //! comes first, like a namespace, and the pair is stable for as long as the patient exists.
 
+mod audit;
 mod delete;
 mod feed;
 mod grid;
@@ -41,6 +42,7 @@ pub(crate) const PATHS: &[&str] = &[
     "/grid",
     "/grid/scrub",
     "/prefetch",
+    "/audit",
 ];
 
 /// The REST routes, relative to `/api/v1`.
@@ -71,6 +73,7 @@ pub(crate) fn routes() -> Router<HttpState> {
         .route(PATHS[10], get(grid::status))
         .route(PATHS[11], axum::routing::post(grid::scrub))
         .route(PATHS[12], axum::routing::post(grid::prefetch))
+        .route(PATHS[13], get(audit::search))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
 }

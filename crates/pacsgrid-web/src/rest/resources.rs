@@ -3,12 +3,15 @@
 
 use super::params::{patient_param, uid_param, Page, Params, PathPair, PathSegment, RawParams};
 use super::views::{Instance, InstanceDetail, Patient, Series, Study};
+use crate::access::{tally_row, Audit};
 use crate::problem::Problem;
 use crate::HttpState;
 use axum::extract::State;
 use axum::Json;
 use dicom_dictionary_std::tags;
+use pacsgrid_access::StudyTally;
 use pacsgrid_archive::{Archive, AttrValues};
+use pacsgrid_audit::Action;
 use pacsgrid_dicom::{Level, Query, QueryModel, Tag};
 use serde::Serialize;
 use std::collections::HashMap;
@@ -99,9 +102,19 @@ fn patient_keys<'a>(id: &'a Option<String>, issuer: &'a Option<String>) -> Vec<(
     keys
 }
 
+/// Records that the requester read the resource of an index `row` (its study and patient).
+async fn read_record(audit: &Audit, row: &AttrValues) -> Result<(), Problem> {
+    let mut tally = StudyTally::new();
+    tally_row(&mut tally, row);
+    audit
+        .record_studies(audit.accessed(Action::Read), tally)
+        .await
+}
+
 /// `GET /patients`: patients with `limit`, `offset` and exact `patient_id` / `issuer` filters.
 pub(crate) async fn list_patients(
     State(state): State<HttpState>,
+    audit: Audit,
     raw: RawParams,
 ) -> Result<Json<ListPage<Patient>>, Problem> {
     let p = Params::new(raw, &["limit", "offset", "patient_id", "issuer"])?;
@@ -112,14 +125,18 @@ pub(crate) async fn list_patients(
         Level::Patient,
         &patient_keys(&id, &issuer),
     )?;
-    Ok(Json(
-        paged(&state.archive, &q, page, Patient::from_row).await?,
-    ))
+    let (recorded, page) = tokio::join!(
+        audit.record(vec![audit.query()]),
+        paged(&state.archive, &q, page, Patient::from_row)
+    );
+    recorded?;
+    Ok(Json(page?))
 }
 
 /// `GET /studies`: studies with `limit`, `offset` and exact `patient_id` / `issuer` filters.
 pub(crate) async fn list_studies(
     State(state): State<HttpState>,
+    audit: Audit,
     raw: RawParams,
 ) -> Result<Json<ListPage<Study>>, Problem> {
     let p = Params::new(raw, &["limit", "offset", "patient_id", "issuer"])?;
@@ -130,9 +147,12 @@ pub(crate) async fn list_studies(
         Level::Study,
         &patient_keys(&id, &issuer),
     )?;
-    Ok(Json(
-        paged(&state.archive, &q, page, Study::from_row).await?,
-    ))
+    let (recorded, page) = tokio::join!(
+        audit.record(vec![audit.query()]),
+        paged(&state.archive, &q, page, Study::from_row)
+    );
+    recorded?;
+    Ok(Json(page?))
 }
 
 /// The rows of `level` for one patient, matched exactly (the index matches `*` and `?` in
@@ -166,6 +186,7 @@ fn no_patient(issuer: &str, id: &str) -> Problem {
 /// `GET /patients/{issuer}/{patient_id}`: one patient and their studies.
 pub(crate) async fn get_patient(
     State(state): State<HttpState>,
+    audit: Audit,
     path: PathPair,
     raw: RawParams,
 ) -> Result<Json<PatientDetail>, Problem> {
@@ -175,6 +196,14 @@ pub(crate) async fn get_patient(
     let rows = patient_rows(a, QueryModel::PatientRoot, Level::Patient, &issuer, &id).await?;
     let row = rows.first().ok_or_else(|| no_patient(&issuer, &id))?;
     let studies = patient_rows(a, QueryModel::StudyRoot, Level::Study, &issuer, &id).await?;
+    // One patient, so one record naming every study of theirs that the answer lists.
+    let mut ev = audit.accessed(Action::Read).patient(&id, Some(&issuer));
+    for s in &studies {
+        if let Some(uid) = s.get(&tags::STUDY_INSTANCE_UID) {
+            ev = ev.study(pacsgrid_audit::StudyRef::new(uid));
+        }
+    }
+    audit.record(vec![ev]).await?;
     Ok(Json(PatientDetail {
         patient: Patient::from_row(row),
         studies: studies.iter().map(Study::from_row).collect(),
@@ -184,6 +213,7 @@ pub(crate) async fn get_patient(
 /// `GET /studies/{uid}`: one study and its series.
 pub(crate) async fn get_study(
     State(state): State<HttpState>,
+    audit: Audit,
     path: PathSegment,
     raw: RawParams,
 ) -> Result<Json<StudyDetail>, Problem> {
@@ -196,13 +226,9 @@ pub(crate) async fn get_study(
         .first()
         .ok_or_else(|| Problem::not_found(format!("no study {uid}")))?;
     let q = query(QueryModel::StudyRoot, Level::Series, &key)?;
-    let mut series: Vec<Series> = state
-        .archive
-        .find(&q, 0, 0)
-        .await?
-        .iter()
-        .map(Series::from_row)
-        .collect();
+    let (recorded, found) = tokio::join!(read_record(&audit, row), state.archive.find(&q, 0, 0));
+    recorded?;
+    let mut series: Vec<Series> = found?.iter().map(Series::from_row).collect();
     Series::sort(&mut series);
     Ok(Json(StudyDetail {
         study: Study::from_row(row),
@@ -213,6 +239,7 @@ pub(crate) async fn get_study(
 /// `GET /series/{uid}`: one series and its instances.
 pub(crate) async fn get_series(
     State(state): State<HttpState>,
+    audit: Audit,
     path: PathSegment,
     raw: RawParams,
 ) -> Result<Json<SeriesDetail>, Problem> {
@@ -225,12 +252,15 @@ pub(crate) async fn get_series(
         .first()
         .ok_or_else(|| Problem::not_found(format!("no series {uid}")))?;
     // locate gives the bytes' whereabouts in InstanceNumber order; find adds the numbers.
-    let located = state.archive.locate(&q).await?;
-    let q = query(QueryModel::StudyRoot, Level::Image, &key)?;
-    let numbers: HashMap<String, AttrValues> = state
-        .archive
-        .find(&q, 0, 0)
-        .await?
+    let iq = query(QueryModel::StudyRoot, Level::Image, &key)?;
+    let (recorded, located, numbers) = tokio::join!(
+        read_record(&audit, row),
+        state.archive.locate(&q),
+        state.archive.find(&iq, 0, 0)
+    );
+    recorded?;
+    let located = located?;
+    let numbers: HashMap<String, AttrValues> = numbers?
         .into_iter()
         .filter_map(|r| r.get(&tags::SOP_INSTANCE_UID).cloned().map(|u| (u, r)))
         .collect();
@@ -247,6 +277,7 @@ pub(crate) async fn get_series(
 /// `GET /instances/{uid}`: one instance with its attributes, bytes and provenance.
 pub(crate) async fn get_instance(
     State(state): State<HttpState>,
+    audit: Audit,
     path: PathSegment,
     raw: RawParams,
 ) -> Result<Json<InstanceDetail>, Problem> {
@@ -263,6 +294,8 @@ pub(crate) async fn get_instance(
     // Each read is its own snapshot: a deletion in between is answered as not found.
     let rows = a.find(&q, 1, 0).await?;
     let row = rows.first().ok_or_else(missing)?;
-    let prov = a.provenance(&uid).await?.ok_or_else(missing)?;
+    let (recorded, prov) = tokio::join!(read_record(&audit, row), a.provenance(&uid));
+    recorded?;
+    let prov = prov?.ok_or_else(missing)?;
     Ok(Json(InstanceDetail::new(row, &stored, prov)))
 }

@@ -66,6 +66,7 @@ async fn fixture() -> Fixture {
     let state = HttpState {
         archive: Arc::clone(&archive),
         extra_metrics: Vec::new(),
+        access: Arc::new(pacsgrid_access::AccessPoint::open_door("test")),
         options: Arc::new(HttpOptions::default()),
     };
     Fixture { state, _data: data }

@@ -74,6 +74,7 @@ async fn loaded(dir: &std::path::Path) -> HttpState {
     HttpState {
         archive,
         extra_metrics: Vec::new(),
+        access: Arc::new(pacsgrid_access::AccessPoint::open_door("test")),
         options: Arc::new(HttpOptions::default()),
     }
 }
