@@ -320,6 +320,7 @@ mod tests {
                 accept_any_called_ae: false,
                 allowed_calling_aes: None,
                 max_pdu_length: 262_144,
+                access: None,
             };
             let secs = Duration::from_secs(5);
             let mut a = Association::accept(stream, &policy, false, secs, secs)
