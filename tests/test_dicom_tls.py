@@ -249,6 +249,12 @@ def test_untrusted_client_certificate_is_refused_and_the_node_serves_on(node, pk
     refusals = [line for line in node.log_text().splitlines() if "TLS handshake refused" in line]
     assert refusals and all("WARN" in line and "peer=127.0.0.1:" in line for line in refusals)
     assert any(re.search(r"UnknownIssuer|certificate", line, re.I) for line in refusals), refusals
+    # and each refused handshake is in the audit trail as a node-authentication alert
+    audit = harness.run_pacsgrid(["audit", "search", "--data", node.data_dir, "--json",
+                                  "--event", "security-alert", "--xml"])
+    alerts = [line for line in audit.stdout.splitlines() if "TLS handshake failed" in line]
+    assert len(alerts) >= 3, audit.stdout[-2000:]
+    assert all("110126" in a for a in alerts)  # DCM 110126 Node Authentication
 
 
 def test_plain_dicom_to_the_tls_port_fails_cleanly(node, pki):
