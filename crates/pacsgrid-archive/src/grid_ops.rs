@@ -104,10 +104,31 @@ impl Fetched {
     }
 }
 
-/// Fetches started ahead of a retrieve, by content hash; at most `2 * READ_AHEAD` at once,
-/// so an abandoned retrieve leaves few staging files (the staging area is emptied at start).
+/// A read-ahead entry not taken this long after it was started belongs to a retrieve that
+/// was abandoned: it is dropped when room is needed.
+const AHEAD_STALE: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// Fetches started ahead of a retrieve, by content hash, with when they were started; at
+/// most `2 * READ_AHEAD` at once, so an abandoned retrieve holds little memory and leaves few
+/// staging files (the staging area is emptied at start).
 #[derive(Default)]
-pub struct ReadAhead(Mutex<HashMap<String, Pending>>);
+pub struct ReadAhead(Mutex<HashMap<String, (std::time::Instant, Pending)>>);
+
+impl ReadAhead {
+    /// Drops the entries of abandoned retrieves, so that they do not keep read-ahead off
+    /// for every later one; a finished fetch's staging file goes with its entry.
+    fn drop_stale(ahead: &mut HashMap<String, (std::time::Instant, Pending)>) {
+        ahead.retain(|_, (started, pending)| {
+            if started.elapsed() < AHEAD_STALE {
+                return true;
+            }
+            if let Some(Ok(Got::Staged(path))) = pending.peek() {
+                let _ = std::fs::remove_file(path.as_path());
+            }
+            false
+        });
+    }
+}
 
 /// What applying a peer's record did.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -494,6 +515,9 @@ impl Archive {
         };
         for inst in upcoming.iter().take(READ_AHEAD) {
             let mut ahead = self.ahead.0.lock().unwrap_or_else(|p| p.into_inner());
+            if ahead.len() >= 2 * READ_AHEAD {
+                ReadAhead::drop_stale(&mut ahead);
+            }
             if ahead.len() >= 2 * READ_AHEAD || ahead.contains_key(&inst.hash) {
                 continue;
             }
@@ -507,7 +531,7 @@ impl Archive {
             let pending = async move { task.await.map_err(|e| e.to_string())? }
                 .boxed()
                 .shared();
-            ahead.insert(inst.hash.clone(), pending);
+            ahead.insert(inst.hash.clone(), (std::time::Instant::now(), pending));
         }
     }
 
@@ -550,10 +574,17 @@ impl Archive {
             .0
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .remove(&inst.hash);
+            .remove(&inst.hash)
+            .map(|(_, pending)| pending);
         if let Some(pending) = pending {
+            let t0 = std::time::Instant::now();
             if let Ok(got) = pending.await {
                 if let Ok(fetched) = got.open().await {
+                    tracing::debug!(
+                        sop_instance_uid = %inst.sop_instance_uid,
+                        waited_ms = t0.elapsed().as_secs_f64() * 1e3,
+                        "read-ahead bytes taken"
+                    );
                     return Ok(fetched);
                 }
             }
