@@ -428,6 +428,12 @@ def test_prefetch_brings_priors_before_they_are_asked_for(grid_factory, tmp_path
             wait_for(f"prior {i.sop_uid} held at B", lambda i=i: "b" in g.holders("b", i.sop_uid),
                      timeout=20)
     assert "prefetching priors" in g["b"].log_text()
+    # A must know the new study before it is asked to prefetch it: B's feed reaches A within
+    # a sync interval, and B may have its priors sooner than that.
+    for i in new:
+        wait_for(f"{i.sop_uid} known at A",
+                 lambda i=i: http_json(g["a"].http_port, f"/api/v1/instances/{i.sop_uid}")[0] == 200,
+                 timeout=20)
     # explicit prefetch through REST at A: the new study comes to A
     code, body = http_json(g["a"].http_port, "/api/v1/prefetch", method="POST",
                            body={"patient_id": new[0].patient_id})

@@ -443,15 +443,10 @@ impl Archive {
     ) -> Result<BlobChunks, ArchiveError> {
         // A backend may report a missing blob only at the first chunk: ask first in a grid.
         if self.remote.get().is_some() && !self.blobs.exists(&inst.hash).await? {
-            let file = self.fetch_remote(inst).await?;
-            let what = PathBuf::from(&inst.hash);
-            let stream = tokio_util::io::ReaderStream::with_capacity(file, chunk.max(1));
-            return Ok(Box::pin(futures::StreamExt::map(stream, move |r| {
-                r.map_err(|source| BlobError::Io {
-                    path: what.clone(),
-                    source,
-                })
-            })));
+            return Ok(self
+                .fetch_remote(inst)
+                .await?
+                .into_chunks(chunk, &inst.hash));
         }
         Ok(self.blobs.chunks(&inst.hash, 0, chunk).await?)
     }
@@ -469,10 +464,7 @@ impl Archive {
     ) -> Result<BlobReader, ArchiveError> {
         match self.blobs.open(&inst.hash, offset).await {
             Err(BlobError::NotFound(_)) if self.remote.get().is_some() => {
-                use tokio::io::AsyncSeekExt;
-                let mut file = self.fetch_remote(inst).await?;
-                file.seek(std::io::SeekFrom::Start(offset)).await?;
-                Ok(Box::pin(file))
+                self.fetch_remote(inst).await?.into_reader(offset).await
             }
             other => Ok(other?),
         }

@@ -19,6 +19,18 @@ pub trait RemoteFetch: Send + Sync + 'static {
         dest: &Path,
     ) -> Result<(), String>;
 
+    /// Fetches the bytes like [`RemoteFetch::fetch`] but into memory, verified, for an
+    /// instance small enough to hold: a retrieve then sends them with no staging file to write
+    /// and read back. `None` when this fetcher can only write files.
+    async fn fetch_to_memory(
+        &self,
+        _sop_instance_uid: &str,
+        _hash: &str,
+        _size: u64,
+    ) -> Option<Result<bytes::Bytes, String>> {
+        None
+    }
+
     /// Whether bytes fetched for a retrieve are kept as a local cached copy.
     fn keep_fetched(&self) -> bool {
         false

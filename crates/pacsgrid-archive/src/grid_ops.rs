@@ -4,13 +4,16 @@
 //! The grid never reads the index or the blob store itself; these methods keep the same
 //! rules as local stores (verified, fsynced bytes before a holder is announced).
 
-use crate::archive::{Archive, Staging};
-use crate::error::{ArchiveError, StoreError};
+use crate::archive::Archive;
+use crate::error::ArchiveError;
 use crate::grid_link::{GridControl, RemoteFetch};
+use bytes::Bytes;
 use futures::future::{BoxFuture, FutureExt, Shared};
+use futures::StreamExt;
 use pacsgrid_store::{
-    BlobChunks, FeedEntry, GridConflict, Holder, HolderChange, Holdings, InsertOutcome,
-    InstanceRecord, PeerCursor, StagedBlob, StoredInstance, Tombstone, TombstoneOutcome,
+    BlobChunks, BlobError, BlobReader, FeedEntry, GridConflict, Holder, HolderChange, Holdings,
+    InsertOutcome, InstanceRecord, PeerCursor, StagedBlob, StoredInstance, Tombstone,
+    TombstoneOutcome,
 };
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -19,13 +22,113 @@ use std::sync::{Arc, Mutex};
 /// How many remote instances a retrieve fetches ahead of the one it sends.
 pub const READ_AHEAD: usize = 4;
 
-/// A fetch started ahead of need: resolves to the verified staging file.
-type Pending = Shared<BoxFuture<'static, Result<Arc<PathBuf>, String>>>;
+/// Instances up to this size fetched for a retrieve are held in memory rather than written
+/// to a staging file and read back. With at most `2 * READ_AHEAD` fetches pending, read-ahead
+/// holds at most 32 MiB.
+pub const MEMORY_FETCH_MAX: u64 = 4 << 20;
 
-/// Fetches started ahead of a retrieve, by content hash; at most `2 * READ_AHEAD` at once,
-/// so an abandoned retrieve leaves few staging files (the staging area is emptied at start).
+/// A fetch started ahead of need: resolves to the verified bytes.
+type Pending = Shared<BoxFuture<'static, Result<Got, String>>>;
+
+/// What a fetch for a retrieve yields: verified bytes, not yet opened.
+#[derive(Clone)]
+enum Got {
+    /// Held in memory (cheap to clone).
+    Memory(Bytes),
+    /// In a staging file that only this fetch knows.
+    Staged(Arc<PathBuf>),
+}
+
+impl Got {
+    /// Ready to read. A staging file is unlinked once open: open files stay readable after
+    /// their name is gone, so nothing is left to clean up.
+    async fn open(self) -> Result<Fetched, ArchiveError> {
+        match self {
+            Got::Memory(bytes) => Ok(Fetched::Memory(bytes)),
+            Got::Staged(path) => {
+                let file = tokio::fs::File::open(path.as_path()).await;
+                let _ = tokio::fs::remove_file(path.as_path()).await;
+                Ok(Fetched::File(file?))
+            }
+        }
+    }
+}
+
+/// Bytes fetched from another site for a retrieve, already verified against their hash.
+pub(crate) enum Fetched {
+    /// Held in memory.
+    Memory(Bytes),
+    /// In an open file: unlinked, or the blob store's cached copy.
+    File(tokio::fs::File),
+}
+
+impl Fetched {
+    /// The bytes from `offset` on, as a reader.
+    pub(crate) async fn into_reader(self, offset: u64) -> Result<BlobReader, ArchiveError> {
+        match self {
+            Fetched::Memory(bytes) => {
+                let mut cursor = std::io::Cursor::new(bytes);
+                cursor.set_position(offset);
+                Ok(Box::pin(cursor))
+            }
+            Fetched::File(mut file) => {
+                use tokio::io::AsyncSeekExt;
+                file.seek(std::io::SeekFrom::Start(offset)).await?;
+                Ok(Box::pin(file))
+            }
+        }
+    }
+
+    /// The bytes as chunks of up to `chunk` bytes.
+    pub(crate) fn into_chunks(self, chunk: usize, hash: &str) -> BlobChunks {
+        let chunk = chunk.max(1);
+        match self {
+            Fetched::Memory(bytes) => {
+                let parts: Vec<Result<Bytes, BlobError>> = (0..bytes.len())
+                    .step_by(chunk)
+                    .map(|at| Ok(bytes.slice(at..(at + chunk).min(bytes.len()))))
+                    .collect();
+                Box::pin(futures::stream::iter(parts))
+            }
+            Fetched::File(file) => {
+                let what = PathBuf::from(hash);
+                let stream = tokio_util::io::ReaderStream::with_capacity(file, chunk);
+                Box::pin(stream.map(move |r| {
+                    r.map_err(|source| BlobError::Io {
+                        path: what.clone(),
+                        source,
+                    })
+                }))
+            }
+        }
+    }
+}
+
+/// A read-ahead entry not taken this long after it was started belongs to a retrieve that
+/// was abandoned: it is dropped when room is needed.
+const AHEAD_STALE: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// Fetches started ahead of a retrieve, by content hash, with when they were started; at
+/// most `2 * READ_AHEAD` at once, so an abandoned retrieve holds little memory and leaves few
+/// staging files (the staging area is emptied at start).
 #[derive(Default)]
-pub struct ReadAhead(Mutex<HashMap<String, Pending>>);
+pub struct ReadAhead(Mutex<HashMap<String, (std::time::Instant, Pending)>>);
+
+impl ReadAhead {
+    /// Drops the entries of abandoned retrieves, so that they do not keep read-ahead off
+    /// for every later one; a finished fetch's staging file goes with its entry.
+    fn drop_stale(ahead: &mut HashMap<String, (std::time::Instant, Pending)>) {
+        ahead.retain(|_, (started, pending)| {
+            if started.elapsed() < AHEAD_STALE {
+                return true;
+            }
+            if let Some(Ok(Got::Staged(path))) = pending.peek() {
+                let _ = std::fs::remove_file(path.as_path());
+            }
+            false
+        });
+    }
+}
 
 /// What applying a peer's record did.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -41,55 +144,138 @@ pub enum RemoteApply {
     },
 }
 
+/// Received bytes are handed to the file in batches of about this size: one blocking-pool hop
+/// per batch (a whole instance is usually one), and a bound on what a replica holds in memory.
+const REPLICA_BATCH: usize = 2 << 20;
+
 /// Bytes of an indexed instance being received from another site; they count as this
 /// node's copy only after [`Replica::finish`] has verified and fsynced them.
 pub struct Replica {
     archive: Arc<Archive>,
-    staging: Staging,
     expected: String,
+    /// The staging file and the running hash; taken while a batch is written.
+    sink: Option<ReplicaSink>,
+    /// Received chunks not yet written: kept as received, so they are copied only once,
+    /// into the file.
+    pending: Vec<Bytes>,
+    pending_len: usize,
+    size: u64,
+    /// Removed on drop unless the bytes went into the blob store.
+    path: Option<PathBuf>,
+}
+
+/// The blocking side of a [`Replica`]: hashing and writing run on the blocking pool, off the
+/// threads that drive the network.
+struct ReplicaSink {
+    file: std::fs::File,
+    hasher: blake3::Hasher,
+}
+
+impl ReplicaSink {
+    fn write_all(&mut self, chunks: &[Bytes]) -> std::io::Result<()> {
+        use std::io::Write;
+        for c in chunks {
+            self.hasher.update(c);
+            self.file.write_all(c)?;
+        }
+        Ok(())
+    }
 }
 
 impl Replica {
     /// Appends received bytes.
-    pub async fn write(&mut self, data: &[u8]) -> Result<(), ArchiveError> {
-        self.staging.write(data).await.map_err(store_to_archive)
+    pub async fn write(&mut self, data: Bytes) -> Result<(), ArchiveError> {
+        self.pending_len += data.len();
+        self.size += data.len() as u64;
+        self.pending.push(data);
+        if self.pending_len >= REPLICA_BATCH {
+            let chunks = std::mem::take(&mut self.pending);
+            self.pending_len = 0;
+            self.on_sink(move |sink| sink.write_all(&chunks)).await?;
+        }
+        Ok(())
+    }
+
+    /// Runs `f` on the sink on the blocking pool and puts the sink back.
+    async fn on_sink<T: Send + 'static>(
+        &mut self,
+        f: impl FnOnce(&mut ReplicaSink) -> std::io::Result<T> + Send + 'static,
+    ) -> Result<T, ArchiveError> {
+        let mut sink = self.sink.take().ok_or_else(|| {
+            ArchiveError::Io(std::io::Error::other("replica write after failure"))
+        })?;
+        let (sink, out) = tokio::task::spawn_blocking(move || {
+            let out = f(&mut sink);
+            (sink, out)
+        })
+        .await
+        .map_err(|e| ArchiveError::Io(std::io::Error::other(e.to_string())))?;
+        self.sink = Some(sink);
+        Ok(out?)
     }
 
     /// Verifies the bytes against the expected hash, makes them durable, puts them in the
     /// blob store and announces this node as a holder of `sop_instance_uid`.
     pub async fn finish(mut self, sop_instance_uid: &str) -> Result<(), ArchiveError> {
-        let actual = self.staging.hash();
+        let t0 = std::time::Instant::now();
+        let chunks = std::mem::take(&mut self.pending);
+        // The last bytes, the hash check and the fsync in one hop: a copy counts only once
+        // its bytes are verified and on disk.
+        let actual = self
+            .on_sink(move |sink| {
+                sink.write_all(&chunks)?;
+                let actual = sink.hasher.finalize().to_hex().to_string();
+                Ok(actual)
+            })
+            .await?;
         if actual != self.expected {
             return Err(ArchiveError::HashMismatch {
-                expected: self.expected,
+                expected: std::mem::take(&mut self.expected),
                 actual,
             });
         }
-        self.staging
-            .flush_and_sync()
-            .await
-            .map_err(store_to_archive)?;
+        let t_hash = t0.elapsed();
+        self.on_sink(|sink| sink.file.sync_all()).await?;
+        let t_sync = t0.elapsed();
+        let Some(path) = self.path.clone() else {
+            return Err(ArchiveError::Io(std::io::Error::other(
+                "replica finished twice",
+            )));
+        };
         let staged = StagedBlob {
-            path: self.staging.path().to_path_buf(),
+            path,
             hash: actual.clone(),
-            size: self.staging.size,
+            size: self.size,
         };
         {
             let _gc = self.archive.blob_gc.read().await;
             self.archive.blobs.put(staged).await?;
-            self.staging.guard.disarm();
+            self.path = None;
         }
+        let t_put = t0.elapsed();
         let me = self.archive.holder().await?;
         self.archive
             .index
             .set_holder(sop_instance_uid, &actual, &me, true)
             .await?;
+        tracing::debug!(
+            sop_instance_uid,
+            hash_ms = t_hash.as_secs_f64() * 1e3,
+            sync_ms = (t_sync - t_hash).as_secs_f64() * 1e3,
+            put_ms = (t_put - t_sync).as_secs_f64() * 1e3,
+            announce_ms = (t0.elapsed() - t_put).as_secs_f64() * 1e3,
+            "replica finish timings"
+        );
         Ok(())
     }
 }
 
-fn store_to_archive(e: StoreError) -> ArchiveError {
-    ArchiveError::Io(std::io::Error::other(e.to_string()))
+impl Drop for Replica {
+    fn drop(&mut self) {
+        if let Some(p) = self.path.take() {
+            let _ = std::fs::remove_file(p);
+        }
+    }
 }
 
 impl Archive {
@@ -285,11 +471,25 @@ impl Archive {
 
     /// Starts receiving a copy of indexed bytes from another site.
     pub async fn begin_replica(self: &Arc<Self>, hash: &str) -> Result<Replica, ArchiveError> {
-        let staging = self.new_staging(None).await.map_err(store_to_archive)?;
+        let path = self.staging_file();
+        let file = tokio::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&path)
+            .await?
+            .into_std()
+            .await;
         Ok(Replica {
             archive: Arc::clone(self),
-            staging,
             expected: hash.to_string(),
+            sink: Some(ReplicaSink {
+                file,
+                hasher: blake3::Hasher::new(),
+            }),
+            pending: Vec::new(),
+            pending_len: 0,
+            size: 0,
+            path: Some(path),
         })
     }
 
@@ -315,6 +515,9 @@ impl Archive {
         };
         for inst in upcoming.iter().take(READ_AHEAD) {
             let mut ahead = self.ahead.0.lock().unwrap_or_else(|p| p.into_inner());
+            if ahead.len() >= 2 * READ_AHEAD {
+                ReadAhead::drop_stale(&mut ahead);
+            }
             if ahead.len() >= 2 * READ_AHEAD || ahead.contains_key(&inst.hash) {
                 continue;
             }
@@ -323,42 +526,66 @@ impl Archive {
                 if archive.blobs.exists(&inst2.hash).await.unwrap_or(false) {
                     return Err("held here".to_string());
                 }
-                let dest = archive.staging_file();
-                match remote
-                    .fetch(&inst2.sop_instance_uid, &inst2.hash, inst2.size, &dest)
-                    .await
-                {
-                    Ok(()) => Ok(Arc::new(dest)),
-                    Err(e) => {
-                        let _ = tokio::fs::remove_file(&dest).await;
-                        Err(e)
-                    }
-                }
+                archive.fetch_uncached(remote.as_ref(), &inst2).await
             });
             let pending = async move { task.await.map_err(|e| e.to_string())? }
                 .boxed()
                 .shared();
-            ahead.insert(inst.hash.clone(), pending);
+            ahead.insert(inst.hash.clone(), (std::time::Instant::now(), pending));
         }
     }
 
-    /// Fetches an instance's bytes from another site for a retrieve; the file returned is
-    /// already unlinked (or kept in the blob store as a cached copy) and verified.
+    /// Fetches bytes for a retrieve that keeps no copy: into memory when the instance is
+    /// small enough and the fetcher can, into a staging file otherwise.
+    async fn fetch_uncached(
+        &self,
+        remote: &dyn RemoteFetch,
+        inst: &StoredInstance,
+    ) -> Result<Got, String> {
+        if inst.size <= MEMORY_FETCH_MAX {
+            if let Some(got) = remote
+                .fetch_to_memory(&inst.sop_instance_uid, &inst.hash, inst.size)
+                .await
+            {
+                return got.map(Got::Memory);
+            }
+        }
+        let dest = self.staging_file();
+        match remote
+            .fetch(&inst.sop_instance_uid, &inst.hash, inst.size, &dest)
+            .await
+        {
+            Ok(()) => Ok(Got::Staged(Arc::new(dest))),
+            Err(e) => {
+                let _ = tokio::fs::remove_file(&dest).await;
+                Err(e)
+            }
+        }
+    }
+
+    /// Fetches an instance's bytes from another site for a retrieve, verified: in memory, in
+    /// an unlinked file, or kept in the blob store as a cached copy.
     pub(crate) async fn fetch_remote(
         &self,
         inst: &StoredInstance,
-    ) -> Result<tokio::fs::File, ArchiveError> {
+    ) -> Result<Fetched, ArchiveError> {
         let pending = self
             .ahead
             .0
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .remove(&inst.hash);
+            .remove(&inst.hash)
+            .map(|(_, pending)| pending);
         if let Some(pending) = pending {
-            if let Ok(path) = pending.await {
-                if let Ok(file) = tokio::fs::File::open(path.as_path()).await {
-                    let _ = tokio::fs::remove_file(path.as_path()).await;
-                    return Ok(file);
+            let t0 = std::time::Instant::now();
+            if let Ok(got) = pending.await {
+                if let Ok(fetched) = got.open().await {
+                    tracing::debug!(
+                        sop_instance_uid = %inst.sop_instance_uid,
+                        waited_ms = t0.elapsed().as_secs_f64() * 1e3,
+                        "read-ahead bytes taken"
+                    );
+                    return Ok(fetched);
                 }
             }
         }
@@ -368,11 +595,19 @@ impl Archive {
                 why: "not part of a grid".into(),
             });
         };
-        let dest = self.staging_file();
         let unavailable = |why: String| ArchiveError::Unavailable {
             hash: inst.hash.clone(),
             why,
         };
+        if !remote.keep_fetched() {
+            return self
+                .fetch_uncached(remote.as_ref(), inst)
+                .await
+                .map_err(unavailable)?
+                .open()
+                .await;
+        }
+        let dest = self.staging_file();
         if let Err(why) = remote
             .fetch(&inst.sop_instance_uid, &inst.hash, inst.size, &dest)
             .await
@@ -380,37 +615,33 @@ impl Archive {
             let _ = tokio::fs::remove_file(&dest).await;
             return Err(unavailable(why));
         }
-        if remote.keep_fetched() {
-            let staged = StagedBlob {
-                path: dest.clone(),
-                hash: inst.hash.clone(),
-                size: inst.size,
-            };
-            let kept = async {
-                tokio::fs::File::open(&dest).await?.sync_all().await?;
-                let _gc = self.blob_gc.read().await;
-                self.blobs.put(staged).await?;
-                Ok::<_, ArchiveError>(())
+        let staged = StagedBlob {
+            path: dest.clone(),
+            hash: inst.hash.clone(),
+            size: inst.size,
+        };
+        let kept = async {
+            tokio::fs::File::open(&dest).await?.sync_all().await?;
+            let _gc = self.blob_gc.read().await;
+            self.blobs.put(staged).await?;
+            Ok::<_, ArchiveError>(())
+        }
+        .await;
+        match kept {
+            Ok(()) => {
+                let file = tokio::fs::File::from_std(
+                    self.blobs
+                        .local_path(&inst.hash)
+                        .map(std::fs::File::open)
+                        .ok_or_else(|| unavailable("cache is not local".into()))??,
+                );
+                Ok(Fetched::File(file))
             }
-            .await;
-            match kept {
-                Ok(()) => {
-                    return Ok(tokio::fs::File::from_std(
-                        self.blobs
-                            .local_path(&inst.hash)
-                            .map(std::fs::File::open)
-                            .ok_or_else(|| unavailable("cache is not local".into()))??,
-                    ))
-                }
-                Err(e) => {
-                    tracing::warn!(hash = %inst.hash, error = %e, "could not keep a cached copy")
-                }
+            Err(e) => {
+                tracing::warn!(hash = %inst.hash, error = %e, "could not keep a cached copy");
+                Got::Staged(Arc::new(dest)).open().await
             }
         }
-        let file = tokio::fs::File::open(&dest).await?;
-        // Open files stay readable after their name is gone: nothing to clean up later.
-        let _ = tokio::fs::remove_file(&dest).await;
-        Ok(file)
     }
 }
 

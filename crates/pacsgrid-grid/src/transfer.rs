@@ -4,7 +4,7 @@
 use crate::client::PeerByteStream;
 use crate::service::{Grid, PeerState};
 use async_trait::async_trait;
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use futures::StreamExt;
 use pacsgrid_archive::RemoteFetch;
 use std::path::Path;
@@ -88,17 +88,33 @@ impl Grid {
         hash: &str,
         size: u64,
     ) -> Result<(), PullError> {
+        let t0 = Instant::now();
         let mut replica = self.archive.begin_replica(hash).await?;
         let mut body = self.open_blob(src, hash).await?;
+        let t_open = t0.elapsed();
         let mut got = 0u64;
+        let mut chunks = 0u32;
         while let Some(chunk) = self.next_chunk(&mut body).await? {
             got += chunk.len() as u64;
-            replica.write(&chunk).await?;
+            chunks += 1;
+            replica.write(chunk).await?;
         }
         if got != size {
             return Err(PullError::Length { got, want: size });
         }
-        Ok(replica.finish(sop_instance_uid).await?)
+        let t_body = t0.elapsed();
+        replica.finish(sop_instance_uid).await?;
+        tracing::debug!(
+            sop_instance_uid,
+            from = %src.name,
+            bytes = got,
+            chunks,
+            open_ms = t_open.as_secs_f64() * 1e3,
+            body_ms = (t_body - t_open).as_secs_f64() * 1e3,
+            finish_ms = (t0.elapsed() - t_body).as_secs_f64() * 1e3,
+            "copy timings"
+        );
+        Ok(())
     }
 
     /// Pulls an instance's bytes into this site's blob store as a verified copy and
@@ -134,29 +150,42 @@ impl Grid {
         Err(errors.join("; "))
     }
 
-    /// Fetches bytes into `dest` for a retrieve, verifying them (on-the-fly access).
-    async fn fetch_to_file(
+    /// Fetches bytes for a retrieve, verifying them (on-the-fly access): into `dest`, or
+    /// into memory when `dest` is `None` (then returned).
+    async fn fetch_one(
         &self,
         src: &PeerState,
         hash: &str,
         size: u64,
-        dest: &Path,
-    ) -> Result<(), PullError> {
-        let file = tokio::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .open(dest)
-            .await?;
-        let mut out = tokio::io::BufWriter::with_capacity(1 << 20, file);
+        dest: Option<&Path>,
+    ) -> Result<Option<Bytes>, PullError> {
+        let mut out = match dest {
+            Some(dest) => {
+                let file = tokio::fs::OpenOptions::new()
+                    .write(true)
+                    .create_new(true)
+                    .open(dest)
+                    .await?;
+                FetchSink::File(tokio::io::BufWriter::with_capacity(1 << 20, file))
+            }
+            // The size is known from the index; more bytes than that are an error below, so
+            // memory stays bounded by it.
+            None => FetchSink::Memory(BytesMut::with_capacity(size as usize)),
+        };
         let mut hasher = blake3::Hasher::new();
         let mut body = self.open_blob(src, hash).await?;
         let mut got = 0u64;
         while let Some(chunk) = self.next_chunk(&mut body).await? {
             got += chunk.len() as u64;
+            if got > size {
+                return Err(PullError::Length { got, want: size });
+            }
             hasher.update(&chunk);
-            out.write_all(&chunk).await?;
+            match &mut out {
+                FetchSink::File(f) => f.write_all(&chunk).await?,
+                FetchSink::Memory(m) => m.extend_from_slice(&chunk),
+            }
         }
-        out.flush().await?;
         if got != size {
             return Err(PullError::Length { got, want: size });
         }
@@ -167,19 +196,23 @@ impl Grid {
                 want: hash.to_string(),
             });
         }
-        Ok(())
+        match out {
+            FetchSink::File(mut f) => {
+                f.flush().await?;
+                Ok(None)
+            }
+            FetchSink::Memory(m) => Ok(Some(m.freeze())),
+        }
     }
-}
 
-#[async_trait]
-impl RemoteFetch for Grid {
-    async fn fetch(
+    /// Fetches an instance's bytes for a retrieve from the first holder that gives them.
+    async fn fetch_any(
         &self,
         sop_instance_uid: &str,
         hash: &str,
         size: u64,
-        dest: &Path,
-    ) -> Result<(), String> {
+        dest: Option<&Path>,
+    ) -> Result<Option<Bytes>, String> {
         let holders = match self.archive.grid_record(sop_instance_uid).await {
             Ok(Some((_, holders))) => holders,
             Ok(None) => return Err("the instance is no longer recorded".into()),
@@ -188,11 +221,21 @@ impl RemoteFetch for Grid {
         let sources = self.sources(&holders);
         let mut errors = Vec::new();
         for src in &sources {
-            let _ = tokio::fs::remove_file(dest).await;
-            match self.fetch_to_file(src, hash, size, dest).await {
-                Ok(()) => {
-                    tracing::debug!(sop_instance_uid, from = %src.name, "fetched on the fly");
-                    return Ok(());
+            if let Some(dest) = dest {
+                let _ = tokio::fs::remove_file(dest).await;
+            }
+            let t0 = Instant::now();
+            match self.fetch_one(src, hash, size, dest).await {
+                Ok(got) => {
+                    tracing::debug!(
+                        sop_instance_uid,
+                        from = %src.name,
+                        bytes = size,
+                        in_memory = dest.is_none(),
+                        ms = t0.elapsed().as_secs_f64() * 1e3,
+                        "fetched on the fly"
+                    );
+                    return Ok(got);
                 }
                 Err(e) => {
                     tracing::warn!(sop_instance_uid, from = %src.name, error = %e, "on-the-fly fetch failed; trying the next holder");
@@ -212,6 +255,40 @@ impl RemoteFetch for Grid {
             ));
         }
         Err(errors.join("; "))
+    }
+}
+
+/// Where the bytes of an on-the-fly fetch go.
+enum FetchSink {
+    File(tokio::io::BufWriter<tokio::fs::File>),
+    Memory(BytesMut),
+}
+
+#[async_trait]
+impl RemoteFetch for Grid {
+    async fn fetch(
+        &self,
+        sop_instance_uid: &str,
+        hash: &str,
+        size: u64,
+        dest: &Path,
+    ) -> Result<(), String> {
+        self.fetch_any(sop_instance_uid, hash, size, Some(dest))
+            .await
+            .map(|_| ())
+    }
+
+    async fn fetch_to_memory(
+        &self,
+        sop_instance_uid: &str,
+        hash: &str,
+        size: u64,
+    ) -> Option<Result<Bytes, String>> {
+        Some(
+            self.fetch_any(sop_instance_uid, hash, size, None)
+                .await
+                .and_then(|got| got.ok_or_else(|| "fetched into no buffer".to_string())),
+        )
     }
 
     fn keep_fetched(&self) -> bool {
