@@ -44,8 +44,7 @@ done
 [ $((INSTANCES % 200)) = 0 ] || { echo "grid.sh: --instances must be a multiple of 200" >&2; exit 2; }
 
 # ---------------------------------------------------------------------------------------------
-# Paths and tools. dcmtk is always called by absolute path: pynetdicom installs console scripts
-# with the same names (storescu, findscu, ...) that take other arguments.
+# Paths; the tools and shared helpers come from lib.sh.
 # ---------------------------------------------------------------------------------------------
 BENCH_DIR="$(cd "$(dirname "$0")" && pwd)"
 REPO="$(cd "$BENCH_DIR/.." && pwd)"
@@ -56,67 +55,17 @@ HELPER="$BENCH_DIR/grid_bench.py"
 OUT="$BENCH_DIR/out"
 GOUT="$OUT/grid"
 LOGS="$GOUT/logs"
-STORESCU=/usr/bin/storescu
-GETSCU=/usr/bin/getscu
-PACSGRID="${PACSGRID_BIN:-$REPO/target/release/pacsgrid}"
-CALLING_AE=BENCHSCU
-PDU=131072
-HOST=127.0.0.1
+# Tools, arithmetic, process bookkeeping (everything started is stopped by PID on exit) and
+# wait_http are in lib.sh, shared with ingest.sh and security.sh.
+# shellcheck source=bench/lib.sh
+. "$BENCH_DIR/lib.sh"
+PACSGRID="${PACSGRID_BIN:-$PACSGRID}"
 
-# Without it dcmtk leaves Nagle's algorithm on and every DIMSE exchange stalls ~40 ms on delayed
-# ACKs. Exported, so every child inherits it.
-export TCP_NODELAY=1
-
-log() { printf '[%s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
-die() { log "ERROR: $*"; exit 1; }
-now() { date +%s.%N; }
 now_ms() { date +%s%3N; }
-fdiv() {
-    awk -v a="${1:-}" -v b="${2:-}" -v d="${3:-2}" 'BEGIN {
-        if (a == "" || b == "" || a == "n/a" || b == "n/a" || b + 0 == 0) { print "n/a"; exit }
-        printf "%.*f\n", d, a / b }'
-}
-fsub() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.3f\n", a - b }'; }
-qcmd() { local q; q=$(printf '%q ' "$@"); echo "${q% }"; }
-# median of the arguments
-median() { printf '%s\n' "$@" | sort -g | awk '{ a[NR] = $1 } END { if (NR == 0) print "n/a"; else if (NR % 2) print a[(NR + 1) / 2]; else printf "%.3f\n", (a[NR / 2] + a[NR / 2 + 1]) / 2 }'; }
-# jget FILE EXPR: a value out of a JSON file, EXPR in Python over `d`.
 jget() { "$PY" -c 'import json,sys; d=json.load(open(sys.argv[1])); print(eval(sys.argv[2]))' "$1" "$2" 2>/dev/null || echo "n/a"; }
 # blob_bytes DIR: bytes in the blob files of a data directory (directories not counted).
 blob_bytes() { find "$1/blobs" -type f -printf '%s\n' 2>/dev/null | awk '{ s += $1 } END { print s + 0 }'; }
 blob_files() { find "$1/blobs" -type f 2>/dev/null | wc -l; }
-
-# ---------------------------------------------------------------------------------------------
-# Process bookkeeping: everything started here is stopped on exit, by PID.
-# ---------------------------------------------------------------------------------------------
-PIDS=()
-WORK=""
-stop_pid() {
-    local pid="$1" i
-    kill -0 "$pid" 2>/dev/null || return 0
-    kill -TERM "$pid" 2>/dev/null || true
-    for i in $(seq 1 100); do
-        kill -0 "$pid" 2>/dev/null || break
-        sleep 0.1
-    done
-    if kill -0 "$pid" 2>/dev/null; then
-        log "pid $pid did not stop on TERM in 10 s; KILL"
-        kill -KILL "$pid" 2>/dev/null || true
-    fi
-    wait "$pid" 2>/dev/null || true
-}
-cleanup() {
-    local rc=$? pid
-    trap - EXIT INT TERM
-    for pid in "${PIDS[@]}"; do stop_pid "$pid"; done
-    if [ -n "$WORK" ] && [ -d "$WORK" ]; then
-        if [ "$KEEP" = 1 ]; then log "kept temp dir $WORK"; else rm -rf "$WORK"; fi
-    fi
-    exit "$rc"
-}
-trap cleanup EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
 
 # ---------------------------------------------------------------------------------------------
 # 0. Dependencies
@@ -158,17 +107,6 @@ install_deps() {
         [ "$INSTALL" = 1 ] || die "curl missing"
         apt-get install -y -qq curl >/dev/null
     }
-}
-
-# wait_http URL PID NAME: wait (60 s) for a 200.
-wait_http() {
-    local url="$1" pid="$2" name="$3" i
-    for i in $(seq 1 300); do
-        kill -0 "$pid" 2>/dev/null || die "$name exited during start-up (see $LOGS/$name.log)"
-        if curl -fsS -o /dev/null --max-time 2 "$url" 2>/dev/null; then return 0; fi
-        sleep 0.2
-    done
-    die "$name: $url not ready within 60 s"
 }
 
 # ---------------------------------------------------------------------------------------------

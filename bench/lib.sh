@@ -38,6 +38,8 @@ fdiv() {
 }
 qcmd() { local q; q=$(printf '%q ' "$@"); echo "${q% }"; }
 fsub() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.3f\n", a - b }'; }
+# median VALUES...: the median of the numbers given, "n/a" for none.
+median() { printf '%s\n' "$@" | awk 'NF' | sort -g | awk '{ a[NR] = $1 } END { if (NR == 0) print "n/a"; else if (NR % 2) print a[(NR + 1) / 2]; else printf "%.3f\n", (a[NR / 2] + a[NR / 2 + 1]) / 2 }'; }
 fmul() { awk -v a="$1" -v b="$2" -v d="${3:-3}" 'BEGIN { printf "%.*f\n", d, a * b }'; }
 
 # ---------------------------------------------------------------------------------------------

@@ -196,8 +196,8 @@ run_config() {
     stop_node "$name"
 }
 
-median() { tr ' ' '\n' | awk 'NF' | sort -g | awk '{ a[NR] = $1 } END { if (NR == 0) print "n/a"; else if (NR % 2) print a[(NR + 1) / 2]; else printf "%.3f\n", (a[NR / 2] + a[NR / 2 + 1]) / 2 }'; }
-med() { echo "${M[$1]:-}" | median; }
+# shellcheck disable=SC2086  # M holds space-separated numbers
+med() { median ${M[$1]:-}; }
 verdict() { awk -v r="$1" -v t="$2" 'BEGIN { if (r == "n/a") print "n/a"; else print (r <= t ? "yes" : "**no**") }'; }
 
 report() {
