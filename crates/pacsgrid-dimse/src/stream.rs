@@ -71,12 +71,7 @@ impl DicomStream {
             .accept(tcp)
             .await
             .map_err(HandshakeError)?;
-        let peer_name = tls
-            .get_ref()
-            .1
-            .peer_certificates()
-            .and_then(|c| c.first())
-            .map(|c| certificate_name(c.as_ref()));
+        let peer_name = peer_name(tls.get_ref().1);
         Ok(DicomStream::Tls {
             stream: Box::new(TlsStream::Server(tls)),
             peer_name,
@@ -95,12 +90,7 @@ impl DicomStream {
             .connect(server_name, tcp)
             .await
             .map_err(HandshakeError)?;
-        let peer_name = tls
-            .get_ref()
-            .1
-            .peer_certificates()
-            .and_then(|c| c.first())
-            .map(|c| certificate_name(c.as_ref()));
+        let peer_name = peer_name(tls.get_ref().1);
         Ok(DicomStream::Tls {
             stream: Box::new(TlsStream::Client(tls)),
             peer_name,
@@ -169,6 +159,13 @@ impl DicomStream {
         self.write_all(body).await?;
         self.flush().await
     }
+}
+
+/// The name of the certificate the other side presented in a finished handshake, if any.
+fn peer_name(conn: &rustls::CommonState) -> Option<String> {
+    conn.peer_certificates()
+        .and_then(|c| c.first())
+        .map(|c| certificate_name(c.as_ref()))
 }
 
 /// A printable name for a certificate's subject: its common name, or the whole subject when

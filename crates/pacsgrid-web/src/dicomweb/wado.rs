@@ -670,14 +670,7 @@ pub(crate) async fn retrieve_frames(
         series: Some(series),
         instance: Some(instance),
     };
-    let (found, tally) = locate_for_audit(&st.archive, &t).await?;
-    let inst = first(found)?;
-    let (recorded, bytes) = tokio::join!(
-        audit.record_studies(audit.transferred(), tally),
-        read_whole(&st.archive, &inst)
-    );
-    recorded?;
-    let bytes = bytes?;
+    let (inst, bytes) = audited_whole(&st.archive, &audit, &t).await?;
     let ts = inst.transfer_syntax.clone();
     let parts = tokio::task::spawn_blocking(move || pixels::frames(&bytes, &ts, &list, &choices))
         .await
@@ -690,11 +683,24 @@ pub(crate) async fn retrieve_frames(
     .await
 }
 
-fn first(found: Vec<StoredInstance>) -> Result<StoredInstance, Problem> {
-    found
+/// The one instance `t` names, read whole; its audit record is written while it is read, and
+/// nothing is returned unless the record was.
+async fn audited_whole(
+    archive: &Archive,
+    audit: &Audit,
+    t: &Target,
+) -> Result<(StoredInstance, Vec<u8>), Problem> {
+    let (found, tally) = locate_for_audit(archive, t).await?;
+    let inst = found
         .into_iter()
         .next()
-        .ok_or_else(|| Problem::not_found("no such instance is stored"))
+        .ok_or_else(|| Problem::not_found("no such instance is stored"))?;
+    let (recorded, bytes) = tokio::join!(
+        audit.record_studies(audit.transferred(), tally),
+        read_whole(archive, &inst)
+    );
+    recorded?;
+    Ok((inst, bytes?))
 }
 
 /// GET …/instances/{instance}/bulkdata/{path}: the value a metadata BulkDataURI points at.
@@ -713,14 +719,7 @@ pub(crate) async fn bulkdata(
         series: Some(series),
         instance: Some(instance),
     };
-    let (found, tally) = locate_for_audit(&st.archive, &t).await?;
-    let inst = first(found)?;
-    let (recorded, bytes) = tokio::join!(
-        audit.record_studies(audit.transferred(), tally),
-        read_whole(&st.archive, &inst)
-    );
-    recorded?;
-    let bytes = bytes?;
+    let (inst, bytes) = audited_whole(&st.archive, &audit, &t).await?;
     let ts = inst.transfer_syntax.clone();
     let parts = tokio::task::spawn_blocking(move || {
         if seqs.is_empty() && tag == tags::PIXEL_DATA {
