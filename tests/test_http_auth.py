@@ -283,8 +283,13 @@ def test_scripted_session_leaves_one_record_per_access(site):
     assert r.status_code == 200, r.text
 
     recs = site.records("--user", "scribe", "--xml")
+    # the token's first use is its login; later requests with it are not logins again
     assert [x["event"] for x in recs] == [
-        "instances-stored", "query", "instances-transferred", "study-deleted"], recs
+        "login", "instances-stored", "query", "instances-transferred", "study-deleted"], recs
+    login, recs = recs[0], recs[1:]
+    assert login["outcome"] == 0 and login["patient_id"] is None
+    assert schema.validate(etree.fromstring(login["xml"].encode())), schema.error_log
+    assert "User Authentication" in login["xml"] and "Login" in login["xml"]
     for x in recs:
         assert x["outcome"] == 0
         assert schema.validate(etree.fromstring(x["xml"].encode())), schema.error_log

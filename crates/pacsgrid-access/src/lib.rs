@@ -11,6 +11,7 @@
 pub mod ae;
 pub mod config;
 pub mod error;
+mod logins;
 pub mod operation;
 pub mod point;
 pub mod principal;

@@ -4,6 +4,7 @@
 use crate::ae::AeRights;
 use crate::config::AccessConfig;
 use crate::error::{AccessError, Denied};
+use crate::logins::Logins;
 use crate::operation::Operation;
 use crate::principal::Principal;
 use crate::rules;
@@ -17,6 +18,7 @@ pub struct AccessPoint {
     log: Option<AuditLog>,
     ae: AeRights,
     http: Authenticator,
+    logins: Logins,
 }
 
 impl std::fmt::Debug for AccessPoint {
@@ -43,6 +45,7 @@ impl AccessPoint {
             log,
             ae: AeRights::new(&cfg.ae)?,
             http: Authenticator::new(&cfg.http)?,
+            logins: Logins::default(),
         })
     }
 
@@ -59,6 +62,7 @@ impl AccessPoint {
             log: None,
             ae: AeRights::default(),
             http: Authenticator::default(),
+            logins: Logins::default(),
         }
     }
 
@@ -100,7 +104,8 @@ impl AccessPoint {
         }
     }
 
-    /// Authenticates an HTTP request from its `Authorization` header; a failure is audited.
+    /// Authenticates an HTTP request from its `Authorization` header. A failure is audited,
+    /// and so is the first use of each credential since the node started (as a login).
     pub async fn authenticate_http(
         &self,
         authorization: Option<&str>,
@@ -112,13 +117,30 @@ impl AccessPoint {
             .authenticate(authorization, host.clone(), channel)
             .await
         {
-            Ok(p) => Ok(p),
+            Ok(p) => {
+                if let Some(credential) = authorization.filter(|_| self.http.is_configured()) {
+                    if self.logins.first_use(credential) {
+                        self.logged_in(&p).await;
+                    }
+                }
+                Ok(p)
+            }
             Err(denied) => {
                 let mut who = Principal::anonymous(channel, host);
                 who.grants = crate::Grants::Roles(Default::default());
                 self.refused(&who, &denied).await;
                 Err(denied)
             }
+        }
+    }
+
+    /// Records that `who` presented a credential for the first time. Failing to write it is
+    /// logged, not returned: the request's own record fails the request if the trail is down.
+    async fn logged_in(&self, who: &Principal) {
+        tracing::info!(user = %who.id, kind = ?who.kind, channel = ?who.channel, "login");
+        let ev = AuditEvent::login(&self.source, who.participant());
+        if let Err(e) = self.append(ev).await {
+            tracing::error!(error = %e, user = %who.id, "could not audit a login");
         }
     }
 
