@@ -175,6 +175,7 @@ class RemoteAE:
     ae_title: str
     port: int
     host: str = HOST
+    tls_ca: Path | None = None  # set: the node reaches it over DICOM TLS, trusting this CA
 
 
 class NodeDied(RuntimeError):
@@ -227,6 +228,8 @@ class Node:
         for r in remote_aes:
             lines += ["", "[[remote_ae]]", f"ae_title = {toml_str(r.ae_title)}",
                       f"host = {toml_str(r.host)}", f"port = {r.port}"]
+            if r.tls_ca is not None:
+                lines.append(f"tls_ca = {toml_str(r.tls_ca)}")
         return "\n".join(lines) + "\n"
 
     # -- process control
@@ -530,8 +533,10 @@ def dcmtk(tool: str, *args, timeout: float = 300, check: bool = False,
 class StoreSCP:
     """dcmtk storescp as a C-MOVE destination; bit-preserving, accepts every transfer syntax."""
 
-    def __init__(self, workdir: Path, ae_title: str = "STORESCP", port: int | None = None):
+    def __init__(self, workdir: Path, ae_title: str = "STORESCP", port: int | None = None,
+                 extra: list | None = None):
         self.ae_title = ae_title
+        self.extra = [str(a) for a in extra or []]  # e.g. TLS options
         self.port = port or free_ports(1)[0]
         self.out = Path(workdir) / "received"
         self.out.mkdir(parents=True, exist_ok=True)
@@ -542,7 +547,7 @@ class StoreSCP:
         log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(
             [DCMTK["storescp"], "-v", "-aet", self.ae_title, "+xa", "+B", "-od", str(self.out),
-             "-fe", ".dcm", str(self.port)],
+             "-fe", ".dcm", *self.extra, str(self.port)],
             stdin=subprocess.DEVNULL, stdout=log, stderr=log, env=dcmtk_env())
         log.close()
         wait_port(self.port)

@@ -18,7 +18,8 @@ import pytest
 from pynetdicom import build_context, build_role, evt
 
 import harness
-from harness import (HOST, MODELS, PENDING, SUCCESS, Node, assert_identical, dcmtk, free_ports,
+from harness import (HOST, MODELS, PENDING, SUCCESS, Node, RemoteAE, StoreSCP, assert_identical,
+                     c_move, dcmtk, free_ports, store_ok,
                      hexs, http_get, make_ae, query_dataset, status_of, store_contexts)
 from pynetdicom.sop_class import Verification
 
@@ -59,6 +60,14 @@ class Pki:
                   "subjectAltName=DNS:localhost,IP:127.0.0.1\nextendedKeyUsage=serverAuth")
         make_leaf(d, "client", CLIENT_CN, "ca", "extendedKeyUsage=clientAuth")
         make_leaf(d, "intruder", "intruder", "foreign-ca", "extendedKeyUsage=clientAuth")
+        # C-MOVE over TLS: the node's certificate also serves as its client certificate, a
+        # destination with a certificate of our CA, and one with a certificate of another
+        make_leaf(d, "mover", "localhost", "ca", "subjectAltName=DNS:localhost,IP:127.0.0.1\n"
+                  "extendedKeyUsage=serverAuth,clientAuth")
+        make_leaf(d, "dest", "workstation", "ca",
+                  "subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth")
+        make_leaf(d, "forged-dest", "workstation", "foreign-ca",
+                  "subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth")
 
     def __getattr__(self, name: str) -> Path:
         # pki.ca_pem, pki.client_key, ... -> the file
@@ -85,8 +94,9 @@ def pki(tmp_path_factory) -> Pki:
 
 
 def tls_node(factory, pki: Pki, *, client_ca: bool = True, plain: bool = True,
-             key: Path | None = None, cert: Path | None = None, start: bool = True) -> Node:
-    node = factory(start=False, dicom={"plain": "true" if plain else "false"})
+             key: Path | None = None, cert: Path | None = None, start: bool = True,
+             **kw) -> Node:
+    node = factory(start=False, dicom={"plain": "true" if plain else "false"}, **kw)
     node.tls_port = free_ports(1)[0]
     lines = ["", "[dicom.tls]", f"port = {node.tls_port}",
              f"cert = {harness.toml_str(cert or pki.node_pem)}",
@@ -319,3 +329,48 @@ def test_bad_tls_files_refuse_start(node_factory, pki, case):
     assert node.proc.wait(timeout=60) != 0, "the node started with bad TLS files"
     log = node.log_text()
     assert "[dicom.tls]" in log and all(e in log for e in expect), node.log_tail(20)
+
+
+def test_cmove_to_a_tls_destination(node_factory, pki, corpora, tmp_path):
+    """A [[remote_ae]] with `tls_ca` is reached over DICOM TLS: a dcmtk storescp that demands
+    a client certificate gets the study byte for byte; a destination whose certificate is not
+    from the trusted CA gets nothing, the C-MOVE fails with a clear reason and the node serves
+    on."""
+    good = StoreSCP(tmp_path / "good", "SECURE_WS", extra=[
+        "+tls", pki.dest_key, pki.dest_pem, "-rc", "+cf", pki.ca_pem]).start()
+    forged = StoreSCP(tmp_path / "forged", "FORGED_WS", extra=[
+        "+tls", pki.forged_dest_key, pki.forged_dest_pem, "-ic"]).start()
+    try:
+        node = tls_node(node_factory, pki, cert=pki.mover_pem, key=pki.mover_key, remote_aes=[
+            RemoteAE("SECURE_WS", good.port, tls_ca=pki.ca_pem),
+            RemoteAE("FORGED_WS", forged.port, tls_ca=pki.ca_pem)])
+        study_uid, insts = next(iter(corpora.native.studies().items()))
+        store_ok(node, insts)
+
+        res = c_move(node, "STUDY", {"StudyInstanceUID": study_uid}, "SECURE_WS")
+        assert res.status == SUCCESS, f"C-MOVE over TLS: {hexs(res.status)} {res.final}"
+        assert res.count("NumberOfCompletedSuboperations") == len(insts), res.final
+        assert_identical({i.sop_uid: i.data for i in insts}, good.received(),
+                         "C-MOVE to a TLS destination")
+        # storescp saw a TLS association carrying the node's certificate
+        assert "TLS" in good.log_path.read_text(errors="replace")
+
+        res = c_move(node, "STUDY", {"StudyInstanceUID": study_uid}, "FORGED_WS")
+        assert res.status not in (SUCCESS, None), res.final
+        assert res.count("NumberOfFailedSuboperations") == len(insts), res.final
+        assert forged.received() == {}
+        assert "TLS handshake failed" in node.log_text(), node.log_tail(20)
+        r = dcmtk("echoscu", "-aec", node.ae_title, HOST, node.dicom_port, timeout=30)
+        assert r.returncode == 0, "the node stopped serving after a refused destination"
+    finally:
+        good.stop()
+        forged.stop()
+
+
+def test_bad_destination_ca_refuses_start(node_factory, pki):
+    node = tls_node(node_factory, pki, start=False, remote_aes=[
+        RemoteAE("SECURE_WS", 1, tls_ca=pki.dir / "no-such-ca.pem")])
+    node.start(wait=False)
+    assert node.proc.wait(timeout=60) != 0, "the node started with a missing destination CA"
+    log = node.log_text()
+    assert "SECURE_WS" in log and "no-such-ca.pem" in log, node.log_tail(20)

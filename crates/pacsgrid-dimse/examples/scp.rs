@@ -26,6 +26,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             ae_title: title.into(),
             host: host.into(),
             port: port.parse()?,
+            tls: None,
         });
     }
     let archive = Archive::open(ArchiveConfig {

@@ -75,6 +75,10 @@ pub enum AssocError {
     /// The peer closed the connection.
     #[error("connection closed by the peer")]
     Closed,
+    /// The TLS handshake of an association we requested failed (untrusted certificate,
+    /// wrong name, no common protocol version or cipher suite, a plain port).
+    #[error("{0}")]
+    Tls(#[from] crate::stream::HandshakeError),
     /// A PDU longer than we allow.
     #[error("PDU type {pdu_type:#04x} of {length} bytes exceeds the limit of {limit} bytes")]
     PduTooLarge {
@@ -121,6 +125,7 @@ impl AssocError {
                 Some(AbortRQServiceProviderReason::ReasonNotSpecified)
             }
             AssocError::Io(_)
+            | AssocError::Tls(_)
             | AssocError::Closed
             | AssocError::PeerAborted
             | AssocError::Rejected { .. } => None,
@@ -635,6 +640,28 @@ impl Association {
             .map_err(|_| AssocError::Timeout("TCP connect"))??;
         stream.set_nodelay(true)?;
         Self::request_on(stream.into(), params).await
+    }
+
+    /// Like [`Self::request`], over DICOM TLS: the server's certificate must chain to the
+    /// roots of `config` and carry `server_name` (a host name or an IP address).
+    pub async fn request_tls(
+        addr: (&str, u16),
+        config: std::sync::Arc<rustls::ClientConfig>,
+        server_name: &str,
+        params: &RequestParams,
+    ) -> Result<Association, AssocError> {
+        let name =
+            rustls_pki_types::ServerName::try_from(server_name.to_string()).map_err(|e| {
+                AssocError::Protocol(format!("{server_name:?} is no TLS server name: {e}"))
+            })?;
+        let tcp = tokio::time::timeout(params.timeout, TcpStream::connect(addr))
+            .await
+            .map_err(|_| AssocError::Timeout("TCP connect"))??;
+        let stream =
+            tokio::time::timeout(params.timeout, DicomStream::connect_tls(tcp, config, name))
+                .await
+                .map_err(|_| AssocError::Timeout("TLS handshake"))??;
+        Self::request_on(stream, params).await
     }
 
     /// Requests an association on a connection already made (plain, or TLS after its

@@ -392,7 +392,11 @@ impl StoreScu {
             timeout,
             idle_timeout,
         };
-        let assoc = Association::request((remote.host.as_str(), remote.port), &params).await?;
+        let addr = (remote.host.as_str(), remote.port);
+        let assoc = match &remote.tls {
+            None => Association::request(addr, &params).await?,
+            Some(tls) => Association::request_tls(addr, tls.clone(), &remote.host, &params).await?,
+        };
         if assoc.contexts().is_empty() {
             assoc.abort().await;
             return Err(AssocError::Protocol(format!(

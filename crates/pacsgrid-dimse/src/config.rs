@@ -1,17 +1,31 @@
 //! How the DIMSE service is set up. The binary builds this from its own configuration file.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 /// A remote application entity we may open associations to (a C-MOVE destination, an
 /// `import --to` target).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct RemoteAe {
     /// Its AE title.
     pub ae_title: String,
-    /// Host name or IP address.
+    /// Host name or IP address; with TLS, also the name its certificate must carry.
     pub host: String,
     /// TCP port.
     pub port: u16,
+    /// DICOM over TLS to it (see [`crate::tls::client_config`]); `None`: plain TCP.
+    pub tls: Option<Arc<rustls::ClientConfig>>,
+}
+
+impl PartialEq for RemoteAe {
+    /// Two entries are the same destination when they name the same AE at the same address
+    /// with TLS on or off alike; TLS settings themselves cannot be compared.
+    fn eq(&self, other: &Self) -> bool {
+        self.ae_title == other.ae_title
+            && self.host == other.host
+            && self.port == other.port
+            && self.tls.is_some() == other.tls.is_some()
+    }
 }
 
 /// The settings of the DIMSE service provider and of the associations it requests.

@@ -179,14 +179,33 @@ pub fn server_config(files: &TlsServerFiles) -> Result<Arc<ServerConfig>, TlsErr
 }
 
 /// A client configuration for TLS associations we request (C-MOVE destinations): servers
-/// must chain to the CAs in `ca`; we present no certificate.
-pub fn client_config(ca: &Path) -> Result<Arc<rustls::ClientConfig>, TlsError> {
+/// must chain to the CAs in `ca` and carry the name we connect to; when `identity` (a
+/// certificate chain and its key) is given, we present it to servers that ask for one.
+pub fn client_config(
+    ca: &Path,
+    identity: Option<(&Path, &Path)>,
+) -> Result<Arc<rustls::ClientConfig>, TlsError> {
     let roots = load_roots("CA bundle", ca)?;
-    let cfg = rustls::ClientConfig::builder_with_provider(provider())
+    let builder = rustls::ClientConfig::builder_with_provider(provider())
         .with_protocol_versions(VERSIONS)
         .map_err(|e| TlsError::Config(e.to_string()))?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
+        .with_root_certificates(roots);
+    let cfg = match identity {
+        None => builder.with_no_client_auth(),
+        Some((cert, key)) => {
+            let certs = load_certs("certificate", cert)?;
+            let k = load_key(key)?;
+            builder
+                .with_client_auth_cert(certs, k)
+                .map_err(|e| match e {
+                    rustls::Error::InconsistentKeys(_) => TlsError::KeyMismatch {
+                        cert: cert.to_path_buf(),
+                        key: key.to_path_buf(),
+                    },
+                    other => pem_err("private key", key, other),
+                })?
+        }
+    };
     Ok(Arc::new(cfg))
 }
 
@@ -241,7 +260,19 @@ mod tests {
         let pki = Pki::new();
         server_config(&pki.files("node.pem", "node.key", None)).unwrap();
         server_config(&pki.files("node.pem", "node.key", Some("ca.pem"))).unwrap();
-        client_config(&pki.p("ca.pem")).unwrap();
+        client_config(&pki.p("ca.pem"), None).unwrap();
+        client_config(
+            &pki.p("ca.pem"),
+            Some((&pki.p("node.pem"), &pki.p("node.key"))),
+        )
+        .unwrap();
+        assert!(matches!(
+            client_config(
+                &pki.p("ca.pem"),
+                Some((&pki.p("node.pem"), &pki.p("other.key")))
+            ),
+            Err(TlsError::KeyMismatch { .. })
+        ));
     }
 
     #[test]

@@ -426,6 +426,7 @@ async fn move_sends_to_the_destination_and_refuses_unknown_ones() {
             ae_title: "DEST".into(),
             host: "127.0.0.1".into(),
             port: dest_port,
+            tls: None,
         })
     })
     .await;
@@ -565,6 +566,7 @@ async fn store_scu_sends_local_files_to_storescp() {
         ae_title: "DEST".into(),
         host: "127.0.0.1".into(),
         port,
+        tls: None,
     };
     let mut scu = StoreScu::connect(&remote, "IMPORTER", 65536, contexts)
         .await

@@ -49,6 +49,7 @@ async fn store_files(node: &Node, specs: &[Spec]) {
         ae_title: "PACSGRID".into(),
         host: "127.0.0.1".into(),
         port: node.addr.port(),
+        tls: None,
     };
     let mut scu = StoreScu::connect(&remote, "TESTSCU", 65536, contexts_for(pairs))
         .await
@@ -79,6 +80,7 @@ async fn store_scu_round_trip_and_context_mismatch() {
         ae_title: "PACSGRID".into(),
         host: "127.0.0.1".into(),
         port: node.addr.port(),
+        tls: None,
     };
     assert_eq!(
         pacsgrid_dimse::client::echo(&remote, "TESTSCU")

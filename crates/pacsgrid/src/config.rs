@@ -157,6 +157,10 @@ pub struct RemoteAeEntry {
     pub host: String,
     /// Port.
     pub port: u16,
+    /// PEM CA bundle the destination's certificate must chain to. When set, associations to
+    /// it use DICOM TLS (its certificate must name `host`), presenting the `[dicom.tls]`
+    /// certificate when it asks for one.
+    pub tls_ca: Option<PathBuf>,
 }
 
 fn default_site() -> String {
@@ -310,6 +314,13 @@ impl Config {
         }
         if let Some(tls) = &mut cfg.dicom.tls {
             tls.resolve_relative_paths(&base);
+        }
+        for r in &mut cfg.remote_ae {
+            if let Some(ca) = &mut r.tls_ca {
+                if ca.is_relative() {
+                    *ca = base.join(&*ca);
+                }
+            }
         }
         Ok(cfg)
     }

@@ -55,6 +55,7 @@ pub async fn send(
         ae_title: ae,
         host,
         port,
+        tls: None,
     };
     let mut scu = StoreScu::connect(&remote, calling_ae, DEFAULT_MAX_PDU_LENGTH, contexts)
         .await

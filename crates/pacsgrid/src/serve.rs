@@ -63,8 +63,13 @@ pub fn effective_config(args: &ServeArgs) -> anyhow::Result<Config> {
     Ok(cfg)
 }
 
-fn dimse_config(cfg: &Config) -> DimseConfig {
-    DimseConfig {
+fn dimse_config(cfg: &Config) -> anyhow::Result<DimseConfig> {
+    let remote_aes = cfg
+        .remote_ae
+        .iter()
+        .map(|r| remote_ae(cfg, r))
+        .collect::<anyhow::Result<_>>()?;
+    Ok(DimseConfig {
         ae_title: cfg.dicom.ae_title.clone(),
         accept_any_called_ae: !cfg.dicom.check_called_ae,
         max_pdu_length: cfg.dicom.max_pdu_length,
@@ -72,17 +77,37 @@ fn dimse_config(cfg: &Config) -> DimseConfig {
         association_timeout: Duration::from_secs(cfg.dicom.association_timeout_secs),
         idle_timeout: Duration::from_secs(cfg.dicom.idle_timeout_secs),
         allowed_calling_aes: cfg.dicom.allowed_calling_aes.clone(),
-        remote_aes: cfg.remote_ae.iter().map(remote_ae).collect(),
+        remote_aes,
         ..DimseConfig::default()
-    }
+    })
 }
 
-fn remote_ae(r: &RemoteAeEntry) -> RemoteAe {
-    RemoteAe {
+/// A C-MOVE destination; with `tls_ca`, its TLS client configuration is built (and its files
+/// checked) now, so a bad path stops the start instead of failing the first C-MOVE.
+fn remote_ae(cfg: &Config, r: &RemoteAeEntry) -> anyhow::Result<RemoteAe> {
+    let tls = match &r.tls_ca {
+        None => None,
+        Some(ca) => {
+            let identity = cfg
+                .dicom
+                .tls
+                .as_ref()
+                .map(|t| (t.cert.as_path(), t.key.as_path()));
+            let client = pacsgrid_dimse::tls::client_config(ca, identity).with_context(|| {
+                format!(
+                    "[[remote_ae]] {}: cannot set up DICOM TLS to it",
+                    r.ae_title
+                )
+            })?;
+            Some(client)
+        }
+    };
+    Ok(RemoteAe {
         ae_title: r.ae_title.clone(),
         host: r.host.clone(),
         port: r.port,
-    }
+        tls,
+    })
 }
 
 /// The DICOM ports of the configuration, bound: the plain one unless `[dicom] plain =
@@ -175,7 +200,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     };
 
     let server = DimseServer::new(
-        dimse_config(&cfg),
+        dimse_config(&cfg)?,
         Arc::clone(&archive),
         Arc::clone(&access.point),
     );
