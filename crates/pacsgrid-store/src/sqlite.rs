@@ -1201,13 +1201,17 @@ fn find_sql(
         .collect::<Result<Vec<_>, _>>()?;
     let mut params = Vec::new();
     let cond = where_sql(query, &mut params)?;
+    // The limit is written into the SQL, not bound: SQLite's planner reads a bound LIMIT's
+    // value, and then re-prepares the cached statement whenever it is bound again (a fifth
+    // of a C-FIND's CPU in a profile). It is our own page size, so the statement cache
+    // still holds one entry per query shape.
     let sql = format!(
-        "SELECT {} FROM {} WHERE {cond} ORDER BY {}.id LIMIT ? OFFSET ?",
+        "SELECT {} FROM {} WHERE {cond} ORDER BY {}.id LIMIT {} OFFSET ?",
         exprs.join(", "),
         from_clause(query.level),
-        alias(query.level, false)
+        alias(query.level, false),
+        sql_limit(limit)
     );
-    params.push(Value::Integer(sql_limit(limit)));
     params.push(Value::Integer(i64::from(offset)));
     Ok((sql, params, returned))
 }

@@ -62,6 +62,14 @@ enum Command {
 }
 
 fn main() -> std::process::ExitCode {
+    // dicom-rs builds snafu errors on ordinary paths (the end of a data set, an absent
+    // attribute) and then recovers; with RUST_BACKTRACE=1 in the environment each one would
+    // capture a stack trace, measured at 12 % of a C-FIND's CPU. RUST_LIB_BACKTRACE=0 turns
+    // that off for library errors while panics keep their backtraces. Set before any thread
+    // exists, so nothing reads the environment concurrently.
+    if std::env::var_os("RUST_LIB_BACKTRACE").is_none() {
+        std::env::set_var("RUST_LIB_BACKTRACE", "0");
+    }
     let cli = Cli::parse();
     logging::init(&cli.log_format);
     // One TLS crypto provider for every client and server in the process (grid transport,
