@@ -102,7 +102,9 @@ pub(crate) fn start_pull(
         let permit = Arc::clone(&grid.transfers).acquire_owned().await;
         let sources = grid.sources(&holders);
         let result = match permit {
-            Ok(_permit) if !grid.stopping() => grid.pull_copy(&sop, &hash, size, &sources).await,
+            Ok(permit) if !grid.stopping() => {
+                grid.pull_copy(&sop, &hash, size, &sources, permit).await
+            }
             _ => Err("stopping".into()),
         };
         grid.inflight
