@@ -219,13 +219,18 @@ impl Replica {
     pub async fn finish(mut self, sop_instance_uid: &str) -> Result<(), ArchiveError> {
         let t0 = std::time::Instant::now();
         let chunks = std::mem::take(&mut self.pending);
+        let expected = self.expected.clone();
         // The last bytes, the hash check and the fsync in one hop: a copy counts only once
-        // its bytes are verified and on disk.
-        let actual = self
+        // its bytes are verified and on disk, and bytes that fail the check are not synced.
+        let (actual, t_hash) = self
             .on_sink(move |sink| {
                 sink.write_all(&chunks)?;
                 let actual = sink.hasher.finalize().to_hex().to_string();
-                Ok(actual)
+                let t_hash = t0.elapsed();
+                if actual == expected {
+                    sink.file.sync_all()?;
+                }
+                Ok((actual, t_hash))
             })
             .await?;
         if actual != self.expected {
@@ -234,8 +239,6 @@ impl Replica {
                 actual,
             });
         }
-        let t_hash = t0.elapsed();
-        self.on_sink(|sink| sink.file.sync_all()).await?;
         let t_sync = t0.elapsed();
         let Some(path) = self.path.clone() else {
             return Err(ArchiveError::Io(std::io::Error::other(

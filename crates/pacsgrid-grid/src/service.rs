@@ -97,6 +97,9 @@ pub struct Grid {
     pub(crate) figures: RwLock<PlacementFigures>,
     /// Wakes the placement pass early (new records, a lost site, a scrub).
     pub(crate) placement_due: Notify,
+    /// Asks for a pass a little later to recount the copies: holder facts changed (a copy
+    /// made here or announced by a peer), so the status need not wait for the next interval.
+    pub(crate) recount_due: Notify,
     pub(crate) stop: watch::Receiver<bool>,
     /// The service itself, for trait methods that start tasks.
     pub(crate) me: std::sync::OnceLock<std::sync::Weak<Grid>>,
@@ -176,6 +179,7 @@ impl Grid {
             backoff: Mutex::new(HashMap::new()),
             figures: RwLock::new(PlacementFigures::default()),
             placement_due: Notify::new(),
+            recount_due: Notify::new(),
             stop: stop.clone(),
             me: std::sync::OnceLock::new(),
             disclosures: Arc::new(crate::audit::Disclosures::new(access)),

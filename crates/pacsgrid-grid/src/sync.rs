@@ -6,7 +6,8 @@
 use crate::protocol::{FeedPage, Hello};
 use crate::service::{now_ms, Grid, GridError};
 use pacsgrid_archive::{
-    ChangeKind, FeedEntry, Holder, InsertOutcome, PeerChange, PeerCursor, PeerOutcome, Tombstone,
+    ChangeKind, FeedEntry, Holder, HolderChange, InsertOutcome, PeerChange, PeerCursor,
+    PeerOutcome, Tombstone,
 };
 use std::sync::Arc;
 use std::time::Duration;
@@ -150,6 +151,11 @@ async fn sync_once(grid: &Arc<Grid>, peer: &str) -> Result<bool, GridError> {
     });
     if new_records {
         grid.placement_due.notify_one();
+    } else if outcomes
+        .iter()
+        .any(|o| matches!(o, PeerOutcome::Holder(HolderChange::Changed { .. })))
+    {
+        grid.recount_due.notify_one();
     }
     Ok(page.entries.len() as u32 >= PAGE)
 }
