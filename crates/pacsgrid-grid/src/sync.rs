@@ -183,7 +183,7 @@ fn changes_of(grid: &Grid, peer: &str, e: &FeedEntry) -> Vec<PeerChange> {
         ChangeKind::Stored => e
             .record
             .iter()
-            .map(|rec| PeerChange::Record(rec.clone()))
+            .map(|rec| PeerChange::Record(Box::new(rec.clone())))
             .chain(holder_fact(true))
             .collect(),
         ChangeKind::Held | ChangeKind::Released => holder_fact(e.kind == ChangeKind::Held)

@@ -100,8 +100,9 @@ pub enum TombstoneOutcome {
 /// [`GridIndex::apply_peer_page`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum PeerChange {
-    /// An instance's metadata, as given to [`GridIndex::insert_remote`].
-    Record(InstanceRecord),
+    /// An instance's metadata, as given to [`GridIndex::insert_remote`] (boxed: it is
+    /// much larger than the other changes).
+    Record(Box<InstanceRecord>),
     /// A holder fact, as given to [`GridIndex::set_holder`].
     Holder {
         /// The instance concerned.

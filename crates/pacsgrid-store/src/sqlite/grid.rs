@@ -204,7 +204,7 @@ fn set_holder_in(
     holder: &Holder,
     holds: bool,
 ) -> Result<HolderChange, IndexError> {
-    let Some((id, study, series)) = instance_with_hash(&tx, sop, hash)? else {
+    let Some((id, study, series)) = instance_with_hash(tx, sop, hash)? else {
         return Ok(HolderChange::Unknown);
     };
     let current: Option<String> = tx
@@ -658,15 +658,15 @@ mod tests {
         let mut unseen = record(9, 1, 1, 1);
         unseen.hash = "ab".repeat(32);
         vec![
-            PeerChange::Record(r1.clone()),
+            PeerChange::Record(Box::new(r1.clone())),
             held(&r1, holder("b", "ib"), true),
-            PeerChange::Record(r2.clone()),
+            PeerChange::Record(Box::new(r2.clone())),
             held(&r2, holder("b", "ib"), true),
             held(&r2, holder("c", "ic"), true),
-            PeerChange::Record(r3.clone()),
+            PeerChange::Record(Box::new(r3.clone())),
             held(&r3, holder("c", "ic"), true),
             // the same UID with other bytes: a conflict, nothing merged
-            PeerChange::Record(other.clone()),
+            PeerChange::Record(Box::new(other.clone())),
             held(&other, holder("c", "ic"), true),
             // released by c; then again (already so), and by an old incarnation of b
             held(&r2, holder("c", "ic"), false),
@@ -677,9 +677,9 @@ mod tests {
             PeerChange::Tombstone(tombstone(&r3, r3.received_at_ms + 5)),
             PeerChange::Tombstone(tombstone(&unseen, 7)),
             // a late record of the deleted instance stays deleted
-            PeerChange::Record(r3.clone()),
+            PeerChange::Record(Box::new(r3.clone())),
             held(&r3, holder("b", "ib"), true),
-            PeerChange::Record(r1.clone()),
+            PeerChange::Record(Box::new(r1.clone())),
         ]
     }
 
