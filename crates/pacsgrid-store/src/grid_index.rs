@@ -205,8 +205,8 @@ pub trait GridIndex: Send + Sync + 'static {
     async fn apply_tombstone(&self, t: &Tombstone) -> Result<TombstoneOutcome, IndexError>;
 
     /// Applies a page of a peer's feed in order and saves the peer's cursor, in one
-    /// transaction: all of it or none. Each change has the effect and the outcome (one per
-    /// change, in order) of its single method, so applying a page twice changes nothing.
+    /// transaction: all of it or none. Each change has the effect, the outcome (one per
+    /// change, in order) and the idempotence of its single method.
     async fn apply_peer_page(
         &self,
         changes: Vec<PeerChange>,
