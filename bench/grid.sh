@@ -4,7 +4,8 @@
 # takes to reach K copies of a ~1 GB corpus compared with a plain copy of the same bytes, and
 # on-the-fly C-GET at B of a study held only at A compared with a local C-GET at A.
 #
-#   bench/grid.sh [--instances N] [--vis-count N] [--get-repeats N] [--keep] [--no-build] [--no-install]
+#   bench/grid.sh [--instances N] [--vis-count N] [--get-repeats N] [--backlog-only] [--perf]
+#                 [--keep] [--no-build] [--no-install]
 #
 # See bench/README.md ("Grid") for what it measures and how to read the results.
 # Results: printed at the end and written to bench/out/grid/results.{md,json} (logs beside them).
@@ -19,6 +20,8 @@ GET_REPEATS=5
 KEEP=0
 BUILD=1
 INSTALL=1
+BACKLOG_ONLY=0
+PERF=0
 
 usage() { sed -n '2,10p' "$0" | sed 's/^# \{0,1\}//'; }
 
@@ -30,6 +33,8 @@ while [ $# -gt 0 ]; do
         --vis-count=*) VIS_COUNT="${1#*=}"; shift ;;
         --get-repeats) GET_REPEATS="$2"; shift 2 ;;
         --get-repeats=*) GET_REPEATS="${1#*=}"; shift ;;
+        --backlog-only) BACKLOG_ONLY=1; shift ;;
+        --perf) PERF=1; shift ;;
         --keep) KEEP=1; shift ;;
         --no-build) BUILD=0; shift ;;
         --no-install) INSTALL=0; shift ;;
@@ -257,21 +262,26 @@ replication() {
     R[repl.copies_bytes]=$(( ${R[repl.a.bytes]} + ${R[repl.b.bytes]} + ${R[repl.c.bytes]} ))
     log "replication: blob bytes held: A ${R[repl.a.bytes]}, B ${R[repl.b.bytes]}, C ${R[repl.c.bytes]}"
 
-    # The plain copy: A's blobs to another directory on the same file system, then sync. The grid
-    # is idle by now; dirty pages are flushed first so the sync times this copy alone.
+    plain_copy "${SITE_DATA[$g.a]}"
+    R[repl.ratio]=$(fdiv "${R[repl.after_ingest_s]}" "${R[copy.s]}")
+    R[repl.ratio_total]=$(fdiv "${R[repl.total_s]}" "${R[copy.s]}")
+    log "replication: plain copy of ${R[copy.bytes]} bytes took ${R[copy.s]} s; ratio ${R[repl.ratio]}"
+}
+
+# plain_copy DATA: times `cp -r DATA/blobs` to another directory on the same file system, then
+# sync. The grid is idle by then; dirty pages are flushed first so the sync times this copy alone.
+plain_copy() {
+    local t0 t1 dst="$WORK/plaincopy"
     sync
-    local dst="$WORK/plaincopy"
-    R[cmd_copy]="cp -r ${SITE_DATA[$g.a]}/blobs $dst && sync"
+    R[cmd_copy]="cp -r $1/blobs $dst && sync"
     t0=$(now)
-    cp -r "${SITE_DATA[$g.a]}/blobs" "$dst"
+    cp -r "$1/blobs" "$dst"
     sync
     t1=$(now)
     R[copy.s]=$(fsub "$t1" "$t0")
     R[copy.bytes]=$(find "$dst" -type f -printf '%s\n' | awk '{ s += $1 } END { print s + 0 }')
     rm -rf "$dst"
-    R[repl.ratio]=$(fdiv "${R[repl.after_ingest_s]}" "${R[copy.s]}")
-    R[repl.ratio_total]=$(fdiv "${R[repl.total_s]}" "${R[copy.s]}")
-    log "replication: plain copy of ${R[copy.bytes]} bytes took ${R[copy.s]} s; ratio ${R[repl.ratio]}"
+    log "plain copy of ${R[copy.bytes]} bytes took ${R[copy.s]} s"
 }
 
 # Backlog: the same corpus stored at A while B and C are down, then B and C started: time until
@@ -289,15 +299,29 @@ replication_backlog() {
     R[backlog.stored_ok]=$ok
     R[backlog.ingest_s]=$(fsub "$t1" "$t0")
     log "backlog: ingest alone took ${R[backlog.ingest_s]} s ($ok stored OK); starting B and C"
+    # Without the first grid, the plain copy is of this A's blobs, with A idle.
+    [ "$BACKLOG_ONLY" = 1 ] && plain_copy "${SITE_DATA[$g.a]}"
     sync
     start_ms=$(now_ms)
     start_sites $g b,c
+    local perf_pid=""
+    if [ "$PERF" = 1 ]; then
+        # Call graphs of the three sites while they move the backlog (perf stops with the wait).
+        perf record -F 499 ${PERF_CALLGRAPH:--g} -o "$LOGS/backlog.perf.data" \
+            -p "${SITE_PID[$g.a]},${SITE_PID[$g.b]},${SITE_PID[$g.c]}" >"$LOGS/backlog.perf.log" 2>&1 &
+        perf_pid=$!; PIDS+=("$perf_pid")
+    fi
     if timeout 660 "$PY" "$HELPER" wait-grid $(grid_urls $g) --instances "$ok" --since-ms "$start_ms" --timeout 600 \
         --out "$LOGS/backlog.wait.json" >/dev/null; then
         R[backlog.s]=$(jget "$LOGS/backlog.wait.json" 'd["seconds_since"]')
     else
         log "WARNING: the backlog did not reach K copies within 600 s (see $LOGS/backlog.wait.json)"
         R[backlog.s]="n/a"
+    fi
+    if [ -n "$perf_pid" ]; then
+        kill -INT "$perf_pid" 2>/dev/null || true
+        wait "$perf_pid" 2>/dev/null || true
+        log "backlog: perf data in $LOGS/backlog.perf.data (perf report -i ... --no-children)"
     fi
     local s
     for s in b c; do R[backlog.$s.bytes]=$(blob_bytes "${SITE_DATA[$g.$s]}"); done
@@ -537,10 +561,14 @@ WORK="$(mktemp -d "${TMPDIR:-/tmp}/pacsgrid-gridbench.XXXXXX")"
 make_corpora
 log "corpus: $INSTANCES CT instances, $(fdiv "$CORPUS_BYTES" 1000000 1) MB; visibility: $VIS_COUNT MR instances"
 
-make_grid g3 a,b,c 2
-replication
-visibility
-stop_grid g3
-replication_backlog
-retrieve
+if [ "$BACKLOG_ONLY" = 1 ]; then
+    replication_backlog
+else
+    make_grid g3 a,b,c 2
+    replication
+    visibility
+    stop_grid g3
+    replication_backlog
+    retrieve
+fi
 report

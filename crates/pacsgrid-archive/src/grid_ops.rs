@@ -12,8 +12,8 @@ use futures::future::{BoxFuture, FutureExt, Shared};
 use futures::StreamExt;
 use pacsgrid_store::{
     BlobChunks, BlobError, BlobReader, FeedEntry, GridConflict, Holder, HolderChange, Holdings,
-    InsertOutcome, InstanceRecord, PeerCursor, StagedBlob, StoredInstance, Tombstone,
-    TombstoneOutcome,
+    InsertOutcome, InstanceRecord, PeerChange, PeerCursor, PeerOutcome, StagedBlob, StoredInstance,
+    Tombstone, TombstoneOutcome,
 };
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -219,13 +219,18 @@ impl Replica {
     pub async fn finish(mut self, sop_instance_uid: &str) -> Result<(), ArchiveError> {
         let t0 = std::time::Instant::now();
         let chunks = std::mem::take(&mut self.pending);
+        let expected = self.expected.clone();
         // The last bytes, the hash check and the fsync in one hop: a copy counts only once
-        // its bytes are verified and on disk.
-        let actual = self
+        // its bytes are verified and on disk, and bytes that fail the check are not synced.
+        let (actual, t_hash) = self
             .on_sink(move |sink| {
                 sink.write_all(&chunks)?;
                 let actual = sink.hasher.finalize().to_hex().to_string();
-                Ok(actual)
+                let t_hash = t0.elapsed();
+                if actual == expected {
+                    sink.file.sync_all()?;
+                }
+                Ok((actual, t_hash))
             })
             .await?;
         if actual != self.expected {
@@ -234,8 +239,6 @@ impl Replica {
                 actual,
             });
         }
-        let t_hash = t0.elapsed();
-        self.on_sink(|sink| sink.file.sync_all()).await?;
         let t_sync = t0.elapsed();
         let Some(path) = self.path.clone() else {
             return Err(ArchiveError::Io(std::io::Error::other(
@@ -339,28 +342,68 @@ impl Archive {
             InsertOutcome::Inserted { .. } => Ok(RemoteApply::Inserted),
             InsertOutcome::Duplicate => Ok(RemoteApply::Known),
             InsertOutcome::Conflict { existing_hash } => {
-                let conflict = GridConflict {
-                    sop_instance_uid: record.instance.sop_instance_uid.clone(),
-                    local_hash: existing_hash.clone(),
-                    hash: record.hash.clone(),
-                    site: record.origin_site.clone(),
-                    at_ms: now_ms(),
-                };
-                if self.index.record_conflict(&conflict).await? {
-                    tracing::warn!(
-                        sop_instance_uid = %conflict.sop_instance_uid,
-                        local_hash = %existing_hash,
-                        other_hash = %record.hash,
-                        origin = %record.origin_site,
-                        via = from_site,
-                        "grid conflict: the same SOP Instance UID with other bytes at another site; both kept, not merged"
-                    );
-                }
+                self.note_conflict(record, &existing_hash, from_site)
+                    .await?;
                 Ok(RemoteApply::Conflict {
                     local_hash: existing_hash,
                 })
             }
         }
+    }
+
+    /// Records a conflict between `record` and the instance recorded here (logged once).
+    async fn note_conflict(
+        &self,
+        record: &InstanceRecord,
+        existing_hash: &str,
+        from_site: &str,
+    ) -> Result<(), ArchiveError> {
+        let conflict = GridConflict {
+            sop_instance_uid: record.instance.sop_instance_uid.clone(),
+            local_hash: existing_hash.to_string(),
+            hash: record.hash.clone(),
+            site: record.origin_site.clone(),
+            at_ms: now_ms(),
+        };
+        if self.index.record_conflict(&conflict).await? {
+            tracing::warn!(
+                sop_instance_uid = %conflict.sop_instance_uid,
+                local_hash = %existing_hash,
+                other_hash = %record.hash,
+                origin = %record.origin_site,
+                via = from_site,
+                "grid conflict: the same SOP Instance UID with other bytes at another site; both kept, not merged"
+            );
+        }
+        Ok(())
+    }
+
+    /// Applies a page of `from_site`'s feed and saves its cursor in one transaction (see
+    /// `GridIndex::apply_peer_page`), then records and logs conflicts and deletions as
+    /// [`Archive::apply_remote_record`] and [`Archive::apply_tombstone`] do.
+    pub async fn apply_peer_page(
+        &self,
+        changes: Vec<PeerChange>,
+        cursor: &PeerCursor,
+        from_site: &str,
+    ) -> Result<Vec<PeerOutcome>, ArchiveError> {
+        let outcomes = self.index.apply_peer_page(changes.clone(), cursor).await?;
+        for (change, out) in changes.iter().zip(&outcomes) {
+            match (change, out) {
+                (
+                    PeerChange::Record(record),
+                    PeerOutcome::Record(InsertOutcome::Conflict { existing_hash }),
+                ) => {
+                    self.note_conflict(record, existing_hash, from_site).await?;
+                }
+                (
+                    PeerChange::Tombstone(t),
+                    PeerOutcome::Tombstone(TombstoneOutcome::Applied(_)),
+                ) => log_tombstone(t),
+                _ => {}
+            }
+        }
+        Ok(outcomes)
     }
 
     /// Records that `holder` holds (or no longer holds) an instance's bytes.
@@ -391,12 +434,7 @@ impl Archive {
     pub async fn apply_tombstone(&self, t: &Tombstone) -> Result<TombstoneOutcome, ArchiveError> {
         let out = self.index.apply_tombstone(t).await?;
         if let TombstoneOutcome::Applied(_) = &out {
-            tracing::info!(
-                sop_instance_uid = %t.sop_instance_uid,
-                hash = %t.hash,
-                deleted_at = %t.site,
-                "instance deleted by another site (tombstone applied)"
-            );
+            log_tombstone(t);
         }
         Ok(out)
     }
@@ -643,6 +681,15 @@ impl Archive {
             }
         }
     }
+}
+
+fn log_tombstone(t: &Tombstone) {
+    tracing::info!(
+        sop_instance_uid = %t.sop_instance_uid,
+        hash = %t.hash,
+        deleted_at = %t.site,
+        "instance deleted by another site (tombstone applied)"
+    );
 }
 
 fn now_ms() -> i64 {

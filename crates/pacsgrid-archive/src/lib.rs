@@ -21,6 +21,7 @@ pub use grid_ops::{RemoteApply, Replica};
 pub use incoming::{Incoming, IncomingMeta, StoreOutcome, Subject};
 pub use pacsgrid_store::{
     AttrValues, BlobChunks, BlobReader, Change, ChangeKind, DeleteTarget, FeedEntry, GridConflict,
-    Holder, HolderChange, Holdings, IndexStats, InstanceRecord, PeerCursor, Provenance,
-    QuarantineEntry, Space, StoredInstance, Tombstone, TombstoneOutcome,
+    Holder, HolderChange, Holdings, IndexStats, InsertOutcome, InstanceRecord, PeerChange,
+    PeerCursor, PeerOutcome, Provenance, QuarantineEntry, Space, StoredInstance, Tombstone,
+    TombstoneOutcome,
 };

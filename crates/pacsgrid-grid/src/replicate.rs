@@ -12,6 +12,9 @@ use std::time::{Duration, Instant};
 /// Instances read from the index per page.
 const PAGE: u32 = 1000;
 
+/// How long a recount asked for by new holder facts waits, gathering more of them.
+const RECOUNT_DELAY: Duration = Duration::from_millis(200);
+
 /// Runs placement passes until the service stops: every `repair_interval_secs`, or sooner
 /// when new records arrived.
 pub(crate) async fn run(grid: Arc<Grid>) {
@@ -25,6 +28,10 @@ pub(crate) async fn run(grid: Arc<Grid>) {
             _ = grid.placement_due.notified() => {
                 // let a burst of feed entries settle into one pass
                 tokio::time::sleep(Duration::from_millis(50)).await;
+            },
+            _ = grid.recount_due.notified() => {
+                // copies land in streams: at most a few recounts a second
+                tokio::time::sleep(RECOUNT_DELAY).await;
             },
             _ = grid.stopped() => return,
         }
@@ -102,13 +109,20 @@ pub(crate) fn start_pull(
         let permit = Arc::clone(&grid.transfers).acquire_owned().await;
         let sources = grid.sources(&holders);
         let result = match permit {
-            Ok(_permit) if !grid.stopping() => grid.pull_copy(&sop, &hash, size, &sources).await,
+            Ok(permit) if !grid.stopping() => {
+                grid.pull_copy(&sop, &hash, size, &sources, permit).await
+            }
             _ => Err("stopping".into()),
         };
-        grid.inflight
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(&hash);
+        let idle = {
+            let mut inflight = grid.inflight.lock().unwrap_or_else(|p| p.into_inner());
+            inflight.remove(&hash);
+            inflight.is_empty()
+        };
+        if idle && result.is_ok() {
+            // the last pull of a run: recount now rather than at the next interval
+            grid.recount_due.notify_one();
+        }
         let mut backoff = grid.backoff.lock().unwrap_or_else(|p| p.into_inner());
         match result {
             Ok(from) => {

@@ -72,6 +72,10 @@ pub struct PlacementFigures {
     pub at_ms: i64,
 }
 
+/// Received copies waiting for their fsyncs and announcement, per transfer slot; each holds
+/// an open staging file and at most 2 MiB of unwritten bytes.
+pub(crate) const FINISHING_PER_TRANSFER: usize = 4;
+
 /// The grid service of one site.
 pub struct Grid {
     pub(crate) cfg: GridConfig,
@@ -80,6 +84,11 @@ pub struct Grid {
     pub(crate) client: PeerClient,
     pub(crate) peers: RwLock<BTreeMap<String, PeerState>>,
     pub(crate) transfers: Arc<Semaphore>,
+    /// Received copies being made durable and announced, at most
+    /// [`FINISHING_PER_TRANSFER`] × `transfer_concurrency`: a transfer slot is free again
+    /// once its bytes are in, so the disk's wait for one copy overlaps the next transfers,
+    /// and concurrent fsyncs and holder commits share the disk's flushes.
+    pub(crate) finishing: Arc<Semaphore>,
     pub(crate) throttle: Option<Throttle>,
     /// Hashes being pulled now, so a pass does not start the same pull twice.
     pub(crate) inflight: Mutex<HashSet<String>>,
@@ -88,6 +97,9 @@ pub struct Grid {
     pub(crate) figures: RwLock<PlacementFigures>,
     /// Wakes the placement pass early (new records, a lost site, a scrub).
     pub(crate) placement_due: Notify,
+    /// Asks for a pass a little later to recount the copies: holder facts changed (a copy
+    /// made here or announced by a peer), so the status need not wait for the next interval.
+    pub(crate) recount_due: Notify,
     pub(crate) stop: watch::Receiver<bool>,
     /// The service itself, for trait methods that start tasks.
     pub(crate) me: std::sync::OnceLock<std::sync::Weak<Grid>>,
@@ -154,6 +166,9 @@ impl Grid {
         let throttle = (cfg.transfer_max_mbps > 0).then(|| Throttle::new(cfg.transfer_max_mbps));
         let grid = Arc::new(Grid {
             transfers: Arc::new(Semaphore::new(cfg.transfer_concurrency.max(1))),
+            finishing: Arc::new(Semaphore::new(
+                cfg.transfer_concurrency.max(1) * FINISHING_PER_TRANSFER,
+            )),
             cfg,
             site,
             archive: Arc::clone(&archive),
@@ -164,6 +179,7 @@ impl Grid {
             backoff: Mutex::new(HashMap::new()),
             figures: RwLock::new(PlacementFigures::default()),
             placement_due: Notify::new(),
+            recount_due: Notify::new(),
             stop: stop.clone(),
             me: std::sync::OnceLock::new(),
             disclosures: Arc::new(crate::audit::Disclosures::new(access)),

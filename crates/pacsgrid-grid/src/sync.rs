@@ -1,10 +1,14 @@
-//! Pulling one peer's change feed: a cursor per peer, saved after each page, so the pull is
+//! Pulling one peer's change feed: a cursor per peer, saved with each page in the same
+//! transaction as its entries, so the pull is
 //! resumable after any outage; applying an entry twice changes nothing (see the merge rules
 //! of `GridIndex`), so a page read again after a crash is harmless.
 
 use crate::protocol::{FeedPage, Hello};
 use crate::service::{now_ms, Grid, GridError};
-use pacsgrid_archive::{ChangeKind, FeedEntry, Holder, PeerCursor, RemoteApply, Tombstone};
+use pacsgrid_archive::{
+    ChangeKind, FeedEntry, Holder, HolderChange, InsertOutcome, PeerChange, PeerCursor,
+    PeerOutcome, Tombstone,
+};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -122,31 +126,42 @@ async fn sync_once(grid: &Arc<Grid>, peer: &str) -> Result<bool, GridError> {
         // replaced between the two requests: the next round starts over
         return Ok(true);
     }
-    let mut new_records = false;
+    let mut changes = Vec::with_capacity(page.entries.len());
     for e in &page.entries {
-        new_records |= apply(grid, peer, e).await?;
+        changes.extend(changes_of(grid, peer, e));
         cursor = e.seq;
     }
-    grid.archive
-        .save_peer_cursor(&PeerCursor {
-            site: peer.to_string(),
-            incarnation: page.incarnation.clone(),
-            cursor,
-        })
-        .await?;
+    let saved = PeerCursor {
+        site: peer.to_string(),
+        incarnation: page.incarnation.clone(),
+        cursor,
+    };
+    // The whole page and the cursor in one transaction: one commit a page, not one or two
+    // an entry, and a crash leaves either all of the page applied or none of it.
+    let outcomes = grid.archive.apply_peer_page(changes, &saved, peer).await?;
+    // New instances, and released copies (one may leave an instance short), call for a
+    // placement pass.
+    let new_records = page.entries.iter().any(|e| e.kind == ChangeKind::Released)
+        || outcomes
+            .iter()
+            .any(|o| matches!(o, PeerOutcome::Record(InsertOutcome::Inserted { .. })));
     grid.update_peer(peer, |p| {
         p.cursor = cursor;
         p.head = page.head;
     });
     if new_records {
         grid.placement_due.notify_one();
+    } else if outcomes
+        .iter()
+        .any(|o| matches!(o, PeerOutcome::Holder(HolderChange::Changed { .. })))
+    {
+        grid.recount_due.notify_one();
     }
     Ok(page.entries.len() as u32 >= PAGE)
 }
 
-/// Applies one entry of `peer`'s feed; `true` if it changed what this site should hold.
-async fn apply(grid: &Arc<Grid>, peer: &str, e: &FeedEntry) -> Result<bool, GridError> {
-    let a = &grid.archive;
+/// What one entry of `peer`'s feed asks this node to apply: none, one or two changes.
+fn changes_of(grid: &Grid, peer: &str, e: &FeedEntry) -> Vec<PeerChange> {
     // A holder fact is taken only from the holder itself: each site's statements about its
     // own copies then arrive in the order it made them. Relayed copies of them could be older
     // than what the holder said since (a copy released by a scrub, then made again), and
@@ -156,47 +171,37 @@ async fn apply(grid: &Arc<Grid>, peer: &str, e: &FeedEntry) -> Result<bool, Grid
         site: e.site.clone(),
         incarnation: e.incarnation.clone(),
     };
+    let holder_fact = |holds: bool| {
+        (about_other && grid.holder_valid(&holder)).then(|| PeerChange::Holder {
+            sop_instance_uid: e.sop_instance_uid.clone(),
+            hash: e.hash.clone(),
+            holder: holder.clone(),
+            holds,
+        })
+    };
     match e.kind {
-        ChangeKind::Stored => {
-            let mut changed = false;
-            if let Some(rec) = &e.record {
-                changed = a.apply_remote_record(rec, peer).await? == RemoteApply::Inserted;
-            }
-            if about_other && grid.holder_valid(&holder) {
-                a.set_holder(&e.sop_instance_uid, &e.hash, &holder, true)
-                    .await?;
-            }
-            Ok(changed)
-        }
-        ChangeKind::Held | ChangeKind::Released => {
-            if about_other && grid.holder_valid(&holder) {
-                a.set_holder(
-                    &e.sop_instance_uid,
-                    &e.hash,
-                    &holder,
-                    e.kind == ChangeKind::Held,
-                )
-                .await?;
-            }
-            Ok(e.kind == ChangeKind::Released)
-        }
-        ChangeKind::Deleted => {
-            let t = Tombstone {
-                sop_instance_uid: e.sop_instance_uid.clone(),
-                study_uid: e.study_uid.clone(),
-                series_uid: e.series_uid.clone(),
-                hash: e.hash.clone(),
-                at_ms: e.at_ms,
-                site: if e.site.is_empty() {
-                    peer.to_string()
-                } else {
-                    e.site.clone()
-                },
-            };
-            a.apply_tombstone(&t).await?;
-            Ok(false)
-        }
+        ChangeKind::Stored => e
+            .record
+            .iter()
+            .map(|rec| PeerChange::Record(Box::new(rec.clone())))
+            .chain(holder_fact(true))
+            .collect(),
+        ChangeKind::Held | ChangeKind::Released => holder_fact(e.kind == ChangeKind::Held)
+            .into_iter()
+            .collect(),
+        ChangeKind::Deleted => vec![PeerChange::Tombstone(Tombstone {
+            sop_instance_uid: e.sop_instance_uid.clone(),
+            study_uid: e.study_uid.clone(),
+            series_uid: e.series_uid.clone(),
+            hash: e.hash.clone(),
+            at_ms: e.at_ms,
+            site: if e.site.is_empty() {
+                peer.to_string()
+            } else {
+                e.site.clone()
+            },
+        })],
         // A site's quarantine is its own matter; conflicts between sites show as records.
-        ChangeKind::Quarantined => Ok(false),
+        ChangeKind::Quarantined => Vec::new(),
     }
 }

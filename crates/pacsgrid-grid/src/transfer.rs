@@ -6,11 +6,12 @@ use crate::service::{Grid, PeerState};
 use async_trait::async_trait;
 use bytes::{Bytes, BytesMut};
 use futures::StreamExt;
-use pacsgrid_archive::RemoteFetch;
+use pacsgrid_archive::{RemoteFetch, Replica};
 use std::path::Path;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::io::AsyncWriteExt;
+use tokio::sync::OwnedSemaphorePermit;
 
 /// A bandwidth cap shared by concurrent transfers (a token bucket in time units).
 pub struct Throttle {
@@ -80,14 +81,15 @@ impl Grid {
         Ok(Some(chunk))
     }
 
-    /// Copies the blob from one source into this site's blob store (verified by `finish`).
+    /// Receives the blob from one source into a staging file, hashed on the way; it becomes
+    /// this site's copy only through [`Replica::finish`].
     async fn copy_from(
         &self,
         src: &PeerState,
         sop_instance_uid: &str,
         hash: &str,
         size: u64,
-    ) -> Result<(), PullError> {
+    ) -> Result<Replica, PullError> {
         let t0 = Instant::now();
         let mut replica = self.archive.begin_replica(hash).await?;
         let mut body = self.open_blob(src, hash).await?;
@@ -102,29 +104,28 @@ impl Grid {
         if got != size {
             return Err(PullError::Length { got, want: size });
         }
-        let t_body = t0.elapsed();
-        replica.finish(sop_instance_uid).await?;
         tracing::debug!(
             sop_instance_uid,
             from = %src.name,
             bytes = got,
             chunks,
             open_ms = t_open.as_secs_f64() * 1e3,
-            body_ms = (t_body - t_open).as_secs_f64() * 1e3,
-            finish_ms = (t0.elapsed() - t_body).as_secs_f64() * 1e3,
-            "copy timings"
+            body_ms = (t0.elapsed() - t_open).as_secs_f64() * 1e3,
+            "copy received"
         );
-        Ok(())
+        Ok(replica)
     }
 
     /// Pulls an instance's bytes into this site's blob store as a verified copy and
-    /// announces it, trying each source in turn.
+    /// announces it, trying each source in turn. `slot` is a transfer slot: it is given
+    /// back once the bytes are in, while they are verified, made durable and announced.
     pub(crate) async fn pull_copy(
         &self,
         sop_instance_uid: &str,
         hash: &str,
         size: u64,
         sources: &[PeerState],
+        slot: OwnedSemaphorePermit,
     ) -> Result<String, String> {
         if self.archive.has_blob(hash).await.unwrap_or(false)
             && self.archive.verify_blob(hash).await.unwrap_or(false)
@@ -137,10 +138,45 @@ impl Grid {
                 .map_err(|e| e.to_string())?;
             return Ok(self.site.clone());
         }
+        let mut slot = Some(slot);
         let mut errors = Vec::new();
         for src in sources {
-            match self.copy_from(src, sop_instance_uid, hash, size).await {
-                Ok(()) => return Ok(src.name.clone()),
+            let transfer = match slot.take() {
+                Some(s) => s,
+                // the previous source's bytes were received but failed their check
+                None => Arc::clone(&self.transfers)
+                    .acquire_owned()
+                    .await
+                    .map_err(|_| "stopping".to_string())?,
+            };
+            let replica = match self.copy_from(src, sop_instance_uid, hash, size).await {
+                Ok(r) => r,
+                Err(e) => {
+                    errors.push(format!("{}: {e}", src.name));
+                    slot = Some(transfer);
+                    continue;
+                }
+            };
+            // Taken before the transfer slot is given back, so that copies waiting for the
+            // disk hold up new transfers once there are enough of them.
+            let finishing = Arc::clone(&self.finishing)
+                .acquire_owned()
+                .await
+                .map_err(|_| "stopping".to_string())?;
+            drop(transfer);
+            let t0 = Instant::now();
+            let done = replica.finish(sop_instance_uid).await;
+            drop(finishing);
+            match done {
+                Ok(()) => {
+                    tracing::debug!(
+                        sop_instance_uid,
+                        from = %src.name,
+                        finish_ms = t0.elapsed().as_secs_f64() * 1e3,
+                        "copy finished"
+                    );
+                    return Ok(src.name.clone());
+                }
                 Err(e) => errors.push(format!("{}: {e}", src.name)),
             }
         }

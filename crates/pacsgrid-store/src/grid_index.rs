@@ -96,6 +96,39 @@ pub enum TombstoneOutcome {
     Known,
 }
 
+/// One entry of a peer's feed as this node applies it, in a page given to
+/// [`GridIndex::apply_peer_page`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PeerChange {
+    /// An instance's metadata, as given to [`GridIndex::insert_remote`] (boxed: it is
+    /// much larger than the other changes).
+    Record(Box<InstanceRecord>),
+    /// A holder fact, as given to [`GridIndex::set_holder`].
+    Holder {
+        /// The instance concerned.
+        sop_instance_uid: String,
+        /// Its content hash.
+        hash: String,
+        /// The site whose copy this is.
+        holder: Holder,
+        /// Whether it holds (`held`) or no longer holds (`released`) the bytes.
+        holds: bool,
+    },
+    /// A deletion, as given to [`GridIndex::apply_tombstone`].
+    Tombstone(Tombstone),
+}
+
+/// What applying one [`PeerChange`] did: the outcome its single method would have given.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PeerOutcome {
+    /// Of a [`PeerChange::Record`].
+    Record(InsertOutcome),
+    /// Of a [`PeerChange::Holder`].
+    Holder(HolderChange),
+    /// Of a [`PeerChange::Tombstone`].
+    Tombstone(TombstoneOutcome),
+}
+
 /// How far this node has read one peer's feed.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PeerCursor {
@@ -170,6 +203,15 @@ pub trait GridIndex: Send + Sync + 'static {
 
     /// Applies a peer's deletion (see [`TombstoneOutcome`]).
     async fn apply_tombstone(&self, t: &Tombstone) -> Result<TombstoneOutcome, IndexError>;
+
+    /// Applies a page of a peer's feed in order and saves the peer's cursor, in one
+    /// transaction: all of it or none. Each change has the effect, the outcome (one per
+    /// change, in order) and the idempotence of its single method.
+    async fn apply_peer_page(
+        &self,
+        changes: Vec<PeerChange>,
+        cursor: &PeerCursor,
+    ) -> Result<Vec<PeerOutcome>, IndexError>;
 
     /// Feed entries after `after`, oldest first, at most `limit`, with the metadata of
     /// `stored` entries; what peers pull.

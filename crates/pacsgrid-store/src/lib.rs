@@ -17,8 +17,8 @@ pub mod sqlite;
 pub use blob::{BlobChunks, BlobError, BlobReader, BlobStore, Space, StagedBlob};
 pub use folder::FolderBlobStore;
 pub use grid_index::{
-    FeedEntry, GridConflict, GridIndex, Holder, HolderChange, Holdings, PeerCursor, Tombstone,
-    TombstoneOutcome,
+    FeedEntry, GridConflict, GridIndex, Holder, HolderChange, Holdings, PeerChange, PeerCursor,
+    PeerOutcome, Tombstone, TombstoneOutcome,
 };
 pub use index::{Index, IndexError, InsertOutcome};
 pub use model::*;

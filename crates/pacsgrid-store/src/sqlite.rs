@@ -240,6 +240,8 @@ struct Inner {
     writer: Mutex<Connection>,
     /// Inserts waiting for the next group commit.
     pending: Mutex<Vec<InsertJob>>,
+    /// Holder changes waiting for the next group commit.
+    pending_holders: Mutex<Vec<grid::HolderJob>>,
     readers: Mutex<Vec<Connection>>,
     reader_slots: Arc<Semaphore>,
     /// See [`crate::GridIndex::incarnation`].
@@ -362,6 +364,7 @@ impl SqliteIndex {
                 path: path.to_path_buf(),
                 writer: Mutex::new(writer),
                 pending: Mutex::new(Vec::new()),
+                pending_holders: Mutex::new(Vec::new()),
                 readers: Mutex::new(readers),
                 reader_slots: Arc::new(Semaphore::new(READERS)),
                 incarnation,

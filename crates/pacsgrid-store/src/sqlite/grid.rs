@@ -154,15 +154,57 @@ fn instance_with_hash(
         .optional()?)
 }
 
-fn set_holder_tx(
-    conn: &mut Connection,
+/// One queued holder change and where its outcome goes once the batch holding it is
+/// committed.
+pub(super) struct HolderJob {
+    sop: String,
+    hash: String,
+    holder: Holder,
+    holds: bool,
+    reply: oneshot::Sender<Result<HolderChange, IndexError>>,
+}
+
+/// Commits queued holder changes in one transaction (group commit, as for inserts): each in
+/// its own savepoint, every outcome reported only after the commit that makes it durable.
+pub(super) fn run_holder_batch(conn: &mut Connection, jobs: Vec<HolderJob>) {
+    let fail = |jobs: Vec<HolderJob>, what: String| {
+        for job in jobs {
+            let _ = job.reply.send(Err(IndexError::Database(what.clone())));
+        }
+    };
+    let mut tx = match conn.transaction_with_behavior(TransactionBehavior::Immediate) {
+        Ok(tx) => tx,
+        Err(e) => return fail(jobs, format!("begin: {e}")),
+    };
+    let mut outcomes = Vec::with_capacity(jobs.len());
+    for job in &jobs {
+        let one = (|| {
+            let sp = tx.savepoint()?;
+            let out = set_holder_in(&sp, &job.sop, &job.hash, &job.holder, job.holds)?;
+            sp.commit()?;
+            Ok(out)
+        })();
+        outcomes.push(one);
+    }
+    match tx.commit() {
+        Ok(()) => {
+            for (job, out) in jobs.into_iter().zip(outcomes) {
+                let _ = job.reply.send(out);
+            }
+        }
+        Err(e) => fail(jobs, format!("commit: {e}")),
+    }
+}
+
+/// Adds or removes a holder inside the caller's transaction (see `GridIndex::set_holder`).
+fn set_holder_in(
+    tx: &Connection,
     sop: &str,
     hash: &str,
     holder: &Holder,
     holds: bool,
 ) -> Result<HolderChange, IndexError> {
-    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-    let Some((id, study, series)) = instance_with_hash(&tx, sop, hash)? else {
+    let Some((id, study, series)) = instance_with_hash(tx, sop, hash)? else {
         return Ok(HolderChange::Unknown);
     };
     let current: Option<String> = tx
@@ -190,14 +232,13 @@ fn set_holder_tx(
         (false, _) => return Ok(HolderChange::Unchanged),
     };
     let seq = append_entry(
-        &tx,
+        tx,
         kind,
         [sop, &study, &series, hash],
         now_ms(),
         &holder.site,
         &holder.incarnation,
     )?;
-    tx.commit()?;
     Ok(HolderChange::Changed { seq })
 }
 
@@ -206,6 +247,13 @@ fn apply_tombstone_tx(
     t: &Tombstone,
 ) -> Result<TombstoneOutcome, IndexError> {
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    let out = apply_tombstone_in(&tx, t)?;
+    tx.commit()?;
+    Ok(out)
+}
+
+/// Applies a peer's deletion inside the caller's transaction (see `GridIndex::apply_tombstone`).
+fn apply_tombstone_in(tx: &Connection, t: &Tombstone) -> Result<TombstoneOutcome, IndexError> {
     let live: Option<(String, i64)> = tx
         .prepare_cached("SELECT hash, received_at_ms FROM instances WHERE sop_instance_uid = ?1")?
         .query_row([&t.sop_instance_uid], |r| Ok((r.get(0)?, r.get(1)?)))
@@ -213,7 +261,7 @@ fn apply_tombstone_tx(
     let out = match live {
         Some((hash, received)) if hash == t.hash && received <= t.at_ms => {
             let d = delete_in(
-                &tx,
+                tx,
                 &DeleteTarget::Instance(t.sop_instance_uid.clone()),
                 t.at_ms,
                 &t.site,
@@ -233,7 +281,7 @@ fn apply_tombstone_tx(
                 return Ok(TombstoneOutcome::Known);
             }
             let seq = append_entry(
-                &tx,
+                tx,
                 ChangeKind::Deleted,
                 [&t.sop_instance_uid, &t.study_uid, &t.series_uid, &t.hash],
                 t.at_ms,
@@ -243,6 +291,39 @@ fn apply_tombstone_tx(
             TombstoneOutcome::Recorded { seq }
         }
     };
+    Ok(out)
+}
+
+fn save_cursor_in(tx: &Connection, c: &PeerCursor) -> Result<(), IndexError> {
+    tx.prepare_cached(
+        "INSERT OR REPLACE INTO grid_peers (site, incarnation, cursor) VALUES (?1, ?2, ?3)",
+    )?
+    .execute(params![c.site, c.incarnation, c.cursor])?;
+    Ok(())
+}
+
+/// A peer's feed page and its cursor in one transaction: one commit (one fsync) a page
+/// instead of one or two per entry.
+fn apply_peer_page_tx(
+    conn: &mut Connection,
+    changes: &[PeerChange],
+    cursor: &PeerCursor,
+) -> Result<Vec<PeerOutcome>, IndexError> {
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    let mut out = Vec::with_capacity(changes.len());
+    for change in changes {
+        out.push(match change {
+            PeerChange::Record(rec) => PeerOutcome::Record(super::insert_in(&tx, rec, "", "")?),
+            PeerChange::Holder {
+                sop_instance_uid,
+                hash,
+                holder,
+                holds,
+            } => PeerOutcome::Holder(set_holder_in(&tx, sop_instance_uid, hash, holder, *holds)?),
+            PeerChange::Tombstone(t) => PeerOutcome::Tombstone(apply_tombstone_in(&tx, t)?),
+        });
+    }
+    save_cursor_in(&tx, cursor)?;
     tx.commit()?;
     Ok(out)
 }
@@ -371,12 +452,52 @@ impl GridIndex for SqliteIndex {
         holder: &Holder,
         holds: bool,
     ) -> Result<HolderChange, IndexError> {
-        let (sop, hash, holder) = (
-            sop_instance_uid.to_string(),
-            hash.to_string(),
-            holder.clone(),
-        );
-        self.write(move |c| set_holder_tx(c, &sop, &hash, &holder, holds))
+        let (reply, outcome) = oneshot::channel();
+        self.inner
+            .pending_holders
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(HolderJob {
+                sop: sop_instance_uid.to_string(),
+                hash: hash.to_string(),
+                holder: holder.clone(),
+                holds,
+                reply,
+            });
+        // As for inserts: whoever holds the writer next commits every queued change, so
+        // copies finished while a commit waits for the disk share the following one.
+        let inner = self.inner.clone();
+        tokio::task::spawn_blocking(move || -> Result<(), IndexError> {
+            let mut conn = inner.writer_conn()?;
+            loop {
+                let jobs: Vec<HolderJob> = {
+                    let mut pending = inner
+                        .pending_holders
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner());
+                    let n = pending.len().min(super::MAX_BATCH);
+                    pending.drain(..n).collect()
+                };
+                if jobs.is_empty() {
+                    return Ok(());
+                }
+                run_holder_batch(&mut conn, jobs);
+            }
+        })
+        .await
+        .map_err(super::task_err)??;
+        outcome.await.map_err(|_| {
+            IndexError::Task("the holder change was dropped before it was committed".into())
+        })?
+    }
+
+    async fn apply_peer_page(
+        &self,
+        changes: Vec<PeerChange>,
+        cursor: &PeerCursor,
+    ) -> Result<Vec<PeerOutcome>, IndexError> {
+        let cursor = cursor.clone();
+        self.write(move |c| apply_peer_page_tx(c, &changes, &cursor))
             .await
     }
 
@@ -434,14 +555,7 @@ impl GridIndex for SqliteIndex {
 
     async fn save_peer_cursor(&self, cursor: &PeerCursor) -> Result<(), IndexError> {
         let c2 = cursor.clone();
-        self.write(move |c| {
-            c.execute(
-                "INSERT OR REPLACE INTO grid_peers (site, incarnation, cursor) VALUES (?1, ?2, ?3)",
-                params![c2.site, c2.incarnation, c2.cursor],
-            )?;
-            Ok(())
-        })
-        .await
+        self.write(move |c| save_cursor_in(c, &c2)).await
     }
 
     async fn record_conflict(&self, conflict: &GridConflict) -> Result<bool, IndexError> {
@@ -493,5 +607,262 @@ impl GridIndex for SqliteIndex {
             Ok(rows.collect::<Result<_, _>>()?)
         })
         .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::conformance::record;
+    use crate::index::Index;
+    use std::sync::Arc;
+
+    fn holder(site: &str, inc: &str) -> Holder {
+        Holder {
+            site: site.into(),
+            incarnation: inc.into(),
+        }
+    }
+
+    fn open() -> (SqliteIndex, tempfile::TempDir) {
+        let dir = tempfile::tempdir().unwrap();
+        let index = SqliteIndex::open(&dir.path().join("index.sqlite")).unwrap();
+        (index, dir)
+    }
+
+    fn held(rec: &InstanceRecord, h: Holder, holds: bool) -> PeerChange {
+        PeerChange::Holder {
+            sop_instance_uid: rec.instance.sop_instance_uid.clone(),
+            hash: rec.hash.clone(),
+            holder: h,
+            holds,
+        }
+    }
+
+    fn tombstone(rec: &InstanceRecord, at_ms: i64) -> Tombstone {
+        Tombstone {
+            sop_instance_uid: rec.instance.sop_instance_uid.clone(),
+            study_uid: rec.study.study_uid.clone(),
+            series_uid: rec.series.series_uid.clone(),
+            hash: rec.hash.clone(),
+            at_ms,
+            site: "b".into(),
+        }
+    }
+
+    /// A page with every kind of change, including ones that change nothing.
+    fn mixed_page() -> Vec<PeerChange> {
+        let (r1, r2, r3) = (record(1, 1, 1, 1), record(1, 1, 1, 2), record(1, 2, 1, 1));
+        let mut other = r1.clone();
+        other.hash = "cd".repeat(32);
+        let mut unseen = record(9, 1, 1, 1);
+        unseen.hash = "ab".repeat(32);
+        vec![
+            PeerChange::Record(Box::new(r1.clone())),
+            held(&r1, holder("b", "ib"), true),
+            PeerChange::Record(Box::new(r2.clone())),
+            held(&r2, holder("b", "ib"), true),
+            held(&r2, holder("c", "ic"), true),
+            PeerChange::Record(Box::new(r3.clone())),
+            held(&r3, holder("c", "ic"), true),
+            // the same UID with other bytes: a conflict, nothing merged
+            PeerChange::Record(Box::new(other.clone())),
+            held(&other, holder("c", "ic"), true),
+            // released by c; then again (already so), and by an old incarnation of b
+            held(&r2, holder("c", "ic"), false),
+            held(&r2, holder("c", "ic"), false),
+            held(&r1, holder("b", "old"), false),
+            // b is wiped: its new incarnation replaces the old copy
+            held(&r1, holder("b", "ib2"), true),
+            PeerChange::Tombstone(tombstone(&r3, r3.received_at_ms + 5)),
+            PeerChange::Tombstone(tombstone(&unseen, 7)),
+            // a late record of the deleted instance stays deleted
+            PeerChange::Record(Box::new(r3.clone())),
+            held(&r3, holder("b", "ib"), true),
+            PeerChange::Record(Box::new(r1.clone())),
+        ]
+    }
+
+    fn cursor(n: i64) -> PeerCursor {
+        PeerCursor {
+            site: "b".into(),
+            incarnation: "ib".into(),
+            cursor: n,
+        }
+    }
+
+    /// Everything a peer or a query could see of the grid part of an index; feed times of
+    /// holder entries (the moment of applying) left out.
+    async fn state(index: &SqliteIndex) -> impl PartialEq + std::fmt::Debug {
+        let mut feed = index.feed(0, 0).await.unwrap();
+        for e in &mut feed {
+            if matches!(e.kind, ChangeKind::Held | ChangeKind::Released) {
+                e.at_ms = 0;
+            }
+        }
+        let mut records = Vec::new();
+        for h in index.holdings(0, 0).await.unwrap() {
+            records.push(index.record(&h.sop_instance_uid).await.unwrap());
+        }
+        (
+            feed,
+            index.holdings(0, 0).await.unwrap(),
+            records,
+            index.stats().await.unwrap(),
+            index.removable().await.unwrap(),
+        )
+    }
+
+    async fn one_by_one(index: &SqliteIndex, changes: &[PeerChange]) -> Vec<PeerOutcome> {
+        let mut out = Vec::new();
+        for c in changes {
+            out.push(match c {
+                PeerChange::Record(r) => PeerOutcome::Record(index.insert_remote(r).await.unwrap()),
+                PeerChange::Holder {
+                    sop_instance_uid,
+                    hash,
+                    holder,
+                    holds,
+                } => PeerOutcome::Holder(
+                    index
+                        .set_holder(sop_instance_uid, hash, holder, *holds)
+                        .await
+                        .unwrap(),
+                ),
+                PeerChange::Tombstone(t) => {
+                    PeerOutcome::Tombstone(index.apply_tombstone(t).await.unwrap())
+                }
+            });
+        }
+        out
+    }
+
+    #[tokio::test]
+    async fn a_page_applies_like_its_changes_one_by_one() {
+        let (paged, _d1) = open();
+        let (single, _d2) = open();
+        let page = mixed_page();
+        let a = paged
+            .apply_peer_page(page.clone(), &cursor(18))
+            .await
+            .unwrap();
+        let b = one_by_one(&single, &page).await;
+        assert_eq!(a, b, "the same outcomes, sequence numbers included");
+        assert!(matches!(
+            a[7],
+            PeerOutcome::Record(InsertOutcome::Conflict { .. })
+        ));
+        assert_eq!(a[8], PeerOutcome::Holder(HolderChange::Unknown));
+        assert_eq!(a[15], PeerOutcome::Record(InsertOutcome::Duplicate));
+        assert_eq!(state(&paged).await, state(&single).await);
+        assert_eq!(paged.peer_cursors().await.unwrap(), vec![cursor(18)]);
+    }
+
+    /// A page as one peer's feed could hold it: the mixed page without the copy released
+    /// and the new incarnation, which, read twice in a row, flip a holder and back (as the
+    /// same entries applied one by one would; each entry is idempotent, a sequence with
+    /// both a fact and its reversal is not).
+    fn replayable_page() -> Vec<PeerChange> {
+        mixed_page()
+            .into_iter()
+            .enumerate()
+            .filter(|(i, _)| ![9, 10, 12].contains(i))
+            .map(|(_, c)| c)
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn a_page_applied_twice_changes_nothing() {
+        let (index, _d) = open();
+        let page = replayable_page();
+        index
+            .apply_peer_page(page.clone(), &cursor(18))
+            .await
+            .unwrap();
+        let before = state(&index).await;
+        let again = index.apply_peer_page(page, &cursor(18)).await.unwrap();
+        assert_eq!(state(&index).await, before, "no new feed entry, no change");
+        for out in again {
+            assert!(
+                matches!(
+                    out,
+                    PeerOutcome::Record(InsertOutcome::Duplicate | InsertOutcome::Conflict { .. })
+                        | PeerOutcome::Holder(HolderChange::Unchanged | HolderChange::Unknown)
+                        | PeerOutcome::Tombstone(TombstoneOutcome::Known)
+                ),
+                "{out:?}"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn an_empty_page_still_saves_the_cursor() {
+        let (index, _d) = open();
+        let out = index.apply_peer_page(Vec::new(), &cursor(5)).await.unwrap();
+        assert!(out.is_empty());
+        assert_eq!(index.peer_cursors().await.unwrap(), vec![cursor(5)]);
+        assert_eq!(index.feed_head().await.unwrap(), 0);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn concurrent_holder_changes_are_each_committed_once() {
+        let (index, _d) = open();
+        let index = Arc::new(index);
+        let recs: Vec<_> = (0..40).map(|i| record(2, 1, 1, i)).collect();
+        for r in &recs {
+            index.insert_remote(r).await.unwrap();
+        }
+        let head = index.feed_head().await.unwrap();
+        let tasks: Vec<_> = recs
+            .iter()
+            .cloned()
+            .map(|r| {
+                let index = Arc::clone(&index);
+                tokio::spawn(async move {
+                    index
+                        .set_holder(
+                            &r.instance.sop_instance_uid,
+                            &r.hash,
+                            &holder("a", "ia"),
+                            true,
+                        )
+                        .await
+                        .unwrap()
+                })
+            })
+            .collect();
+        let mut seqs = Vec::new();
+        for t in tasks {
+            match t.await.unwrap() {
+                HolderChange::Changed { seq } => seqs.push(seq),
+                other => panic!("{other:?}"),
+            }
+        }
+        seqs.sort();
+        seqs.dedup();
+        assert_eq!(seqs.len(), 40);
+        assert_eq!(index.feed_head().await.unwrap(), head + 40);
+        assert!(index
+            .holdings(0, 0)
+            .await
+            .unwrap()
+            .iter()
+            .all(|h| h.holders == vec![holder("a", "ia")]));
+        // and again: nothing changes
+        for r in &recs {
+            assert_eq!(
+                index
+                    .set_holder(
+                        &r.instance.sop_instance_uid,
+                        &r.hash,
+                        &holder("a", "ia"),
+                        true
+                    )
+                    .await
+                    .unwrap(),
+                HolderChange::Unchanged
+            );
+        }
+        assert_eq!(index.feed_head().await.unwrap(), head + 40);
     }
 }
