@@ -85,7 +85,7 @@ fn check_structure(path: &Path, offset: u64, encoding: DatasetEncoding) -> Resul
 }
 
 fn text(obj: &DefaultDicomObject, tag: Tag) -> String {
-    let Some(e) = obj.element_opt(tag).ok().flatten() else {
+    let Some(e) = obj.get(tag) else {
         return String::new();
     };
     if e.vr() == VR::UN {

@@ -101,9 +101,7 @@ pub struct Keys {
 /// matching is not supported; they come back empty).
 pub fn keys(obj: &InMemDicomObject) -> Result<Keys, Refusal> {
     let level_text = obj
-        .element_opt(tags::QUERY_RETRIEVE_LEVEL)
-        .ok()
-        .flatten()
+        .get(tags::QUERY_RETRIEVE_LEVEL)
         .and_then(|e| e.to_str().ok().map(|s| s.to_string()))
         .unwrap_or_default();
     let level = Level::from_code(&level_text).ok_or_else(|| {

@@ -130,18 +130,15 @@ impl Command {
     }
 
     /// An unsigned short element.
+    // `get`, not `element_opt`: dicom-object answers an absent tag there by building an
+    // error that captures a stack trace, 12 % of a C-FIND's CPU in a profile.
     pub fn u16(&self, tag: Tag) -> Option<u16> {
-        self.obj
-            .element_opt(tag)
-            .ok()
-            .flatten()?
-            .to_int::<u16>()
-            .ok()
+        self.obj.get(tag)?.to_int::<u16>().ok()
     }
 
     /// A text or UID element, padding removed; `None` when absent or empty.
     pub fn string(&self, tag: Tag) -> Option<String> {
-        let e = self.obj.element_opt(tag).ok().flatten()?;
+        let e = self.obj.get(tag)?;
         let s = e.to_str().ok()?;
         let s = s.trim_matches(|c: char| c == '\0' || c == ' ');
         (!s.is_empty()).then(|| s.to_string())
