@@ -452,28 +452,41 @@ struct InsertJob {
 /// Most inserts committed together; bounds how long the first of a batch waits.
 const MAX_BATCH: usize = 256;
 
-/// Commits every queued insert in one transaction (group commit): each insert runs in its
-/// own savepoint, so it is all-or-nothing on its own, and every outcome, Duplicate and
-/// Conflict included, is reported only after the commit that makes it durable.
+/// Commits every queued insert in one transaction (see [`group_commit`]).
 fn run_batch(conn: &mut Connection, jobs: Vec<InsertJob>) {
-    // IMMEDIATE takes the write lock first, so the existence checks and the inserts see the
+    group_commit(
+        conn,
+        jobs,
+        |tx, job| insert_in(tx, &job.record, &job.site, &job.incarnation),
+        |job| job.reply,
+    );
+}
+
+/// Group commit: runs every job in one transaction, each in its own savepoint so it is
+/// all-or-nothing on its own, and reports every outcome (Duplicate and Conflict included)
+/// only after the commit that makes it durable.
+pub(crate) fn group_commit<J, O>(
+    conn: &mut Connection,
+    jobs: Vec<J>,
+    apply: impl Fn(&Connection, &J) -> Result<O, IndexError>,
+    reply_of: impl Fn(J) -> oneshot::Sender<Result<O, IndexError>>,
+) {
+    let fail = |jobs: Vec<J>, what: String| {
+        for job in jobs {
+            let _ = reply_of(job).send(Err(IndexError::Database(what.clone())));
+        }
+    };
+    // IMMEDIATE takes the write lock first, so the existence checks and the writes see the
     // same state even if another process shares the file.
     let mut tx = match conn.transaction_with_behavior(TransactionBehavior::Immediate) {
         Ok(tx) => tx,
-        Err(e) => {
-            for job in jobs {
-                let _ = job
-                    .reply
-                    .send(Err(IndexError::Database(format!("begin: {e}"))));
-            }
-            return;
-        }
+        Err(e) => return fail(jobs, format!("begin: {e}")),
     };
     let mut outcomes = Vec::with_capacity(jobs.len());
     for job in &jobs {
         let one = (|| {
             let sp = tx.savepoint()?;
-            let out = insert_in(&sp, &job.record, &job.site, &job.incarnation)?;
+            let out = apply(&sp, job)?;
             sp.commit()?;
             Ok(out)
         })();
@@ -482,17 +495,11 @@ fn run_batch(conn: &mut Connection, jobs: Vec<InsertJob>) {
     match tx.commit() {
         Ok(()) => {
             for (job, out) in jobs.into_iter().zip(outcomes) {
-                // The caller may have gone away (cancelled); the insert stands regardless.
-                let _ = job.reply.send(out);
+                // The caller may have gone away (cancelled); the write stands regardless.
+                let _ = reply_of(job).send(out);
             }
         }
-        Err(e) => {
-            for job in jobs {
-                let _ = job
-                    .reply
-                    .send(Err(IndexError::Database(format!("commit: {e}"))));
-            }
-        }
+        Err(e) => fail(jobs, format!("commit: {e}")),
     }
 }
 

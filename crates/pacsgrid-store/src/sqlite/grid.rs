@@ -164,36 +164,14 @@ pub(super) struct HolderJob {
     reply: oneshot::Sender<Result<HolderChange, IndexError>>,
 }
 
-/// Commits queued holder changes in one transaction (group commit, as for inserts): each in
-/// its own savepoint, every outcome reported only after the commit that makes it durable.
+/// Commits queued holder changes in one transaction (see [`super::group_commit`]).
 pub(super) fn run_holder_batch(conn: &mut Connection, jobs: Vec<HolderJob>) {
-    let fail = |jobs: Vec<HolderJob>, what: String| {
-        for job in jobs {
-            let _ = job.reply.send(Err(IndexError::Database(what.clone())));
-        }
-    };
-    let mut tx = match conn.transaction_with_behavior(TransactionBehavior::Immediate) {
-        Ok(tx) => tx,
-        Err(e) => return fail(jobs, format!("begin: {e}")),
-    };
-    let mut outcomes = Vec::with_capacity(jobs.len());
-    for job in &jobs {
-        let one = (|| {
-            let sp = tx.savepoint()?;
-            let out = set_holder_in(&sp, &job.sop, &job.hash, &job.holder, job.holds)?;
-            sp.commit()?;
-            Ok(out)
-        })();
-        outcomes.push(one);
-    }
-    match tx.commit() {
-        Ok(()) => {
-            for (job, out) in jobs.into_iter().zip(outcomes) {
-                let _ = job.reply.send(out);
-            }
-        }
-        Err(e) => fail(jobs, format!("commit: {e}")),
-    }
+    super::group_commit(
+        conn,
+        jobs,
+        |tx, job| set_holder_in(tx, &job.sop, &job.hash, &job.holder, job.holds),
+        |job| job.reply,
+    );
 }
 
 /// Adds or removes a holder inside the caller's transaction (see `GridIndex::set_holder`).
