@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 from lxml import etree
 
-from harness import (DEFAULT_ISSUER, SUCCESS, RemoteAE, StoreSCP, c_get, c_move, dcmtk, echo, find, hexs,
-                     run_pacsgrid, store)
+from harness import (DEFAULT_ISSUER, HOST, SUCCESS, RemoteAE, StoreSCP, c_get, c_move, dcmtk, echo,
+                     find, hexs, make_ae, run_pacsgrid, status_of, store, store_contexts)
 
 SCHEMA = Path(__file__).resolve().parent.parent / "crates" / "pacsgrid-audit" / "schema" / \
     "audit-message.rng"
@@ -167,6 +167,50 @@ def test_a_scripted_session_leaves_one_valid_record_per_access(node_factory, cor
     # stopping is audited too, and the chain is intact
     node.stop()
     assert audit(node)[-1]["event"] == "application-stop"
+    r = run_pacsgrid(["audit", "verify", "--data", str(node.data_dir)], timeout=60)
+    assert r.returncode == 0, r.stdout + r.stderr
+
+
+def test_stores_acknowledged_before_a_kill_are_audited_at_restart(node_factory, corpora, schema):
+    """Stores are audited per study when the association ends; a node killed before that has
+    already acknowledged them. The marks committed with each instance let the next start
+    write those records: one per study, dated when stored, and none twice."""
+    node = node_factory()
+    corpus = corpora.issuers  # 3 patients, one study each, 6 instances
+    studies = corpus.studies()
+    before = last_seq(node)
+
+    ae = make_ae("MODALITY")
+    ae.requested_contexts = store_contexts((i.sop_class, i.ts) for i in corpus.instances)
+    assoc = ae.associate(HOST, node.dicom_port, ae_title=node.ae_title)
+    assert assoc.is_established
+    try:
+        for inst in corpus.instances:
+            assert status_of(assoc.send_c_store(inst.path)) == SUCCESS
+        # acknowledged, association still open: nothing of it is in the log yet
+        assert [e for e in events(node, before) if e["event"] == "instances-stored"] == []
+        node.kill9()
+    finally:
+        assoc.abort()
+        ae.shutdown()
+
+    node.start()
+    assert "wrote the audit records of the stores it had acknowledged" in node.log_text()
+    stored = [e for e in events(node, before) if e["event"] == "instances-stored"]
+    assert sorted(e["study_uids"][0] for e in stored) == sorted(studies), stored
+    for e in stored:
+        uid = e["study_uids"][0]
+        assert e["user"] == "MODALITY" and e["outcome"] == 0
+        assert e["patient_id"] == studies[uid][0].patient_id
+        assert "recorded at restart" in e["xml"]
+        doc = etree.fromstring(e["xml"].encode())
+        assert schema.validate(doc), f"record {e['seq']}: {schema.error_log}"
+
+    # the marks are gone: another restart writes nothing again, and the chain is intact
+    node.restart()
+    again = [e for e in events(node, before) if e["event"] == "instances-stored"]
+    assert [e["seq"] for e in again] == [e["seq"] for e in stored]
+    node.stop()
     r = run_pacsgrid(["audit", "verify", "--data", str(node.data_dir)], timeout=60)
     assert r.returncode == 0, r.stdout + r.stderr
 

@@ -7,9 +7,9 @@ use crate::incoming::{Incoming, IncomingMeta, StoreOutcome};
 use crate::part10;
 use pacsgrid_dicom::{uid, Query};
 use pacsgrid_store::{
-    AttrValues, BlobChunks, BlobError, BlobReader, BlobStore, Change, DeleteTarget, Durability,
-    FolderBlobStore, Index, IndexStats, InsertOutcome, Provenance, QuarantineEntry, Space,
-    SqliteIndex, StagedBlob, StoredInstance,
+    AttrValues, AuditMark, BlobChunks, BlobError, BlobReader, BlobStore, Change, DeleteTarget,
+    Durability, FolderBlobStore, Index, IndexStats, InsertOutcome, PendingAudit, Provenance,
+    QuarantineEntry, Space, SqliteIndex, StagedBlob, StoredInstance,
 };
 use serde::Serialize;
 use std::collections::HashSet;
@@ -208,6 +208,7 @@ impl Archive {
             declared,
             source: String::new(),
             expect_study: None,
+            mark: None,
         })
     }
 
@@ -348,7 +349,7 @@ impl Archive {
         let _gc = self.blob_gc.read().await;
         self.blobs.put(staged).await?;
         staging.guard.disarm();
-        self.record(record, &source).await
+        self.record(record, &source, staging.mark.as_ref()).await
     }
 
     /// Records an object whose blob is already in the store, applying the duplicate and
@@ -357,6 +358,7 @@ impl Archive {
         &self,
         record: pacsgrid_store::InstanceRecord,
         source: &str,
+        mark: Option<&AuditMark>,
     ) -> Result<StoreOutcome, StoreError> {
         let sop = record.instance.sop_instance_uid.clone();
         let subject = crate::incoming::Subject {
@@ -365,7 +367,11 @@ impl Archive {
             study_uid: record.study.study_uid.clone(),
             sop_class_uid: record.instance.sop_class_uid.clone(),
         };
-        match self.index.insert(&record, &self.cfg.site).await? {
+        let inserted = match mark {
+            Some(m) => self.index.insert_marked(&record, &self.cfg.site, m).await?,
+            None => self.index.insert(&record, &self.cfg.site).await?,
+        };
+        match inserted {
             InsertOutcome::Inserted { seq } => Ok(StoreOutcome::Stored {
                 sop_instance_uid: sop,
                 study_uid: record.study.study_uid,
@@ -404,6 +410,21 @@ impl Archive {
                 })
             }
         }
+    }
+
+    /// Drops the audit marks of `session` once its audit records are on disk.
+    pub async fn clear_audit_marks(&self, session: &str) -> Result<u64, ArchiveError> {
+        Ok(self.index.clear_audit_marks(session).await?)
+    }
+
+    /// The oldest stores (at most `limit`) whose session never wrote its audit record.
+    pub async fn pending_audits(&self, limit: u32) -> Result<Vec<PendingAudit>, ArchiveError> {
+        Ok(self.index.pending_audits(limit).await?)
+    }
+
+    /// Drops every audit mark up to and including `id`, once their records are written.
+    pub async fn clear_audit_marks_through(&self, id: i64) -> Result<u64, ArchiveError> {
+        Ok(self.index.clear_audit_marks_through(id).await?)
     }
 
     /// Answers a query from the index.
@@ -711,7 +732,7 @@ impl Archive {
                     record.origin_site = self.cfg.site.clone();
                     record.source = "recovery".into();
                     record.received_at_ms = now_ms();
-                    match self.record(record, "recovery").await {
+                    match self.record(record, "recovery", None).await {
                         Ok(_) => reindexed += 1,
                         Err(e) => tracing::error!(%hash, error = %e, "could not re-index blob"),
                     }
@@ -753,6 +774,8 @@ pub(crate) struct Staging {
     declared: Option<IncomingMeta>,
     source: String,
     expect_study: Option<String>,
+    /// Committed with the index row when the store still needs an audit record.
+    pub(crate) mark: Option<AuditMark>,
 }
 
 impl Staging {

@@ -2,6 +2,7 @@
 
 use crate::archive::Archive;
 use crate::error::StoreError;
+use pacsgrid_store::AuditMark;
 use std::sync::Arc;
 
 /// What the sender declared about an object before its data set arrives (the C-STORE
@@ -92,6 +93,13 @@ impl Incoming {
     /// Appends data set bytes (in the declared transfer syntax, as received).
     pub async fn write(&mut self, data: &[u8]) -> Result<(), StoreError> {
         self.inner.write(data).await
+    }
+
+    /// Has the index keep `mark` with the instance, in the same commit: the store is not in
+    /// the audit trail yet, and the mark lets a restart write its record if the node stops
+    /// before the session does.
+    pub fn mark_for_audit(&mut self, mark: AuditMark) {
+        self.inner.mark = Some(mark);
     }
 
     /// Validates, hashes and commits the object; returns only once it is durable.

@@ -6,6 +6,7 @@
 //! is added as a participant by the constructor so that no caller forgets it.
 
 use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
 
 /// A coded value (code, coding scheme, meaning) as PS3.15 uses them for event IDs and roles.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -233,7 +234,7 @@ impl Outcome {
 }
 
 /// RoleIDCode of an active participant (PS3.16 CID 402).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Role {
     /// The process that sent the data.
     Source,
@@ -258,7 +259,7 @@ impl Role {
 }
 
 /// A person, program or AE that took part in an event.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Participant {
     /// UserID: a login name, an AE title, or a process id.
     pub user_id: String,
@@ -311,6 +312,17 @@ impl Participant {
         }
         self.is_requestor = is_requestor;
         self
+    }
+
+    /// The participant as one line of JSON, for keeping it outside the log until its record
+    /// is written (see [`Participant::from_json`]).
+    pub fn to_json(&self) -> String {
+        serde_json::to_string(self).unwrap_or_default()
+    }
+
+    /// Reads back what [`Participant::to_json`] wrote; `None` if `text` is not that.
+    pub fn from_json(text: &str) -> Option<Participant> {
+        serde_json::from_str(text).ok()
     }
 
     /// Whether `host` is an IP address (NetworkAccessPointTypeCode 2) rather than a name (1).
@@ -618,6 +630,15 @@ impl AuditEvent {
         self
     }
 
+    /// Sets when the event happened from milliseconds since the Unix epoch (kept as is if
+    /// out of range).
+    pub fn at_unix_ms(self, ms: i64) -> AuditEvent {
+        match DateTime::from_timestamp_millis(ms) {
+            Some(t) => self.at(t),
+            None => self,
+        }
+    }
+
     /// Adds a participant.
     pub fn participant(mut self, p: Participant) -> AuditEvent {
         self.participants.push(p);
@@ -697,6 +718,13 @@ mod tests {
             ae_title: Some("PACSGRID".into()),
             host: Some("10.0.0.1".into()),
         }
+    }
+
+    #[test]
+    fn participants_survive_their_json_form() {
+        let p = Participant::ae("CT1", Some("10.1.2.3")).named("CT in room 4");
+        assert_eq!(Participant::from_json(&p.to_json()), Some(p));
+        assert_eq!(Participant::from_json("{not json"), None);
     }
 
     #[test]

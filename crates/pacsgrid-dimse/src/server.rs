@@ -126,6 +126,9 @@ impl DimseServer {
             ));
         }
         let svc = self.services;
+        // stores a previous run acknowledged without writing their records: write them
+        // before any new association can add marks of its own
+        crate::access::recover_unaudited_stores(&svc.access, &svc.archive).await;
         let limit = Arc::new(Semaphore::new(svc.cfg.max_associations.max(1)));
         let stop = CancellationToken::new();
         let mut tasks = JoinSet::new();
@@ -254,10 +257,10 @@ async fn serve_connection(
             peer_certificate = assoc.peer_certificate_name().unwrap_or(""),
             "association accepted"
         );
-        let mut access = AssocAccess::new(who);
+        let mut access = AssocAccess::new(who, &svc.access);
         serve(&svc, assoc, &mut access, stop).await;
         // whatever ended it, what it stored goes into the audit trail
-        access.flush(&svc.access).await;
+        access.flush(&svc.access, &svc.archive).await;
         drop(permit);
     }
     .instrument(span)
@@ -381,7 +384,7 @@ async fn serve(
             )),
             Ok(Event::Release) => {
                 // the release answer tells the peer its transfers are complete: audit first
-                access.flush(&svc.access).await;
+                access.flush(&svc.access, &svc.archive).await;
                 if let Err(e) = assoc.answer_release().await {
                     tracing::debug!(error = %e, "release reply not delivered");
                 }

@@ -104,7 +104,10 @@ pub(crate) async fn handle(
             source: assoc.calling_ae().to_string(),
         };
         match archive.begin_store(meta).await {
-            Ok(inc) => incoming = Some(inc),
+            Ok(mut inc) => {
+                access.mark(&mut inc);
+                incoming = Some(inc)
+            }
             Err(e) => answer = Some(store_error(&e)),
         }
     }
@@ -138,7 +141,9 @@ pub(crate) async fn handle(
         )),
     };
     if let Ok(Ok(outcome)) = &finished {
-        access.stored(&svc.access, outcome.subject()).await;
+        access
+            .stored(&svc.access, &svc.archive, outcome.subject())
+            .await;
     }
     let answer = match finished {
         Err(a) => a,

@@ -1841,6 +1841,76 @@ pub(crate) mod index_tests {
         );
         assert_eq!(index.provenance("1.2.404").await.unwrap(), None);
     }
+
+    /// Marks commit with their store whatever its outcome, stay until their session clears
+    /// them, and come back in order for the records a restart writes.
+    pub async fn audit_marks_outlive_their_session<I: Index>(index: Arc<I>) {
+        let mark = |session: &str| AuditMark {
+            session: session.into(),
+            who: format!("{{\"ae\":\"{session}\"}}"),
+        };
+        let a = record(9, 1, 1, 1);
+        let b = record(9, 1, 1, 2);
+        let mut changed = b.clone();
+        changed.hash = hash_of("other bytes");
+        assert!(matches!(
+            index.insert_marked(&a, "S", &mark("s1")).await.unwrap(),
+            InsertOutcome::Inserted { .. }
+        ));
+        assert!(matches!(
+            index.insert_marked(&b, "S", &mark("s2")).await.unwrap(),
+            InsertOutcome::Inserted { .. }
+        ));
+        assert_eq!(
+            index.insert_marked(&a, "S", &mark("s2")).await.unwrap(),
+            InsertOutcome::Duplicate
+        );
+        assert!(matches!(
+            index
+                .insert_marked(&changed, "S", &mark("s2"))
+                .await
+                .unwrap(),
+            InsertOutcome::Conflict { .. }
+        ));
+        index.insert(&record(9, 1, 1, 3), "S").await.unwrap();
+        let pending = index.pending_audits(0).await.unwrap();
+        let seen: Vec<(&str, &str)> = pending
+            .iter()
+            .map(|p| (p.mark.session.as_str(), p.sop_instance_uid.as_str()))
+            .collect();
+        let (ua, ub) = (&a.instance.sop_instance_uid, &b.instance.sop_instance_uid);
+        assert_eq!(
+            seen,
+            vec![("s1", ua.as_str()), ("s2", ub), ("s2", ua), ("s2", ub)]
+        );
+        assert_eq!(pending[0].mark, mark("s1"));
+        assert_eq!(
+            (
+                pending[0].study_uid.as_str(),
+                pending[0].patient_id.as_str(),
+                pending[0].issuer.as_str(),
+                pending[0].sop_class_uid.as_str(),
+                pending[0].at_ms
+            ),
+            (
+                a.study.study_uid.as_str(),
+                a.patient.patient_id.as_str(),
+                a.patient.issuer.as_str(),
+                a.instance.sop_class_uid.as_str(),
+                a.received_at_ms
+            )
+        );
+        assert_eq!(index.pending_audits(2).await.unwrap().len(), 2);
+        assert_eq!(index.clear_audit_marks("s1").await.unwrap(), 1);
+        assert_eq!(index.clear_audit_marks("s1").await.unwrap(), 0);
+        let left = index.pending_audits(0).await.unwrap();
+        assert_eq!(left.len(), 3);
+        assert_eq!(
+            index.clear_audit_marks_through(left[1].id).await.unwrap(),
+            2
+        );
+        assert_eq!(index.pending_audits(0).await.unwrap().len(), 1);
+    }
 }
 
 /// Instantiates the index suite for a backend: `index_suite!(name, fixture)` where
@@ -1856,7 +1926,8 @@ macro_rules! index_suite {
                 matching_known_answers, computed_attributes, limit_and_offset,
                 locate_at_each_level, keys_below_the_level, feed_and_quarantine,
                 stats_count_everything, delete_at_each_level, deleted_can_be_stored_again,
-                delete_keeps_blobs_still_referenced, provenance_and_feed_head);
+                delete_keeps_blobs_still_referenced, provenance_and_feed_head,
+                audit_marks_outlive_their_session);
             index_suite!(@grid $fixture;
                 incarnation_is_stable, remote_records_have_no_holder_until_announced,
                 local_stores_announce_their_holder, tombstones_apply_travel_and_win,

@@ -52,6 +52,25 @@ pub trait Index: GridIndex + Send + Sync + 'static {
         site: &str,
     ) -> Result<InsertOutcome, IndexError>;
 
+    /// Like [`Index::insert`], and in the same transaction keeps `mark`: the store still needs
+    /// an audit record. Kept whatever the outcome (a duplicate or conflict was received too).
+    async fn insert_marked(
+        &self,
+        record: &InstanceRecord,
+        site: &str,
+        mark: &AuditMark,
+    ) -> Result<InsertOutcome, IndexError>;
+
+    /// Drops the marks of `session` once its audit records are on disk; returns how many.
+    async fn clear_audit_marks(&self, session: &str) -> Result<u64, IndexError>;
+
+    /// The oldest marks still kept, at most `limit`: stores whose session never wrote its
+    /// audit record (the node stopped first).
+    async fn pending_audits(&self, limit: u32) -> Result<Vec<PendingAudit>, IndexError>;
+
+    /// Drops every mark up to and including `id` (after writing their records at start-up).
+    async fn clear_audit_marks_through(&self, id: i64) -> Result<u64, IndexError>;
+
     /// Records a quarantined object and its feed entry (kind `quarantined`, hash of the
     /// object set aside); returns the new entry's id (the `id` given is ignored).
     async fn quarantine(&self, entry: &QuarantineEntry) -> Result<i64, IndexError>;

@@ -95,6 +95,38 @@ pub struct InstanceRecord {
     pub received_at_ms: i64,
 }
 
+/// Who stored an instance and in which session (a DICOM association), kept with the
+/// instance's index row until the session's audit record is written, so that a node killed
+/// between acknowledging a store and writing its record can write the record on restart.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuditMark {
+    /// The session (association) the store belongs to; its records clear its marks.
+    pub session: String,
+    /// The sender as the audit trail names it, in a form the audit layer reads back.
+    pub who: String,
+}
+
+/// A store whose audit record was still to be written: the mark and what the record names.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PendingAudit {
+    /// Order of the marks; clearing "through" an id clears every mark up to it.
+    pub id: i64,
+    /// The mark as given with the store.
+    pub mark: AuditMark,
+    /// SOPInstanceUID stored.
+    pub sop_instance_uid: String,
+    /// Its StudyInstanceUID.
+    pub study_uid: String,
+    /// Its PatientID.
+    pub patient_id: String,
+    /// Its IssuerOfPatientID.
+    pub issuer: String,
+    /// Its SOPClassUID.
+    pub sop_class_uid: String,
+    /// When it was stored, in milliseconds since the Unix epoch.
+    pub at_ms: i64,
+}
+
 /// Where a stored instance's bytes are, as needed to send it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StoredInstance {

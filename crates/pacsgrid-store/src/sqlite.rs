@@ -32,7 +32,7 @@ const READERS: usize = 4;
 const BUSY_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Schema steps; `PRAGMA user_version` is the number of steps applied. Append, never edit.
-static MIGRATIONS: &[&str] = &[SCHEMA_V1, SCHEMA_V2, SCHEMA_V3];
+static MIGRATIONS: &[&str] = &[SCHEMA_V1, SCHEMA_V2, SCHEMA_V3, SCHEMA_V4];
 
 const SCHEMA_V1: &str = r"
 CREATE TABLE patients (
@@ -223,6 +223,23 @@ CREATE TABLE grid_conflicts (
 ) WITHOUT ROWID;
 ";
 
+/// Audit marks (V4): a store acknowledged before its session's audit record was written
+/// leaves a row here, committed with the instance, until that record is on disk.
+const SCHEMA_V4: &str = r"
+CREATE TABLE audit_marks (
+    id               INTEGER PRIMARY KEY,
+    session          TEXT NOT NULL,
+    who              TEXT NOT NULL,
+    sop_instance_uid TEXT NOT NULL,
+    study_uid        TEXT NOT NULL,
+    patient_id       TEXT NOT NULL,
+    issuer           TEXT NOT NULL,
+    sop_class_uid    TEXT NOT NULL,
+    at_ms            INTEGER NOT NULL
+);
+CREATE INDEX audit_marks_session ON audit_marks(session);
+";
+
 impl From<rusqlite::Error> for IndexError {
     fn from(e: rusqlite::Error) -> Self {
         IndexError::Database(e.to_string())
@@ -378,6 +395,50 @@ impl SqliteIndex {
             .await
     }
 
+    /// Queues an insert for the next group commit and waits until it is committed.
+    async fn queue_insert(
+        &self,
+        record: &InstanceRecord,
+        site: &str,
+        mark: Option<AuditMark>,
+    ) -> Result<InsertOutcome, IndexError> {
+        let (reply, outcome) = oneshot::channel();
+        self.inner
+            .pending
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(InsertJob {
+                record: record.clone(),
+                site: site.to_string(),
+                incarnation: self.inner.incarnation.clone(),
+                mark,
+                reply,
+            });
+        // Whoever holds the writer next commits every queued insert, ours included; while
+        // it waits for the disk, new inserts queue up for the following commit. So when our
+        // turn at the lock ends, our job has been committed and answered, by us or another.
+        let inner = self.inner.clone();
+        tokio::task::spawn_blocking(move || -> Result<(), IndexError> {
+            let mut conn = inner.writer_conn()?;
+            loop {
+                let jobs: Vec<InsertJob> = {
+                    let mut pending = inner.pending.lock().unwrap_or_else(|p| p.into_inner());
+                    let n = pending.len().min(MAX_BATCH);
+                    pending.drain(..n).collect()
+                };
+                if jobs.is_empty() {
+                    return Ok(());
+                }
+                run_batch(&mut conn, jobs);
+            }
+        })
+        .await
+        .map_err(task_err)??;
+        outcome.await.map_err(|_| {
+            IndexError::Task("the insert was dropped before it was committed".into())
+        })?
+    }
+
     /// Runs write work on the single writer connection.
     async fn write<T, F>(&self, f: F) -> Result<T, IndexError>
     where
@@ -446,6 +507,8 @@ struct InsertJob {
     /// learned from a peer.
     site: String,
     incarnation: String,
+    /// Kept with the instance when its store still needs an audit record.
+    mark: Option<AuditMark>,
     reply: oneshot::Sender<Result<InsertOutcome, IndexError>>,
 }
 
@@ -457,7 +520,13 @@ fn run_batch(conn: &mut Connection, jobs: Vec<InsertJob>) {
     group_commit(
         conn,
         jobs,
-        |tx, job| insert_in(tx, &job.record, &job.site, &job.incarnation),
+        |tx, job| {
+            let out = insert_in(tx, &job.record, &job.site, &job.incarnation)?;
+            if let Some(mark) = &job.mark {
+                keep_mark(tx, &job.record, mark)?;
+            }
+            Ok(out)
+        },
         |job| job.reply,
     );
 }
@@ -501,6 +570,26 @@ pub(crate) fn group_commit<J, O>(
         }
         Err(e) => fail(jobs, format!("commit: {e}")),
     }
+}
+
+/// Keeps the audit mark of a received instance inside the caller's transaction.
+fn keep_mark(tx: &Connection, r: &InstanceRecord, mark: &AuditMark) -> Result<(), IndexError> {
+    tx.prepare_cached(
+        "INSERT INTO audit_marks
+             (session, who, sop_instance_uid, study_uid, patient_id, issuer, sop_class_uid, at_ms)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+    )?
+    .execute(params![
+        mark.session,
+        mark.who,
+        r.instance.sop_instance_uid,
+        r.study.study_uid,
+        r.patient.patient_id,
+        r.patient.issuer,
+        r.instance.sop_class_uid,
+        r.received_at_ms,
+    ])?;
+    Ok(())
 }
 
 /// Records one instance inside the caller's transaction.
@@ -1537,40 +1626,62 @@ impl Index for SqliteIndex {
         record: &InstanceRecord,
         site: &str,
     ) -> Result<InsertOutcome, IndexError> {
-        let (reply, outcome) = oneshot::channel();
-        self.inner
-            .pending
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .push(InsertJob {
-                record: record.clone(),
-                site: site.to_string(),
-                incarnation: self.inner.incarnation.clone(),
-                reply,
-            });
-        // Whoever holds the writer next commits every queued insert, ours included; while
-        // it waits for the disk, new inserts queue up for the following commit. So when our
-        // turn at the lock ends, our job has been committed and answered, by us or another.
-        let inner = self.inner.clone();
-        tokio::task::spawn_blocking(move || -> Result<(), IndexError> {
-            let mut conn = inner.writer_conn()?;
-            loop {
-                let jobs: Vec<InsertJob> = {
-                    let mut pending = inner.pending.lock().unwrap_or_else(|p| p.into_inner());
-                    let n = pending.len().min(MAX_BATCH);
-                    pending.drain(..n).collect()
-                };
-                if jobs.is_empty() {
-                    return Ok(());
-                }
-                run_batch(&mut conn, jobs);
-            }
+        self.queue_insert(record, site, None).await
+    }
+
+    async fn insert_marked(
+        &self,
+        record: &InstanceRecord,
+        site: &str,
+        mark: &AuditMark,
+    ) -> Result<InsertOutcome, IndexError> {
+        self.queue_insert(record, site, Some(mark.clone())).await
+    }
+
+    async fn clear_audit_marks(&self, session: &str) -> Result<u64, IndexError> {
+        let session = session.to_string();
+        self.write(move |c| {
+            Ok(
+                c.prepare_cached("DELETE FROM audit_marks WHERE session = ?1")?
+                    .execute([&session])? as u64,
+            )
         })
         .await
-        .map_err(task_err)??;
-        outcome.await.map_err(|_| {
-            IndexError::Task("the insert was dropped before it was committed".into())
-        })?
+    }
+
+    async fn pending_audits(&self, limit: u32) -> Result<Vec<PendingAudit>, IndexError> {
+        self.read(move |c| {
+            let mut stmt = c.prepare_cached(
+                "SELECT id, session, who, sop_instance_uid, study_uid, patient_id, issuer,
+                        sop_class_uid, at_ms
+                 FROM audit_marks ORDER BY id LIMIT ?1",
+            )?;
+            let rows = stmt.query_map([sql_limit(limit)], |r| {
+                Ok(PendingAudit {
+                    id: r.get(0)?,
+                    mark: AuditMark {
+                        session: r.get(1)?,
+                        who: r.get(2)?,
+                    },
+                    sop_instance_uid: r.get(3)?,
+                    study_uid: r.get(4)?,
+                    patient_id: r.get(5)?,
+                    issuer: r.get(6)?,
+                    sop_class_uid: r.get(7)?,
+                    at_ms: r.get(8)?,
+                })
+            })?;
+            Ok(rows.collect::<Result<Vec<_>, _>>()?)
+        })
+        .await
+    }
+
+    async fn clear_audit_marks_through(&self, id: i64) -> Result<u64, IndexError> {
+        self.write(move |c| {
+            Ok(c.prepare_cached("DELETE FROM audit_marks WHERE id <= ?1")?
+                .execute([id])? as u64)
+        })
+        .await
     }
 
     async fn quarantine(&self, entry: &QuarantineEntry) -> Result<i64, IndexError> {

@@ -412,6 +412,7 @@ impl GridIndex for SqliteIndex {
                     record,
                     site: String::new(),
                     incarnation: String::new(),
+                    mark: None,
                     reply,
                 }],
             );
