@@ -252,7 +252,12 @@ pub struct SqliteIndex {
     inner: Arc<Inner>,
 }
 
-struct Inner {
+/// Locks a queue; a panic elsewhere while it was held leaves a usable list of jobs.
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+pub(crate) struct Inner {
     path: PathBuf,
     writer: Mutex<Connection>,
     /// Inserts waiting for the next group commit.
@@ -403,40 +408,45 @@ impl SqliteIndex {
         mark: Option<AuditMark>,
     ) -> Result<InsertOutcome, IndexError> {
         let (reply, outcome) = oneshot::channel();
-        self.inner
-            .pending
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .push(InsertJob {
-                record: record.clone(),
-                site: site.to_string(),
-                incarnation: self.inner.incarnation.clone(),
-                mark,
-                reply,
-            });
-        // Whoever holds the writer next commits every queued insert, ours included; while
-        // it waits for the disk, new inserts queue up for the following commit. So when our
-        // turn at the lock ends, our job has been committed and answered, by us or another.
+        lock(&self.inner.pending).push(InsertJob {
+            record: record.clone(),
+            site: site.to_string(),
+            incarnation: self.inner.incarnation.clone(),
+            mark,
+            reply,
+        });
+        self.commit_queued(|i| &i.pending, run_batch).await?;
+        outcome.await.map_err(|_| {
+            IndexError::Task("the insert was dropped before it was committed".into())
+        })?
+    }
+
+    /// Commits what waits in `queue` (the caller has just added its job): whoever holds the
+    /// writer next commits every queued job, ours included, with `run`; while it waits for
+    /// the disk, new jobs queue up for the following commit. So when our turn at the writer
+    /// ends, our job has been committed and answered, by us or by another caller.
+    pub(crate) async fn commit_queued<J: Send + 'static>(
+        &self,
+        queue: fn(&Inner) -> &Mutex<Vec<J>>,
+        run: fn(&mut Connection, Vec<J>),
+    ) -> Result<(), IndexError> {
         let inner = self.inner.clone();
         tokio::task::spawn_blocking(move || -> Result<(), IndexError> {
             let mut conn = inner.writer_conn()?;
             loop {
-                let jobs: Vec<InsertJob> = {
-                    let mut pending = inner.pending.lock().unwrap_or_else(|p| p.into_inner());
+                let jobs: Vec<J> = {
+                    let mut pending = lock(queue(&inner));
                     let n = pending.len().min(MAX_BATCH);
                     pending.drain(..n).collect()
                 };
                 if jobs.is_empty() {
                     return Ok(());
                 }
-                run_batch(&mut conn, jobs);
+                run(&mut conn, jobs);
             }
         })
         .await
-        .map_err(task_err)??;
-        outcome.await.map_err(|_| {
-            IndexError::Task("the insert was dropped before it was committed".into())
-        })?
+        .map_err(task_err)?
     }
 
     /// Runs write work on the single writer connection.

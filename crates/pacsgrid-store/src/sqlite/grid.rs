@@ -432,39 +432,16 @@ impl GridIndex for SqliteIndex {
         holds: bool,
     ) -> Result<HolderChange, IndexError> {
         let (reply, outcome) = oneshot::channel();
-        self.inner
-            .pending_holders
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .push(HolderJob {
-                sop: sop_instance_uid.to_string(),
-                hash: hash.to_string(),
-                holder: holder.clone(),
-                holds,
-                reply,
-            });
-        // As for inserts: whoever holds the writer next commits every queued change, so
-        // copies finished while a commit waits for the disk share the following one.
-        let inner = self.inner.clone();
-        tokio::task::spawn_blocking(move || -> Result<(), IndexError> {
-            let mut conn = inner.writer_conn()?;
-            loop {
-                let jobs: Vec<HolderJob> = {
-                    let mut pending = inner
-                        .pending_holders
-                        .lock()
-                        .unwrap_or_else(|p| p.into_inner());
-                    let n = pending.len().min(super::MAX_BATCH);
-                    pending.drain(..n).collect()
-                };
-                if jobs.is_empty() {
-                    return Ok(());
-                }
-                run_holder_batch(&mut conn, jobs);
-            }
-        })
-        .await
-        .map_err(super::task_err)??;
+        super::lock(&self.inner.pending_holders).push(HolderJob {
+            sop: sop_instance_uid.to_string(),
+            hash: hash.to_string(),
+            holder: holder.clone(),
+            holds,
+            reply,
+        });
+        // as for inserts: copies finished while a commit waits for the disk share the next
+        self.commit_queued(|i| &i.pending_holders, run_holder_batch)
+            .await?;
         outcome.await.map_err(|_| {
             IndexError::Task("the holder change was dropped before it was committed".into())
         })?
