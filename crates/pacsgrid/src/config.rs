@@ -30,6 +30,18 @@ pub struct Config {
     /// Who may connect and what they may do: AE rights, HTTP tokens and API keys.
     #[serde(default)]
     pub access: pacsgrid_access::AccessConfig,
+    /// The de-identified view researchers are served.
+    #[serde(default)]
+    pub deid: DeidSection,
+}
+
+/// `[deid]`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeidSection {
+    /// The secret that keys pseudonyms and date shifts. Absent: `DATA/deid.secret`, made
+    /// on first start. Sites that must give one patient one pseudonym share one file.
+    pub secret_file: Option<PathBuf>,
 }
 
 /// `[node]`.
@@ -314,6 +326,11 @@ impl Config {
         }
         if let Some(tls) = &mut cfg.dicom.tls {
             tls.resolve_relative_paths(&base);
+        }
+        if let Some(f) = &mut cfg.deid.secret_file {
+            if f.is_relative() {
+                *f = base.join(&*f);
+            }
         }
         for r in &mut cfg.remote_ae {
             if let Some(ca) = &mut r.tls_ca {

@@ -75,6 +75,7 @@ async fn loaded(dir: &std::path::Path) -> HttpState {
         archive,
         extra_metrics: Vec::new(),
         access: Arc::new(pacsgrid_access::AccessPoint::open_door("test")),
+        deid: Arc::new(pacsgrid_dicom::deid::Deidentifier::new(b"test secret")),
         options: Arc::new(HttpOptions::default()),
     }
 }
