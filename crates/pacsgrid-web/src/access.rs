@@ -185,6 +185,10 @@ fn original_uri<'a>(
     ext.get::<OriginalUri>().map(|o| &o.0).unwrap_or(uri)
 }
 
+/// What the audit record of a de-identified answer says of it.
+const DEIDENTIFIED_NOTE: &str =
+    "served de-identified (PS3.15 E.1 Basic Profile, Retain UIDs, Retain Longitudinal Modified Dates)";
+
 /// The principal of a request that passed [`guard`], and the view it is served.
 #[derive(Debug, Clone)]
 struct Requester(Arc<Principal>, View);
@@ -349,12 +353,22 @@ impl Audit {
 
     /// A search of this request: the service is the URL path, the query its query string.
     pub(crate) fn query(&self) -> AuditEvent {
-        AuditEvent::query(
+        self.marked(AuditEvent::query(
             self.access.source(),
             self.who.participant(),
             &self.path,
             self.query.as_bytes(),
-        )
+        ))
+    }
+
+    /// Says in the record (EventOutcomeDescription) that the answer was de-identified; the
+    /// record still names the real patient and studies, since the trail is for whoever
+    /// audits the site, not for the researcher.
+    fn marked(&self, mut ev: AuditEvent) -> AuditEvent {
+        if self.view == View::DeIdentified {
+            ev.outcome_description = Some(DEIDENTIFIED_NOTE.to_string());
+        }
+        ev
     }
 
     /// A request of this URL path with `query` as its body (a POST that asks for something).
@@ -369,12 +383,20 @@ impl Audit {
 
     /// Instances sent to the requester (WADO-RS, rendered images, bulk data).
     pub(crate) fn transferred(&self) -> AuditEvent {
-        AuditEvent::instances_transferred(self.access.source(), self.who.participant(), None)
+        self.marked(AuditEvent::instances_transferred(
+            self.access.source(),
+            self.who.participant(),
+            None,
+        ))
     }
 
     /// Data read in place (metadata, a REST resource), or removed (`Action::Delete`).
     pub(crate) fn accessed(&self, action: Action) -> AuditEvent {
-        AuditEvent::instances_accessed(self.access.source(), self.who.participant(), action)
+        self.marked(AuditEvent::instances_accessed(
+            self.access.source(),
+            self.who.participant(),
+            action,
+        ))
     }
 
     /// Instances stored by the requester.

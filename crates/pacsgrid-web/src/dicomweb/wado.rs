@@ -390,6 +390,9 @@ async fn retrieve(
     let choices = accept::dicom_choices(&accept::parse_accept(accept.as_deref())?)?;
     let (found, tally) = locate_for_audit(&st.archive, &t).await?;
     let deid = (audit.view() == View::DeIdentified).then(|| Arc::clone(&st.deid));
+    if deid.is_some() {
+        refuse_withheld_instance(&st.archive, &t, &found).await?;
+    }
     // decide every instance before the first byte: a 406 after a 200 is impossible
     let mut planned = Vec::with_capacity(found.len());
     for inst in found {
@@ -538,6 +541,31 @@ fn check_json_accept(headers: &HeaderMap) -> Result<(), Problem> {
     }
 }
 
+/// In the de-identified view, a URL that names one instance withheld from it gets 403
+/// rather than an empty answer; a study or series simply leaves such instances out.
+async fn refuse_withheld_instance(
+    archive: &Archive,
+    t: &Target,
+    found: &[StoredInstance],
+) -> Result<(), Problem> {
+    let [only] = found else {
+        return Ok(());
+    };
+    if t.instance.is_none() {
+        return Ok(());
+    }
+    let reader = metadata::BlockingRead::new(archive.open_file(only).await?);
+    let held = tokio::task::spawn_blocking(move || {
+        metadata::read_header(reader).map(|o| pacsgrid_dicom::deid::withheld(&o))
+    })
+    .await
+    .map_err(|e| Problem::internal(e.to_string()))??;
+    if held {
+        return Err(deid::withheld_problem(only));
+    }
+    Ok(())
+}
+
 /// Answers a metadata request: a JSON array streamed instance by instance.
 async fn metadata(
     st: HttpState,
@@ -549,21 +577,8 @@ async fn metadata(
     check_json_accept(&headers)?;
     let (found, tally) = locate_for_audit(&st.archive, &t).await?;
     let deid = (audit.view() == View::DeIdentified).then(|| Arc::clone(&st.deid));
-    if let (Some(_), [only]) = (&deid, found.as_slice()) {
-        // a single instance named in the URL: say it is withheld, rather than answer []
-        if t.instance.is_some() {
-            let reader = metadata::BlockingRead::new(
-                st.archive.open_file(only).await.map_err(Problem::from)?,
-            );
-            let held = tokio::task::spawn_blocking(move || {
-                metadata::read_header(reader).map(|o| pacsgrid_dicom::deid::withheld(&o))
-            })
-            .await
-            .map_err(|e| Problem::internal(e.to_string()))??;
-            if held {
-                return Err(deid::withheld_problem(only));
-            }
-        }
+    if deid.is_some() {
+        refuse_withheld_instance(&st.archive, &t, &found).await?;
     }
     let base = base_url(&headers, local);
     let (mut w, body) = multipart::channel("");
