@@ -2,8 +2,9 @@
 UIDs and Retain Longitudinal Temporal Information with Modified Dates), on a real node.
 
 A generated corpus (two patients, two studies each, names, institution, physicians, private
-tags; explicit, implicit, deflated and RLE objects) is stored with dcmtk storescu, plus one
-object with BurnedInAnnotation = YES and one with names inside nested sequences. API keys made
+tags; explicit, deflated and RLE objects) is stored with dcmtk storescu; pynetdicom adds one
+object with BurnedInAnnotation = YES, one with names inside nested sequences, and an implicit VR
+copy. API keys made
 with `pacsgrid access new-key` give a researcher and a clinician. The researcher's QIDO-RS and
 WADO-RS answers hold no real identity, one pseudonym per patient, dates shifted with their
 intervals kept, UIDs and pixel data unchanged; matching on identifying keys is refused; the
@@ -25,7 +26,8 @@ from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
 
 from harness import (HOST, STORESCU_MIXED_CFG, dcmtk, gen_dataset, meta_end, multipart_parts,
-                     rewrite, run_pacsgrid)
+                     rewrite, run_pacsgrid, store_ok)
+from test_audit_schema import assert_valid, schema  # noqa: F401  (schema is a fixture)
 
 PROBLEM = "application/problem+json"
 AS_STORED = {"Accept": 'multipart/related; type="application/dicom"; transfer-syntax=*'}
@@ -41,13 +43,15 @@ def new_key(name: str, role: str) -> tuple[str, str]:
 
 
 class Site:
-    def __init__(self, node, corpus, keys, burned, nested, tmp):
+    def __init__(self, node, corpus, keys, burned, nested, tmp, others=()):
         self.node, self.corpus, self.keys = node, corpus, keys
         self.burned, self.nested, self.tmp = burned, nested, tmp
         self.headers = {p.sop_uid: pydicom.dcmread(p.path, stop_before_pixels=True)
                         for p in corpus.instances}
         self.headers[burned.SOPInstanceUID] = burned
         self.headers[nested.SOPInstanceUID] = nested
+        for ds in others:
+            self.headers[ds.SOPInstanceUID] = ds
 
     def get(self, path: str, who: str, **kw) -> requests.Response:
         headers = dict(kw.pop("headers", {}) or {})
@@ -113,6 +117,10 @@ def site(module_node_factory, tmp_path_factory) -> Site:
     ds.InstanceNumber = 902
     nested_path = extra / "nested.dcm"
     ds.save_as(nested_path, enforce_file_format=True)
+    # storescu sends implicit VR objects as explicit VR; pynetdicom keeps an implicit copy so
+    implicit = next(i for i in corpus.instances if i.ts == pydicom.uid.ImplicitVRLittleEndian)
+    implicit_path = rewrite(implicit.path, extra / "implicit.dcm",
+                            SOPInstanceUID=f"{ROOT}.3", InstanceNumber=903)
 
     keys, entries = {}, ""
     for who, role in (("researcher", "researcher"), ("clinician", "clinician")):
@@ -121,12 +129,13 @@ def site(module_node_factory, tmp_path_factory) -> Site:
     node = module_node_factory(start=False)
     node.config_path.write_text(node.config_path.read_text() + entries)
     node.start()
-    for dirs in (corpus.top_dirs(), [extra]):
-        r = dcmtk("storescu", "-xf", STORESCU_MIXED_CFG, "Mixed", "-aet", "STORESCU", "-aec",
-                  node.ae_title, "+sd", "+r", HOST, node.dicom_port, *dirs, timeout=300)
-        assert r.returncode == 0, f"storescu failed:\n{r.stdout[-3000:]}\n{r.stderr[-3000:]}"
+    r = dcmtk("storescu", "-xf", STORESCU_MIXED_CFG, "Mixed", "-aet", "STORESCU", "-aec",
+              node.ae_title, "+sd", "+r", HOST, node.dicom_port, *corpus.top_dirs(), timeout=300)
+    assert r.returncode == 0, f"storescu failed:\n{r.stdout[-3000:]}\n{r.stderr[-3000:]}"
+    store_ok(node, [burned_path, nested_path, implicit_path])
     return Site(node, corpus, keys, pydicom.dcmread(burned_path, stop_before_pixels=True),
-                pydicom.dcmread(nested_path, stop_before_pixels=True), tmp)
+                pydicom.dcmread(nested_path, stop_before_pixels=True), tmp,
+                [pydicom.dcmread(implicit_path, stop_before_pixels=True)])
 
 
 def patients(site: Site) -> dict[str, list]:
@@ -223,7 +232,7 @@ def private_or_overlay(ds: Dataset) -> list:
 
 
 def test_wado_retrieve_is_de_identified_with_pixels_untouched(site):
-    every_uid = set()
+    every_uid, syntaxes = set(), set()
     for study, insts in site.corpus.studies().items():
         stored = site.retrieve(f"/dicom-web/studies/{study}", "clinician")
         served = site.retrieve(f"/dicom-web/studies/{study}", "researcher")
@@ -234,6 +243,7 @@ def test_wado_retrieve_is_de_identified_with_pixels_untouched(site):
             full = pydicom.dcmread(pydicom.filebase.DicomBytesIO(stored[uid]))
             ds = pydicom.dcmread(pydicom.filebase.DicomBytesIO(data))
             check_file_meta(data, full.file_meta.TransferSyntaxUID)
+            syntaxes.add(full.file_meta.TransferSyntaxUID)
             assert ds.PatientIdentityRemoved == "YES"
             assert ds.LongitudinalTemporalInformationModified == "MODIFIED"
             assert [c.CodeValue for c in ds.DeidentificationMethodCodeSequence] == \
@@ -255,6 +265,10 @@ def test_wado_retrieve_is_de_identified_with_pixels_untouched(site):
             raw = data.decode("latin-1")
             assert_no_secret(site, raw, [uid])
     assert every_uid >= {i.sop_uid for i in site.corpus.instances}
+    # streamed (explicit, implicit, RLE) and rewritten whole (deflated) were both exercised
+    assert syntaxes >= {pydicom.uid.ExplicitVRLittleEndian, pydicom.uid.ImplicitVRLittleEndian,
+                        pydicom.uid.DeflatedExplicitVRLittleEndian, pydicom.uid.RLELossless}, \
+        syntaxes
 
 
 def test_nested_sequences_are_cleaned(site):
@@ -343,7 +357,7 @@ def test_clinician_sees_real_data_and_rest_refuses_researchers(site):
     assert site.get("/api/v1/status", "researcher").status_code == 200
 
 
-def test_researcher_reads_are_audited_with_the_real_patient(site):
+def test_researcher_reads_are_audited_with_the_real_patient(site, schema):
     i = site.corpus.instances[-1]
     r = site.get(f"/dicom-web/studies/{i.study_uid}/series/{i.series_uid}", "researcher",
                  headers=AS_STORED)
@@ -356,6 +370,7 @@ def test_researcher_reads_are_audited_with_the_real_patient(site):
     assert mine, records[-3:]
     assert mine[-1]["patient_id"] == i.patient_id
     assert "de-identified" in mine[-1]["xml"]
+    assert_valid(schema, mine[-1]["xml"].encode(), "a researcher's retrieve")
 
 
 def test_nothing_stored_changed_and_the_node_runs(site):
