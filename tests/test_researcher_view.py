@@ -113,6 +113,10 @@ def site(module_node_factory, tmp_path_factory) -> Site:
     ds.OperatorsName = "OPERATOR^OLGA"
     ds.EvaluatorName = "EVALUATOR^EVE"
     ds.PatientAddress = "12 SECRET STREET"
+    # after the pixel data: a private group and padding, which the streamed copy must drop
+    ds.add_new(0x7FE10010, "LO", "TRAILER CREATOR")
+    ds.add_new(0x7FE11010, "LO", "TRAILING-SECRET")
+    ds.add_new(0xFFFCFFFC, "OB", b"\0" * 8)
     ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = f"{ROOT}.2"
     ds.InstanceNumber = 902
     nested_path = extra / "nested.dcm"
@@ -279,6 +283,12 @@ def test_nested_sequences_are_cleaned(site):
     assert b"INNERNAME" not in data and b"INNER-PRIVATE" not in data
     assert b"OPERATOR" not in data and b"EVALUATOR" not in data and b"SECRET" not in data
     ds = pydicom.dcmread(pydicom.filebase.DicomBytesIO(data))
+    assert 0xFFFCFFFC not in ds and not private_or_overlay(ds)
+    (stored,) = site.retrieve(path, "clinician").values()
+    assert b"TRAILING-SECRET" in stored
+    assert ds.PixelData == pydicom.dcmread(pydicom.filebase.DicomBytesIO(stored)).PixelData
+    # nothing after the pixel data element: the file ends with its value
+    assert data.endswith(ds.PixelData)
     item = ds.ReferencedImageSequence[0]
     assert item.ReferencedSOPInstanceUID == n.ReferencedImageSequence[0].ReferencedSOPInstanceUID
     inner = item.PurposeOfReferenceCodeSequence[0]

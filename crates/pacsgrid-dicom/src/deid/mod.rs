@@ -21,7 +21,7 @@ use dicom_dictionary_std::tags;
 use dicom_object::mem::InMemElement;
 use dicom_object::InMemDicomObject;
 use ring::hmac;
-pub use split::{HeaderSplitter, SplitError};
+pub use split::{is_pixel_data, tag_at, ElementEnd, HeaderSplitter, SplitError};
 pub use table::Action;
 
 /// The pseudonym prefix, so a de-identified name is recognisable as one.

@@ -1,7 +1,9 @@
-//! Where the header of a stored data set ends: the offset of the first top-level element at
-//! or after the pixel data (7FE0,0008 Float Pixel Data onwards). A de-identified copy
-//! rewrites the bytes before it and copies the rest as stored, so only the header is ever
-//! held in memory.
+//! Where the header of a stored data set ends (the first top-level element at or after the
+//! pixel data, 7FE0,0008 Float Pixel Data onwards), and where the pixel data element that
+//! follows it ends. A de-identified copy rewrites the bytes before the first, copies the pixel
+//! data as stored while it streams past, and drops what follows it (private groups above
+//! 7FE0, digital signatures, padding: all removed by the profile), so only the header is
+//! ever held in memory.
 
 use crate::uid::DatasetEncoding;
 
@@ -221,6 +223,147 @@ impl HeaderSplitter {
     }
 }
 
+/// The tag of the element whose header starts `bytes`, if its four bytes are there.
+pub fn tag_at(bytes: &[u8], encoding: DatasetEncoding) -> Option<(u16, u16)> {
+    let b = bytes.get(..4)?;
+    Some(match encoding {
+        DatasetEncoding::ExplicitBig => (
+            u16::from_be_bytes([b[0], b[1]]),
+            u16::from_be_bytes([b[2], b[3]]),
+        ),
+        _ => (
+            u16::from_le_bytes([b[0], b[1]]),
+            u16::from_le_bytes([b[2], b[3]]),
+        ),
+    })
+}
+
+/// Whether a tag is one of the pixel data elements (Float, Double Float, or Pixel Data).
+pub fn is_pixel_data(tag: (u16, u16)) -> bool {
+    tag.0 == 0x7FE0 && matches!(tag.1, 0x0008 | 0x0009 | 0x0010)
+}
+
+/// What [`ElementEnd`] expects next.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Expect {
+    /// The element's own header.
+    Element,
+    /// An item (fragment) header or the sequence delimiter of encapsulated data.
+    Item,
+}
+
+/// Follows one element (the pixel data) from its first byte while its bytes stream past
+/// without being kept, and says where it ends: a defined length is counted, encapsulated
+/// fragments are counted item by item up to the sequence delimiter.
+#[derive(Debug)]
+pub struct ElementEnd {
+    encoding: DatasetEncoding,
+    expect: Expect,
+    /// Header bytes that arrived so far (a header may straddle two chunks).
+    pending: Vec<u8>,
+    /// Value bytes still to pass before the next header.
+    skip: u64,
+    /// Whether the element ends when `skip` reaches 0.
+    ends_after_skip: bool,
+}
+
+impl ElementEnd {
+    /// A tracker for an element whose first byte is the next one fed.
+    pub fn new(encoding: DatasetEncoding) -> Result<ElementEnd, SplitError> {
+        if encoding == DatasetEncoding::Deflated {
+            return Err(SplitError::Deflated);
+        }
+        Ok(ElementEnd {
+            encoding,
+            expect: Expect::Element,
+            pending: Vec::with_capacity(12),
+            skip: 0,
+            ends_after_skip: false,
+        })
+    }
+
+    fn u16(&self, b: &[u8]) -> u16 {
+        match self.encoding {
+            DatasetEncoding::ExplicitBig => u16::from_be_bytes([b[0], b[1]]),
+            _ => u16::from_le_bytes([b[0], b[1]]),
+        }
+    }
+
+    fn u32(&self, b: &[u8]) -> u32 {
+        match self.encoding {
+            DatasetEncoding::ExplicitBig => u32::from_be_bytes([b[0], b[1], b[2], b[3]]),
+            _ => u32::from_le_bytes([b[0], b[1], b[2], b[3]]),
+        }
+    }
+
+    /// Header bytes needed before `pending` can be read.
+    fn needed(&self) -> usize {
+        let explicit = self.encoding != DatasetEncoding::ImplicitLittle;
+        if self.expect == Expect::Element && explicit && self.pending.len() >= 6 {
+            let vr = &self.pending[4..6];
+            if matches!(vr, b"OB" | b"OD" | b"OF" | b"OL" | b"OV" | b"OW" | b"UN") {
+                return 12;
+            }
+        }
+        8
+    }
+
+    /// Feeds the next bytes; returns the offset in `chunk` just past the element's end, once
+    /// it is in this chunk.
+    pub fn feed(&mut self, chunk: &[u8]) -> Result<Option<usize>, SplitError> {
+        let mut i = 0;
+        loop {
+            if self.skip > 0 {
+                let n = self.skip.min((chunk.len() - i) as u64) as usize;
+                i += n;
+                self.skip -= n as u64;
+                if self.skip > 0 {
+                    return Ok(None);
+                }
+                if self.ends_after_skip {
+                    return Ok(Some(i));
+                }
+            }
+            while self.pending.len() < self.needed() && i < chunk.len() {
+                let want = (self.needed() - self.pending.len()).min(chunk.len() - i);
+                self.pending.extend_from_slice(&chunk[i..i + want]);
+                i += want;
+            }
+            if self.pending.len() < self.needed() {
+                return Ok(None);
+            }
+            let h = std::mem::take(&mut self.pending);
+            let tag = (self.u16(&h[0..2]), self.u16(&h[2..4]));
+            let len = if h.len() == 12 {
+                self.u32(&h[8..12])
+            } else if self.encoding == DatasetEncoding::ImplicitLittle
+                || self.expect == Expect::Item
+            {
+                self.u32(&h[4..8])
+            } else {
+                u32::from(self.u16(&h[6..8]))
+            };
+            match (self.expect, tag, len) {
+                (Expect::Element, _, UNDEFINED) => self.expect = Expect::Item,
+                (Expect::Element, _, n) | (Expect::Item, (0xFFFE, 0xE000), n) if n != UNDEFINED => {
+                    self.ends_after_skip = self.expect == Expect::Element;
+                    if n == 0 && self.ends_after_skip {
+                        return Ok(Some(i));
+                    }
+                    self.skip = u64::from(n);
+                }
+                (Expect::Item, (0xFFFE, 0xE0DD), _) => return Ok(Some(i)),
+                (_, (g, e), _) => {
+                    return Err(SplitError::Malformed {
+                        at: i,
+                        why: format!("({g:04X},{e:04X}) inside encapsulated pixel data"),
+                    })
+                }
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -289,6 +432,40 @@ mod tests {
         let mut s = HeaderSplitter::new(DatasetEncoding::ExplicitLittle).unwrap();
         assert!(s.feed(&ds[..6], true).is_err());
         assert!(HeaderSplitter::new(DatasetEncoding::Deflated).is_err());
+    }
+
+    #[test]
+    fn the_pixel_data_end_is_found_in_any_chunking() {
+        let mut px = undefined(0x7FE0, 0x0010, b"OB");
+        px.extend(item(0xE000, 0));
+        px.extend(item(0xE000, 6));
+        px.extend_from_slice(&[1, 2, 3, 4, 5, 6]);
+        px.extend(item(0xE0DD, 0));
+        // native pixel data: an OW value of 10 bytes, long-VR header form
+        let mut native_long = vec![0xE0, 0x7F, 0x10, 0x00, b'O', b'W', 0, 0];
+        native_long.extend_from_slice(&10u32.to_le_bytes());
+        native_long.extend_from_slice(&[9; 10]);
+        for element in [px, native_long] {
+            let trailer = el(0xFFFC, 0xFFFC, b"OB", &[0, 0]);
+            let mut all = element.clone();
+            all.extend(&trailer);
+            for size in 1..=all.len() {
+                let mut t = ElementEnd::new(DatasetEncoding::ExplicitLittle).unwrap();
+                let mut end = None;
+                for (n, chunk) in all.chunks(size).enumerate() {
+                    if let Some(at) = t.feed(chunk).unwrap() {
+                        end = Some(n * size + at);
+                        break;
+                    }
+                }
+                assert_eq!(end, Some(element.len()), "chunks of {size}");
+            }
+        }
+        assert_eq!(
+            tag_at(&[0xE0, 0x7F, 0x10, 0x00], DatasetEncoding::ExplicitLittle),
+            Some((0x7FE0, 0x0010))
+        );
+        assert!(is_pixel_data((0x7FE0, 0x0008)) && !is_pixel_data((0x7FE1, 0x0010)));
     }
 
     #[test]

@@ -3,8 +3,9 @@
 //! transfer syntax and SOP UIDs unchanged).
 //!
 //! A stored instance is streamed: its bytes are read up to the pixel data, that header is
-//! rewritten, and the pixel data (and whatever follows it) is copied as stored, so memory
-//! holds one header, never an instance or a study. Deflated instances, and instances that
+//! rewritten, the pixel data element is copied as stored, and what follows it (private
+//! groups above 7FE0, digital signatures, padding) is dropped; memory holds one header,
+//! never an instance or a study. Deflated instances, and instances that
 //! are converted or decoded for the client, are rewritten whole in memory, one at a time, as
 //! those deliveries already hold them. An instance whose BurnedInAnnotation is YES is
 //! withheld: it is left out of multi-instance answers and refused (403) where it is named.
@@ -20,7 +21,7 @@ use dicom_object::{InMemDicomObject, OpenFileOptions};
 use dicom_transfer_syntax_registry::TransferSyntaxRegistry;
 use futures::StreamExt;
 use pacsgrid_archive::{Archive, StoredInstance};
-use pacsgrid_dicom::deid::{self, Deidentifier, HeaderSplitter};
+use pacsgrid_dicom::deid::{self, Deidentifier, ElementEnd, HeaderSplitter};
 use pacsgrid_dicom::uid;
 use std::sync::Arc;
 
@@ -155,14 +156,36 @@ pub(super) async fn send_streamed(
     };
     w.begin_part(part_type).await?;
     w.send(Bytes::from(head)).await?;
-    w.send(rest).await?;
-    while let Some(c) = chunks.next().await {
-        let c = c.map_err(|e| fail(e.to_string()))?;
-        read += c.len() as u64;
-        if read > inst.size {
-            break;
+    // The pixel data goes on as stored; whatever follows it (private groups above 7FE0,
+    // digital signatures, padding) is read, to check the blob's length, and dropped.
+    let mut pixels = match deid::tag_at(&rest, encoding) {
+        Some(tag) if deid::is_pixel_data(tag) => {
+            Some(ElementEnd::new(encoding).map_err(|e| fail(e.to_string()))?)
         }
-        w.send(c).await?;
+        _ => None,
+    };
+    let mut next = Some(rest);
+    while let Some(c) = next.take() {
+        if let Some(tracker) = &mut pixels {
+            match tracker.feed(&c).map_err(|e| fail(e.to_string()))? {
+                Some(end) => {
+                    w.send(c.slice(..end)).await?;
+                    pixels = None;
+                }
+                None => w.send(c).await?,
+            }
+        }
+        if let Some(c) = chunks.next().await {
+            let c = c.map_err(|e| fail(e.to_string()))?;
+            read += c.len() as u64;
+            if read > inst.size {
+                break;
+            }
+            next = Some(c);
+        }
+    }
+    if pixels.is_some() && read <= inst.size {
+        return Err(fail("the stored object ends inside its pixel data".into()));
     }
     // a blob of another length than indexed is damaged: cut the answer rather than pass it on
     if read != inst.size {
