@@ -17,6 +17,7 @@ import datetime
 import json
 import re
 import struct
+import subprocess
 from pathlib import Path
 
 import pydicom
@@ -335,6 +336,27 @@ def test_frames_and_rendered_of_a_clean_instance(site):
     assert frame == pydicom.dcmread(i.path).PixelData
     r = site.get(inst + "/bulkdata/00091010", "researcher")
     assert r.status_code == 403 and r.headers["content-type"].startswith(PROBLEM)
+
+
+def dciodvfy_errors(path: Path) -> set[str]:
+    r = subprocess.run(["/usr/bin/dciodvfy", str(path)], capture_output=True, text=True,
+                       timeout=60)
+    return {line.strip() for line in (r.stdout + r.stderr).splitlines()
+            if line.startswith("Error")}
+
+
+def test_de_identified_objects_are_as_valid_as_the_stored(site):
+    """dciodvfy (dicom3tools) finds no IOD error in a de-identified object that the stored
+    one does not have already."""
+    for i in site.corpus.instances[:4]:
+        path = f"/dicom-web/studies/{i.study_uid}/series/{i.series_uid}/instances/{i.sop_uid}"
+        (stored,) = site.retrieve(path, "clinician").values()
+        (served,) = site.retrieve(path, "researcher").values()
+        a, b = site.tmp / "stored.dcm", site.tmp / "served.dcm"
+        a.write_bytes(stored)
+        b.write_bytes(served)
+        new = dciodvfy_errors(b) - dciodvfy_errors(a)
+        assert not new, (i.ts, new)
 
 
 def test_dcmdump_shows_no_patient_name(site):

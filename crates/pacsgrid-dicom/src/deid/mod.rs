@@ -27,9 +27,9 @@ pub use table::Action;
 /// The pseudonym prefix, so a de-identified name is recognisable as one.
 pub const PSEUDONYM_PREFIX: &str = "ANON-";
 
-/// What DeidentificationMethod (0012,0063) says of every de-identified object.
-pub const METHOD: &str =
-    "pacsgrid PS3.15 E.1 Basic Profile; Retain UIDs; Retain Longitudinal Modified Dates";
+/// What DeidentificationMethod (0012,0063) says of every de-identified object: one value
+/// per profile and option (LO holds at most 64 characters a value).
+pub const METHOD: &str = "PS3.15 E.1 Basic Application Confidentiality Profile\\Retain UIDs Option\\Retain Longitudinal Temporal Information Modified Dates";
 
 /// The codes of DeidentificationMethodCodeSequence (0012,0064), CID 7050: Basic Application
 /// Confidentiality Profile, Retain UIDs Option, Retain Longitudinal Temporal Information
@@ -230,7 +230,7 @@ pub fn marks() -> Vec<InMemElement> {
         DataElement::new(
             tags::DEIDENTIFICATION_METHOD,
             VR::LO,
-            PrimitiveValue::from(METHOD),
+            PrimitiveValue::Strs(METHOD.split('\\').map(str::to_string).collect()),
         ),
         DataElement::new(
             tags::DEIDENTIFICATION_METHOD_CODE_SEQUENCE,

@@ -230,6 +230,16 @@ fn dates_of_one_patient_keep_their_intervals() {
 }
 
 #[test]
+fn method_values_fit_their_vr() {
+    assert!(
+        METHOD.split('\\').all(|v| v.len() <= 64),
+        "LO holds 64 characters"
+    );
+    assert_eq!(METHOD.split('\\').count(), 3);
+    assert!(METHOD_CODES.iter().all(|(_, m)| m.len() <= 64));
+}
+
+#[test]
 fn burned_in_annotation_withholds() {
     let mut ds = sample();
     assert!(!withheld(&ds));
