@@ -448,6 +448,21 @@ mod tests {
     }
 
     #[test]
+    fn deid_secret_file_resolves_against_the_config_directory() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("a.toml");
+        std::fs::write(&path, "[deid]\nsecret_file = \"keys/deid.secret\"\n").unwrap();
+        let cfg = Config::load(&path).unwrap();
+        assert_eq!(
+            cfg.deid.secret_file,
+            Some(dir.path().join("keys/deid.secret"))
+        );
+        let none: Config = toml::from_str("").unwrap();
+        assert!(none.deid.secret_file.is_none());
+        assert!(toml::from_str::<Config>("[deid]\nsecret = \"x\"\n").is_err());
+    }
+
+    #[test]
     fn grid_validation_errors_reach_the_config() {
         let text = "[node]\nsite = \"a\"\n[grid]\nlisten = \"x:1\"\nurl = \"https://x:1\"\n\
                     ca_cert = \"c\"\ncert = \"c\"\nkey = \"k\"\ncopies = 3\n\
