@@ -276,6 +276,31 @@ def test_wado_retrieve_is_de_identified_with_pixels_untouched(site):
         syntaxes
 
 
+def test_converted_and_decoded_instances_are_de_identified(site):
+    """Asked for explicit VR, an implicit VR object is converted and an RLE one decoded
+    before they are de-identified (whole, in memory, one at a time)."""
+    explicit = pydicom.uid.ExplicitVRLittleEndian
+    accept = {"Accept": f'multipart/related; type="application/dicom"; transfer-syntax={explicit}'}
+    implicit = next(ds for ds in site.headers.values() if ds.InstanceNumber == 903)
+    rle = next(i for i in site.corpus.instances if i.ts == pydicom.uid.RLELossless)
+    for study, series, sop in ((implicit.StudyInstanceUID, implicit.SeriesInstanceUID,
+                                implicit.SOPInstanceUID), (rle.study_uid, rle.series_uid, rle.sop_uid)):
+        path = f"/dicom-web/studies/{study}/series/{series}/instances/{sop}"
+        got = {}
+        for who in ("clinician", "researcher"):
+            r = site.get(path, who, headers=accept)
+            assert r.status_code == 200, (who, r.text)
+            ((headers, data),) = multipart_parts(r)[1]
+            assert headers["content-type"] == f"application/dicom; transfer-syntax={explicit}"
+            got[who] = pydicom.dcmread(pydicom.filebase.DicomBytesIO(data))
+            check_file_meta(data, explicit)
+        full, ds = got["clinician"], got["researcher"]
+        assert ds.PatientIdentityRemoved == "YES" and "PatientIdentityRemoved" not in full
+        assert str(ds.PatientID).startswith("ANON-") and "InstitutionName" not in ds
+        assert not private_or_overlay(ds)
+        assert ds.SOPInstanceUID == sop and ds.PixelData == full.PixelData
+
+
 def test_nested_sequences_are_cleaned(site):
     n = site.nested
     path = (f"/dicom-web/studies/{n.StudyInstanceUID}/series/{n.SeriesInstanceUID}"
