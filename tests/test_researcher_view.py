@@ -238,9 +238,16 @@ def private_or_overlay(ds: Dataset) -> list:
 
 def test_wado_retrieve_is_de_identified_with_pixels_untouched(site):
     every_uid, syntaxes = set(), set()
+    searched = {values(a, "0020000D")[0]: a
+                for a in site.get("/dicom-web/studies", "researcher").json()}
     for study, insts in site.corpus.studies().items():
         stored = site.retrieve(f"/dicom-web/studies/{study}", "clinician")
         served = site.retrieve(f"/dicom-web/studies/{study}", "researcher")
+        # the objects say what the search said: one pseudonym, one shift
+        for data in served.values():
+            ds = pydicom.dcmread(pydicom.filebase.DicomBytesIO(data), stop_before_pixels=True)
+            assert values(searched[study], "00100020") == [ds.PatientID]
+            assert values(searched[study], "00080020") == [ds.StudyDate]
         withheld = {site.burned.SOPInstanceUID} & set(stored)
         assert set(served) == set(stored) - withheld, study
         for uid, data in served.items():
