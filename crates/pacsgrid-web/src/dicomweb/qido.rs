@@ -515,4 +515,4 @@ impl Drop for SearchLog {
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;
