@@ -158,9 +158,14 @@ impl Deidentifier {
                     _ => None,
                 }
             }
-            // A standard element read as UN may hide a name or a date: drop it, since its
-            // real VR (and so the rule for it) cannot be trusted.
-            VR::UN => None,
+            // Some writers encode standard elements as UN (PS3.5 6.2.2 lets a reader take the
+            // dictionary VR). Those that are not names, dates or sequences are kept as they
+            // are (an image needs its Rows); the others, and elements the dictionary does not
+            // know, go, since their bytes cannot be cleaned reliably.
+            VR::UN => match dictionary_vr(tag) {
+                Some(VR::PN | VR::DA | VR::DT | VR::SQ | VR::UN) | None => None,
+                Some(_) => Some(e),
+            },
             _ => Some(e),
         }
     }
@@ -186,6 +191,14 @@ impl Deidentifier {
             _ => Some(value.to_string()),
         }
     }
+}
+
+/// The VR the standard dictionary gives `tag`, if it knows the tag.
+fn dictionary_vr(tag: Tag) -> Option<VR> {
+    use dicom_core::dictionary::{DataDictionary, DataDictionaryEntry};
+    dicom_dictionary_std::StandardDataDictionary
+        .by_tag(tag)
+        .map(|e| e.vr().relaxed())
 }
 
 /// Whether an attribute goes by where it lives: private groups, curves (50xx), overlays

@@ -230,6 +230,33 @@ fn dates_of_one_patient_keep_their_intervals() {
 }
 
 #[test]
+fn standard_elements_read_as_un_stay_unless_names_or_dates() {
+    let un = |tag: Tag| DataElement::new(tag, VR::UN, PrimitiveValue::U8(vec![b'X', b' '].into()));
+    let ds = InMemDicomObject::from_element_iter([
+        un(tags::ROWS),
+        un(tags::MANUFACTURER),
+        un(tags::PERFORMING_PHYSICIAN_NAME),
+        un(tags::EVALUATOR_NAME),
+        un(tags::CONTENT_DATE),
+        un(Tag(0x0009, 0x1010)),
+        un(Tag(0x0018, 0xFFF0)),
+    ]);
+    let d = deid();
+    let out = d.dataset(ds, &d.patient("HOSP", "P123"));
+    assert!(out.get(tags::ROWS).is_some());
+    assert!(out.get(tags::MANUFACTURER).is_some());
+    for gone in [
+        tags::PERFORMING_PHYSICIAN_NAME,
+        tags::EVALUATOR_NAME,
+        tags::CONTENT_DATE,
+        Tag(0x0009, 0x1010),
+        Tag(0x0018, 0xFFF0),
+    ] {
+        assert!(out.get(gone).is_none(), "{gone}");
+    }
+}
+
+#[test]
 fn method_values_fit_their_vr() {
     assert!(
         METHOD.split('\\').all(|v| v.len() <= 64),
