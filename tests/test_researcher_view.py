@@ -27,7 +27,7 @@ from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
 
 from harness import (HOST, STORESCU_MIXED_CFG, dcmtk, gen_dataset, meta_end, multipart_parts,
-                     rewrite, run_pacsgrid, store_ok)
+                     pydicom_sample_files, rewrite, run_pacsgrid, store, store_ok)
 from test_audit_schema import assert_valid, schema  # noqa: F401  (schema is a fixture)
 
 PROBLEM = "application/problem+json"
@@ -43,6 +43,14 @@ def new_key(name: str, role: str) -> tuple[str, str]:
     return secret, r.stdout[r.stdout.index("[[access.http.api_key]]"):]
 
 
+def get_as(node, key: str, path: str, **kw) -> requests.Response:
+    """GET on the node's HTTP port with an API key."""
+    headers = dict(kw.pop("headers", {}) or {})
+    headers["Authorization"] = f"Bearer {key}"
+    return requests.get(f"http://{HOST}:{node.http_port}{path}", headers=headers, timeout=120,
+                        **kw)
+
+
 class Site:
     def __init__(self, node, corpus, keys, burned, nested, tmp, others=()):
         self.node, self.corpus, self.keys = node, corpus, keys
@@ -55,10 +63,7 @@ class Site:
             self.headers[ds.SOPInstanceUID] = ds
 
     def get(self, path: str, who: str, **kw) -> requests.Response:
-        headers = dict(kw.pop("headers", {}) or {})
-        headers["Authorization"] = f"Bearer {self.keys[who]}"
-        return requests.get(f"http://{HOST}:{self.node.http_port}{path}", headers=headers,
-                            timeout=120, **kw)
+        return get_as(self.node, self.keys[who], path, **kw)
 
     def retrieve(self, path: str, who: str) -> dict[str, bytes]:
         r = self.get(path, who, headers=AS_STORED)
@@ -233,7 +238,8 @@ def check_file_meta(data: bytes, ts: str) -> None:
 
 
 def private_or_overlay(ds: Dataset) -> list:
-    return [e.tag for e in ds.iterall() if e.tag.is_private or 0x5000 <= e.tag.group <= 0x60FF]
+    return [e.tag for e in ds.iterall()
+            if e.tag.is_private or e.tag.group >> 8 in (0x50, 0x60)]
 
 
 def test_wado_retrieve_is_de_identified_with_pixels_untouched(site):
@@ -448,3 +454,50 @@ def test_nothing_stored_changed_and_the_node_runs(site):
     assert site.node.running()
     r = site.get("/api/v1/status", "clinician")
     assert r.status_code == 200
+
+
+def test_pydicom_sample_files_come_de_identified(node_factory):
+    """pydicom's own sample objects (many SOP classes and syntaxes, odd structures): each is
+    served de-identified or withheld, never as stored, with its pixel data unchanged."""
+    samples = pydicom_sample_files()
+    keys, entries = {}, ""
+    for who in ("researcher", "clinician"):
+        keys[who], entry = new_key(f"samples-{who}", who)
+        entries += "\n" + entry
+    node = node_factory(start=False)
+    node.config_path.write_text(node.config_path.read_text() + entries)
+    node.start()
+    for k in range(0, len(samples), 40):
+        store(node, samples[k:k + 40])
+    served = withheld = 0
+    for path in samples:
+        src = pydicom.dcmread(path, stop_before_pixels=True)
+        url = (f"/dicom-web/studies/{src.StudyInstanceUID}/series/{src.SeriesInstanceUID}"
+               f"/instances/{src.SOPInstanceUID}")
+        full = get_as(node, keys["clinician"], url, headers=AS_STORED)
+        if full.status_code != 200:
+            continue  # not stored (refused at C-STORE): nothing to serve either way
+        r = get_as(node, keys["researcher"], url, headers=AS_STORED)
+        if str(src.get("BurnedInAnnotation", "")).upper() == "YES":
+            assert r.status_code == 403, (path.name, r.status_code)
+            withheld += 1
+            continue
+        assert r.status_code == 200, (path.name, r.status_code, r.text[:300])
+        ((_, data),) = multipart_parts(r)[1]
+        ((_, stored),) = multipart_parts(full)[1]
+        ds = pydicom.dcmread(pydicom.filebase.DicomBytesIO(data))
+        orig = pydicom.dcmread(pydicom.filebase.DicomBytesIO(stored))
+        check_file_meta(data, orig.file_meta.TransferSyntaxUID)
+        assert ds.PatientIdentityRemoved == "YES", path.name
+        assert ds.SOPInstanceUID == orig.SOPInstanceUID, path.name
+        assert not private_or_overlay(ds), (path.name, private_or_overlay(ds))
+        assert not [e.tag for e in ds.iterall() if e.VR == "PN" and e.value
+                    and e.tag not in (0x00100010,)], path.name
+        if orig.get("PatientName"):
+            assert str(ds.PatientName).startswith("ANON-"), path.name
+        if "PixelData" in orig:
+            assert ds.PixelData == orig.PixelData, path.name
+        served += 1
+    print(f"pydicom samples: {served} served de-identified, {withheld} withheld, of {len(samples)}")
+    assert served >= 20, (served, withheld)
+    assert node.running()
