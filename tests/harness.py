@@ -481,6 +481,35 @@ class Corpus:
         return sorted({self.root / i.path.relative_to(self.root).parts[0] for i in self.instances})
 
 
+def pydicom_sample_files() -> list[Path]:
+    """The well-formed little-endian Part 10 storage objects among pydicom's own test files
+    (shipped with pydicom: no download), one per SOP Instance UID."""
+    import warnings
+    test_files = Path(pydicom.__file__).parent / "data" / "test_files"
+    candidates, seen = [], set()
+    for path in sorted(test_files.rglob("*.dcm")):
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("error")  # a file pydicom warns about is not well-formed
+                ds = pydicom.dcmread(path)
+                ds.walk(lambda _ds, _el: None)  # parse every element now
+            meta = ds.file_meta
+            sop_class = UID(meta.MediaStorageSOPClassUID)
+            uid = UID(meta.MediaStorageSOPInstanceUID)
+            ts = UID(meta.TransferSyntaxUID)
+        except Exception:  # noqa: BLE001 - not a well-formed Part 10 file: skip that file
+            continue
+        if (not ts.is_transfer_syntax or not uid.is_valid or uid != ds.get("SOPInstanceUID")
+                or sop_class != ds.get("SOPClassUID") or uid in seen
+                or not str(sop_class).startswith("1.2.840.10008.5.1.4.1.1.")
+                or not ts.is_little_endian or "StudyInstanceUID" not in ds
+                or "SeriesInstanceUID" not in ds):
+            continue
+        seen.add(uid)
+        candidates.append(path)
+    return candidates
+
+
 def gen_dataset(out: Path, *args: str) -> Corpus:
     """Run ../shared/data/gen_dataset.py into `out` and load the result."""
     if not GEN_DATASET.exists():

@@ -2,15 +2,13 @@
 from __future__ import annotations
 
 import threading
-import warnings
-from pathlib import Path
 from collections import Counter
 
 import pytest
 
 import rawdul
 from harness import (SUCCESS, assert_identical, c_get, dcmtk, echo, hexs, instance_uids,
-                     STORESCU_MIXED_CFG, store)
+                     pydicom_sample_files, STORESCU_MIXED_CFG, store)
 
 
 def test_echoscu(node):
@@ -135,31 +133,7 @@ def test_store_with_command_and_data_set_in_many_fragments(node, corpora, fragme
 def test_many_syntaxes_and_sop_classes_from_pydicom_test_files(node):
     """pydicom ships real sample files of many SOP classes and transfer syntaxes: every one
     that is a well-formed Part 10 storage object must be accepted (0x0000)."""
-    import pydicom
-    from pydicom.uid import UID
-
-    test_files = Path(pydicom.__file__).parent / "data" / "test_files"  # local: no download
-    candidates, seen = [], set()
-    for path in sorted(test_files.rglob("*.dcm")):
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("error")  # a file pydicom warns about is not well-formed
-                ds = pydicom.dcmread(path)
-                ds.walk(lambda _ds, _el: None)  # parse every element now
-            meta = ds.file_meta
-            sop_class = UID(meta.MediaStorageSOPClassUID)
-            uid = UID(meta.MediaStorageSOPInstanceUID)
-            ts = UID(meta.TransferSyntaxUID)
-        except Exception:  # noqa: BLE001 - not a well-formed Part 10 file: skip that file
-            continue
-        if (not ts.is_transfer_syntax or not uid.is_valid or uid != ds.get("SOPInstanceUID")
-                or sop_class != ds.get("SOPClassUID") or uid in seen
-                or not str(sop_class).startswith("1.2.840.10008.5.1.4.1.1.")
-                or not ts.is_little_endian or "StudyInstanceUID" not in ds
-                or "SeriesInstanceUID" not in ds):
-            continue
-        seen.add(uid)
-        candidates.append(path)
+    candidates = pydicom_sample_files()
     assert len(candidates) >= 20, f"only {len(candidates)} pydicom sample files usable"
     # at most 120 presentation contexts per association
     statuses = {}

@@ -25,5 +25,6 @@ pub use error::{AccessError, Denied};
 pub use operation::Operation;
 pub use point::AccessPoint;
 pub use principal::{Channel, Grants, Principal, PrincipalKind, Role};
+pub use rules::View;
 pub use tally::StudyTally;
 pub use token::{new_api_key, Authenticator, HttpAuthConfig, JwtConfig, NewApiKey};

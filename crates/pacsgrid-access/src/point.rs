@@ -7,7 +7,7 @@ use crate::error::{AccessError, Denied};
 use crate::logins::Logins;
 use crate::operation::Operation;
 use crate::principal::Principal;
-use crate::rules;
+use crate::rules::{self, View};
 use crate::token::Authenticator;
 use pacsgrid_audit::{AlertKind, AuditEvent, AuditLog, AuditSource, Filter, Record, Search};
 use std::net::IpAddr;
@@ -150,6 +150,31 @@ impl AccessPoint {
             return Ok(());
         }
         let denied = Denied::forbidden(who, op);
+        self.refused(who, &denied).await;
+        Err(denied)
+    }
+
+    /// Whether `who` may do `op`, and in which view: `deidentified_offered` says the path
+    /// can serve de-identified data, so that principals allowed nothing else (researchers)
+    /// get [`View::DeIdentified`] there and a refusal everywhere else. A refusal is logged
+    /// and audited before it is returned.
+    pub async fn authorize_view(
+        &self,
+        who: &Principal,
+        op: &Operation,
+        deidentified_offered: bool,
+    ) -> Result<View, Denied> {
+        if let Some(view) = rules::view(&who.grants, op, deidentified_offered) {
+            return Ok(view);
+        }
+        let mut denied = Denied::forbidden(who, op);
+        if rules::view(&who.grants, op, true).is_some() {
+            if let Denied::Forbidden { what, .. } = &mut denied {
+                what.push_str(
+                    " here: this path has no de-identified view, and de-identified data is all they may see",
+                );
+            }
+        }
         self.refused(who, &denied).await;
         Err(denied)
     }

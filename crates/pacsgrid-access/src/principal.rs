@@ -33,7 +33,8 @@ pub enum Role {
     Radiologist,
     /// Reads.
     Clinician,
-    /// De-identified data only; until de-identified views exist, no patient data at all.
+    /// De-identified data only: searches and reads through the de-identified view of
+    /// DICOMweb, nothing identified anywhere.
     Researcher,
     /// Stores images, nothing else.
     Modality,

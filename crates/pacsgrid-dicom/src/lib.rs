@@ -1,9 +1,10 @@
 //! The DICOM vocabulary shared by every pacsgrid layer.
 //!
-//! Nothing here performs I/O: it names things (UIDs, attributes, status codes) and
-//! describes queries, so that the fabric, the archive and the protocols agree on one model.
+//! Nothing here performs I/O: it names things (UIDs, attributes, status codes), describes
+//! queries and de-identifies data sets in memory, so that the fabric, the archive and the protocols agree on one model.
 
 pub mod attrs;
+pub mod deid;
 pub mod part10;
 pub mod query;
 pub mod status;

@@ -4,7 +4,9 @@
 //! node's [`AccessPoint`] (401 when the credentials do not check out), maps the route to an
 //! [`Operation`] with the single table [`ROUTES`] (a route missing from it is refused, not
 //! waved through), asks the access point (403 when the role does not allow it) and leaves the
-//! [`Principal`] in the request. Handlers take an [`Audit`] argument and hand it the events of
+//! [`Principal`] in the request, with the [`View`] it is served: the de-identified view is
+//! offered on DICOMweb searches and reads only, so a researcher gets 403 on every REST path
+//! and never an identified answer anywhere. Handlers take an [`Audit`] argument and hand it the events of
 //! what they served; the event is durable before the answer (or its body) starts, and an
 //! answer whose record cannot be written becomes a 503.
 
@@ -16,7 +18,7 @@ use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use dicom_dictionary_std::tags;
-use pacsgrid_access::{AccessPoint, Channel, Denied, Operation, Principal, StudyTally};
+use pacsgrid_access::{AccessPoint, Channel, Denied, Operation, Principal, StudyTally, View};
 use pacsgrid_archive::{Archive, AttrValues, StoredInstance};
 use pacsgrid_audit::{Action, AuditEvent};
 use pacsgrid_dicom::{Level, Query, QueryModel};
@@ -183,9 +185,20 @@ fn original_uri<'a>(
     ext.get::<OriginalUri>().map(|o| &o.0).unwrap_or(uri)
 }
 
-/// The principal of a request that passed [`guard`].
+/// What the audit record of a de-identified answer says of it.
+const DEIDENTIFIED_NOTE: &str =
+    "served de-identified (PS3.15 E.1 Basic Profile, Retain UIDs, Retain Longitudinal Modified Dates)";
+
+/// The principal of a request that passed [`guard`], and the view it is served.
 #[derive(Debug, Clone)]
-struct Requester(Arc<Principal>);
+struct Requester(Arc<Principal>, View);
+
+/// Whether a route serves a de-identified view for `op`: DICOMweb searches and reads do
+/// (QIDO-RS, WADO-RS, rendered), REST does not (its answers are built for clinical use and
+/// carry names, so researchers are refused there rather than half-cleaned).
+fn offers_deidentified(channel: Channel, op: &Operation) -> bool {
+    channel == Channel::DicomWeb && matches!(op, Operation::Query | Operation::Retrieve)
+}
 
 /// The credentials of a request: `Authorization`, or an `X-API-Key` header as a bearer
 /// token for programs that cannot set `Authorization`.
@@ -272,10 +285,15 @@ pub(crate) async fn guard(
         Ok(p) => p,
         Err(denied) => return refusal(&denied, creds.is_some()),
     };
-    if let Err(denied) = state.access.authorize(&who, op).await {
-        return refusal(&denied, true);
-    }
-    req.extensions_mut().insert(Requester(Arc::new(who)));
+    let view = match state
+        .access
+        .authorize_view(&who, op, offers_deidentified(channel, op))
+        .await
+    {
+        Ok(v) => v,
+        Err(denied) => return refusal(&denied, true),
+    };
+    req.extensions_mut().insert(Requester(Arc::new(who), view));
     next.run(req).await
 }
 
@@ -284,6 +302,7 @@ pub(crate) async fn guard(
 pub(crate) struct Audit {
     access: Arc<AccessPoint>,
     who: Arc<Principal>,
+    view: View,
     path: String,
     query: String,
 }
@@ -292,10 +311,10 @@ impl FromRequestParts<HttpState> for Audit {
     type Rejection = Problem;
 
     async fn from_request_parts(parts: &mut Parts, state: &HttpState) -> Result<Audit, Problem> {
-        let who = parts
+        let (who, view) = parts
             .extensions
             .get::<Requester>()
-            .map(|r| Arc::clone(&r.0))
+            .map(|r| (Arc::clone(&r.0), r.1))
             .ok_or_else(|| {
                 Problem::internal("a request reached a handler without an access check")
             })?;
@@ -303,6 +322,7 @@ impl FromRequestParts<HttpState> for Audit {
         Ok(Audit {
             access: Arc::clone(&state.access),
             who,
+            view,
             path: uri.path().to_string(),
             query: uri.query().unwrap_or("").to_string(),
         })
@@ -313,6 +333,12 @@ impl Audit {
     /// The requester.
     pub(crate) fn who(&self) -> &Principal {
         &self.who
+    }
+
+    /// The view the requester is served: handlers that answer with patient data
+    /// de-identify it when this says so.
+    pub(crate) fn view(&self) -> View {
+        self.view
     }
 
     /// The node's access point.
@@ -327,12 +353,22 @@ impl Audit {
 
     /// A search of this request: the service is the URL path, the query its query string.
     pub(crate) fn query(&self) -> AuditEvent {
-        AuditEvent::query(
+        self.marked(AuditEvent::query(
             self.access.source(),
             self.who.participant(),
             &self.path,
             self.query.as_bytes(),
-        )
+        ))
+    }
+
+    /// Says in the record (EventOutcomeDescription) that the answer was de-identified; the
+    /// record still names the real patient and studies, since the trail is for whoever
+    /// audits the site, not for the researcher.
+    fn marked(&self, mut ev: AuditEvent) -> AuditEvent {
+        if self.view == View::DeIdentified {
+            ev.outcome_description = Some(DEIDENTIFIED_NOTE.to_string());
+        }
+        ev
     }
 
     /// A request of this URL path with `query` as its body (a POST that asks for something).
@@ -347,12 +383,20 @@ impl Audit {
 
     /// Instances sent to the requester (WADO-RS, rendered images, bulk data).
     pub(crate) fn transferred(&self) -> AuditEvent {
-        AuditEvent::instances_transferred(self.access.source(), self.who.participant(), None)
+        self.marked(AuditEvent::instances_transferred(
+            self.access.source(),
+            self.who.participant(),
+            None,
+        ))
     }
 
     /// Data read in place (metadata, a REST resource), or removed (`Action::Delete`).
     pub(crate) fn accessed(&self, action: Action) -> AuditEvent {
-        AuditEvent::instances_accessed(self.access.source(), self.who.participant(), action)
+        self.marked(AuditEvent::instances_accessed(
+            self.access.source(),
+            self.who.participant(),
+            action,
+        ))
     }
 
     /// Instances stored by the requester.
@@ -466,5 +510,18 @@ mod tests {
             Some(&Operation::Query)
         );
         assert_eq!(operation(&Method::PUT, "/dicom-web/studies"), None);
+    }
+
+    #[test]
+    fn only_dicomweb_reads_offer_the_de_identified_view() {
+        for (m, r, op) in ROUTES {
+            let channel = if r.starts_with(REST_BASE) {
+                Channel::Rest
+            } else {
+                Channel::DicomWeb
+            };
+            let expected = r.starts_with("/dicom-web/") && *m == "GET";
+            assert_eq!(offers_deidentified(channel, op), expected, "{m} {r}");
+        }
     }
 }

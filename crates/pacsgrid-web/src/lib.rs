@@ -54,6 +54,8 @@ pub struct HttpState {
     pub options: Arc<HttpOptions>,
     /// Who may do what, and the audit trail every access to patient data is written to.
     pub access: Arc<AccessPoint>,
+    /// De-identifies what researchers are served, keyed with the node's secret.
+    pub deid: Arc<pacsgrid_dicom::deid::Deidentifier>,
 }
 
 /// Builds the node's HTTP router.

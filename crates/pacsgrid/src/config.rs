@@ -30,6 +30,18 @@ pub struct Config {
     /// Who may connect and what they may do: AE rights, HTTP tokens and API keys.
     #[serde(default)]
     pub access: pacsgrid_access::AccessConfig,
+    /// The de-identified view researchers are served.
+    #[serde(default)]
+    pub deid: DeidSection,
+}
+
+/// `[deid]`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeidSection {
+    /// The secret that keys pseudonyms and date shifts. Absent: `DATA/deid.secret`, made
+    /// on first start. Sites that must give one patient one pseudonym share one file.
+    pub secret_file: Option<PathBuf>,
 }
 
 /// `[node]`.
@@ -315,6 +327,11 @@ impl Config {
         if let Some(tls) = &mut cfg.dicom.tls {
             tls.resolve_relative_paths(&base);
         }
+        if let Some(f) = &mut cfg.deid.secret_file {
+            if f.is_relative() {
+                *f = base.join(&*f);
+            }
+        }
         for r in &mut cfg.remote_ae {
             if let Some(ca) = &mut r.tls_ca {
                 if ca.is_relative() {
@@ -428,6 +445,21 @@ mod tests {
         assert_eq!(grid.ca_cert, dir.path().join("ca.pem"));
         assert_eq!(grid.cert, PathBuf::from("/abs/a.pem"));
         assert_eq!(grid.key, dir.path().join("keys/a.key"));
+    }
+
+    #[test]
+    fn deid_secret_file_resolves_against_the_config_directory() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("a.toml");
+        std::fs::write(&path, "[deid]\nsecret_file = \"keys/deid.secret\"\n").unwrap();
+        let cfg = Config::load(&path).unwrap();
+        assert_eq!(
+            cfg.deid.secret_file,
+            Some(dir.path().join("keys/deid.secret"))
+        );
+        let none: Config = toml::from_str("").unwrap();
+        assert!(none.deid.secret_file.is_none());
+        assert!(toml::from_str::<Config>("[deid]\nsecret = \"x\"\n").is_err());
     }
 
     #[test]

@@ -5,6 +5,7 @@ mod access_cli;
 mod audit_cli;
 mod check;
 mod config;
+mod deid_secret;
 mod grid_admin;
 mod grid_setup;
 mod import;

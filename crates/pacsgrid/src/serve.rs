@@ -159,6 +159,12 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     .await
     .with_context(|| format!("opening data directory {}", data_dir.display()))?;
     let access = crate::access::open(&cfg, &data_dir)?;
+    let deid_secret = crate::deid_secret::load_or_create(
+        &cfg.deid
+            .secret_file
+            .clone()
+            .unwrap_or_else(|| data_dir.join("deid.secret")),
+    )?;
     let insecure = crate::access::insecure_reasons(&cfg, &access.point);
     if !insecure.is_empty() {
         for why in &insecure {
@@ -214,6 +220,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
             max_upload_bytes: cfg.http.max_upload_bytes,
         }),
         access: Arc::clone(&access.point),
+        deid: Arc::new(pacsgrid_dicom::deid::Deidentifier::new(&deid_secret)),
     };
     let http_task = tokio::spawn(pacsgrid_web::serve(
         http_listener,

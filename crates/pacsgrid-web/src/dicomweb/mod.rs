@@ -8,6 +8,9 @@ pub(crate) mod rendered;
 pub(crate) mod stow;
 pub(crate) mod wado;
 
+#[cfg(test)]
+mod researcher_tests;
+
 use crate::HttpState;
 use axum::routing::get;
 use axum::Router;

@@ -3,10 +3,13 @@
 //! archive never holds its whole answer in memory.
 //!
 //! Matching follows C-FIND (the same [`Query::parse`]); see [`params`] for the query string,
-//! [`fields`] for what each answer holds and [`fuzzy`] for `fuzzymatching=true`. A search
+//! [`fields`] for what each answer holds and [`fuzzy`] for `fuzzymatching=true`. Researchers
+//! get de-identified answers and may match only on keys that identify nobody
+//! ([`deid_keys`]). A search
 //! without matches answers 204 No Content, as PS3.18 8.3.4.4.1 requires today (CP-2473 would
 //! move it to 200; dicomweb-client takes both).
 
+mod deid_keys;
 mod fields;
 mod fuzzy;
 mod params;
@@ -21,6 +24,7 @@ use axum::response::{IntoResponse, Response};
 use dicom_dictionary_std::tags;
 use fields::{Fields, Scope};
 use fuzzy::NameFilter;
+use pacsgrid_access::View;
 use pacsgrid_archive::{Archive, ArchiveError, AttrValues};
 use pacsgrid_dicom::{attrs, uid, Level, Query, QueryError, QueryModel, Tag};
 use std::sync::Arc;
@@ -165,6 +169,10 @@ async fn search(
         None => header_text(headers, header::ACCEPT)?,
     };
     negotiate(accept)?;
+    let deidentified = audit.view() == View::DeIdentified;
+    if deidentified {
+        deid_keys::check(&params)?;
+    }
 
     let mut pairs: Vec<(Tag, &str)> = Vec::new();
     for (tag, what, value) in [
@@ -197,12 +205,15 @@ async fn search(
         Some(p) if p.eq_ignore_ascii_case("https") => "https",
         _ => "http",
     };
-    let fields = Fields::new(
+    let mut fields = Fields::new(
         req.level,
         req.scope,
         &params,
         format!("{scheme}://{host}{DICOMWEB_BASE}"),
     );
+    if deidentified {
+        fields = fields.deidentified(Arc::clone(&state.deid));
+    }
 
     let mut warnings = Vec::new();
     if !params.unsupported.is_empty() {
@@ -504,4 +515,4 @@ impl Drop for SearchLog {
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

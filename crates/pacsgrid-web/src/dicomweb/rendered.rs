@@ -332,6 +332,7 @@ async fn render_instance(
     let (recorded, file) = tokio::join!(audit.record_studies(audit.transferred(), tally), read);
     recorded?;
     let file = file?;
+    let file = crate::dicomweb::wado::check_not_withheld(audit, &inst, file).await?;
     let format = params.format;
     let uid = inst.sop_instance_uid.clone();
     let image = tokio::task::spawn_blocking(move || render::render(file, frame, &params))

@@ -1,8 +1,10 @@
 //! WADO-RS (PS3.18 10.4): instances as multipart/related, metadata as DICOM JSON, frames and
 //! bulk data. Instances stream from the archive one after another; only decoding a
 //! compressed object (or cutting frames out of one) holds that one instance in memory.
+//! Researchers are served the de-identified view of [`deid`].
 
 mod accept;
+mod deid;
 mod metadata;
 mod multipart;
 mod pixels;
@@ -19,9 +21,10 @@ use bytes::Bytes;
 use dicom_dictionary_std::tags;
 use dicom_object::meta::FileMetaTableBuilder;
 use multipart::{Closed, PartWriter};
-use pacsgrid_access::StudyTally;
+use pacsgrid_access::{StudyTally, View};
 use pacsgrid_archive::{Archive, StoredInstance};
 use pacsgrid_audit::Action;
+use pacsgrid_dicom::deid::Deidentifier;
 use pacsgrid_dicom::{uid, Level, Query, QueryModel, Tag};
 use std::sync::Arc;
 use std::time::Instant;
@@ -258,13 +261,18 @@ fn part_type(inst: &StoredInstance, how: Delivery) -> String {
     format!("application/dicom; transfer-syntax={ts}")
 }
 
-/// Writes one instance as a part.
+/// Writes one instance as a part, de-identified when `deid` is given. Returns false, having
+/// sent nothing, for an instance withheld from the de-identified view.
 async fn send_instance(
     archive: &Archive,
     w: &mut PartWriter,
     inst: &StoredInstance,
     how: Delivery,
-) -> Result<(), StreamError> {
+    deid: Option<&Arc<Deidentifier>>,
+) -> Result<bool, StreamError> {
+    if let Some(deid) = deid {
+        return send_deidentified(archive, w, inst, how, deid).await;
+    }
     match how {
         Delivery::AsStored => {
             let mut chunks = archive
@@ -323,7 +331,52 @@ async fn send_instance(
             w.send(Bytes::from(out)).await?;
         }
     }
-    Ok(())
+    Ok(true)
+}
+
+/// [`send_instance`] for the de-identified view: stored bytes stream with their header
+/// rewritten; deflated, converted and decoded instances are rewritten whole, one at a time.
+async fn send_deidentified(
+    archive: &Archive,
+    w: &mut PartWriter,
+    inst: &StoredInstance,
+    how: Delivery,
+    deid: &Arc<Deidentifier>,
+) -> Result<bool, StreamError> {
+    let deflated = uid::transfer_syntax(&inst.transfer_syntax)
+        .is_some_and(|i| i.encoding == uid::DatasetEncoding::Deflated);
+    let whole = match how {
+        Delivery::AsStored if !deflated => {
+            return deid::send_streamed(archive, deid, w, inst, &part_type(inst, how)).await;
+        }
+        Delivery::AsStored => read_whole(archive, inst).await?,
+        Delivery::Convert(ts) => {
+            let data = archive
+                .transcode_dataset(inst, ts)
+                .await
+                .map_err(|e| StreamError::Failed(e.to_string()))?;
+            let mut file = meta_header(inst, ts)?;
+            file.extend_from_slice(&data);
+            file
+        }
+        Delivery::Decode(ts) => {
+            let bytes = read_whole(archive, inst).await?;
+            tokio::task::spawn_blocking(move || pixels::decode_to(&bytes, ts))
+                .await
+                .map_err(|e| StreamError::Failed(e.to_string()))??
+        }
+    };
+    let (d, owned) = (Arc::clone(deid), inst.clone());
+    let out = tokio::task::spawn_blocking(move || deid::whole(&d, &owned, &whole))
+        .await
+        .map_err(|e| StreamError::Failed(e.to_string()))??;
+    let Some(out) = out else {
+        tracing::info!(sop_instance_uid = %inst.sop_instance_uid, "withheld from a de-identified retrieve: burned-in annotation");
+        return Ok(false);
+    };
+    w.begin_part(&part_type(inst, how)).await?;
+    w.send(Bytes::from(out)).await?;
+    Ok(true)
 }
 
 /// Answers a retrieve of instances: negotiates, then streams them.
@@ -336,6 +389,10 @@ async fn retrieve(
     let accept = accept_header(&headers)?;
     let choices = accept::dicom_choices(&accept::parse_accept(accept.as_deref())?)?;
     let (found, tally) = locate_for_audit(&st.archive, &t).await?;
+    let deid = (audit.view() == View::DeIdentified).then(|| Arc::clone(&st.deid));
+    if deid.is_some() {
+        refuse_withheld_instance(&st.archive, &t, &found).await?;
+    }
     // decide every instance before the first byte: a 406 after a 200 is impossible
     let mut planned = Vec::with_capacity(found.len());
     for inst in found {
@@ -344,10 +401,9 @@ async fn retrieve(
     }
     let boundary = multipart::new_boundary();
     // Stored bytes have known sizes, so the length is known before the first byte; a
-    // converted or decoded instance's is not, and then the body goes out chunked.
-    let length = planned
-        .iter()
-        .all(|(_, how)| *how == Delivery::AsStored)
+    // converted, decoded or de-identified instance's is not, and then the body goes out
+    // chunked.
+    let length = (deid.is_none() && planned.iter().all(|(_, how)| *how == Delivery::AsStored))
         .then(|| {
             let types: Vec<(String, u64)> = planned
                 .iter()
@@ -362,12 +418,17 @@ async fn retrieve(
         let started = Instant::now();
         let n = planned.len();
         let mut result = Ok(());
+        let mut withheld = 0usize;
         let upcoming: Vec<StoredInstance> = planned.iter().map(|(i, _)| i.clone()).collect();
         for (n, (inst, how)) in planned.iter().enumerate() {
             archive.read_ahead(&upcoming[n + 1..]);
-            result = send_instance(&archive, &mut w, inst, *how).await;
-            if result.is_err() {
-                break;
+            match send_instance(&archive, &mut w, inst, *how, deid.as_ref()).await {
+                Ok(true) => {}
+                Ok(false) => withheld += 1,
+                Err(e) => {
+                    result = Err(e);
+                    break;
+                }
             }
         }
         let bytes = w.bytes;
@@ -382,7 +443,7 @@ async fn retrieve(
         let elapsed_ms = started.elapsed().as_millis() as u64;
         match result {
             Ok(()) => {
-                tracing::info!(what = %what, instances = n, bytes, elapsed_ms, "WADO-RS retrieve")
+                tracing::info!(what = %what, instances = n, withheld, bytes, elapsed_ms, "WADO-RS retrieve")
             }
             Err(e) => {
                 tracing::warn!(what = %what, instances = n, bytes, elapsed_ms, error = %e, "WADO-RS retrieve ended early")
@@ -480,6 +541,31 @@ fn check_json_accept(headers: &HeaderMap) -> Result<(), Problem> {
     }
 }
 
+/// In the de-identified view, a URL that names one instance withheld from it gets 403
+/// rather than an empty answer; a study or series simply leaves such instances out.
+async fn refuse_withheld_instance(
+    archive: &Archive,
+    t: &Target,
+    found: &[StoredInstance],
+) -> Result<(), Problem> {
+    let [only] = found else {
+        return Ok(());
+    };
+    if t.instance.is_none() {
+        return Ok(());
+    }
+    let reader = metadata::BlockingRead::new(archive.open_file(only).await?);
+    let held = tokio::task::spawn_blocking(move || {
+        metadata::read_header(reader).map(|o| pacsgrid_dicom::deid::withheld(&o))
+    })
+    .await
+    .map_err(|e| Problem::internal(e.to_string()))??;
+    if held {
+        return Err(deid::withheld_problem(only));
+    }
+    Ok(())
+}
+
 /// Answers a metadata request: a JSON array streamed instance by instance.
 async fn metadata(
     st: HttpState,
@@ -490,6 +576,10 @@ async fn metadata(
 ) -> Result<Response, Problem> {
     check_json_accept(&headers)?;
     let (found, tally) = locate_for_audit(&st.archive, &t).await?;
+    let deid = (audit.view() == View::DeIdentified).then(|| Arc::clone(&st.deid));
+    if deid.is_some() {
+        refuse_withheld_instance(&st.archive, &t, &found).await?;
+    }
     let base = base_url(&headers, local);
     let (mut w, body) = multipart::channel("");
     let archive = Arc::clone(&st.archive);
@@ -499,7 +589,8 @@ async fn metadata(
         let n = found.len();
         let mut result: Result<(), StreamError> =
             w.send(Bytes::from_static(b"[")).await.map_err(Into::into);
-        for (i, inst) in found.iter().enumerate() {
+        let mut sent = 0usize;
+        for inst in found.iter() {
             if result.is_err() {
                 break;
             }
@@ -512,16 +603,34 @@ async fn metadata(
                     archive.open_file(inst).await.map_err(Problem::from)?,
                 );
                 let ts = inst.transfer_syntax.clone();
+                let (deid, owned) = (deid.clone(), inst.clone());
                 let json = tokio::task::spawn_blocking(move || {
-                    let obj = metadata::read_header(reader)?;
+                    let mut obj = metadata::read_header(reader)?;
+                    if let Some(deid) = deid {
+                        if pacsgrid_dicom::deid::withheld(&obj) {
+                            return Ok(None);
+                        }
+                        let key = deid.patient(&owned.issuer, &owned.patient_id);
+                        let ds = std::mem::replace(
+                            &mut *obj,
+                            dicom_object::InMemDicomObject::new_empty(),
+                        );
+                        *obj = deid.dataset(ds, &key);
+                    }
                     let v = metadata::instance_json(&obj, &url, &ts)?;
-                    serde_json::to_vec(&v).map_err(|e| Problem::internal(e.to_string()))
+                    serde_json::to_vec(&v)
+                        .map(Some)
+                        .map_err(|e| Problem::internal(e.to_string()))
                 })
                 .await
                 .map_err(|e| StreamError::Failed(e.to_string()))??;
-                if i > 0 {
+                let Some(json) = json else {
+                    return Ok(());
+                };
+                if sent > 0 {
                     w.send(Bytes::from_static(b",")).await?;
                 }
+                sent += 1;
                 w.send(Bytes::from(json)).await?;
                 Ok(())
             }
@@ -671,6 +780,7 @@ pub(crate) async fn retrieve_frames(
         instance: Some(instance),
     };
     let (inst, bytes) = audited_whole(&st.archive, &audit, &t).await?;
+    let bytes = check_not_withheld(&audit, &inst, bytes).await?;
     let ts = inst.transfer_syntax.clone();
     let parts = tokio::task::spawn_blocking(move || pixels::frames(&bytes, &ts, &list, &choices))
         .await
@@ -703,6 +813,25 @@ async fn audited_whole(
     Ok((inst, bytes?))
 }
 
+/// In the de-identified view, refuses (403) an instance whose pixels may show text; hands
+/// the bytes back otherwise.
+pub(crate) async fn check_not_withheld(
+    audit: &Audit,
+    inst: &StoredInstance,
+    bytes: Vec<u8>,
+) -> Result<Vec<u8>, Problem> {
+    if audit.view() != View::DeIdentified {
+        return Ok(bytes);
+    }
+    let (held, bytes) = tokio::task::spawn_blocking(move || (deid::is_withheld(&bytes), bytes))
+        .await
+        .map_err(|e| Problem::internal(e.to_string()))?;
+    if held? {
+        return Err(deid::withheld_problem(inst));
+    }
+    Ok(bytes)
+}
+
 /// GET …/instances/{instance}/bulkdata/{path}: the value a metadata BulkDataURI points at.
 pub(crate) async fn bulkdata(
     State(st): State<HttpState>,
@@ -719,10 +848,20 @@ pub(crate) async fn bulkdata(
         series: Some(series),
         instance: Some(instance),
     };
+    let pixel_data = seqs.is_empty() && tag == tags::PIXEL_DATA;
+    if audit.view() == View::DeIdentified && !pixel_data {
+        // other bulk values may be private or identifying (the profile removes many); the
+        // de-identified view serves pixel data only
+        return Err(Problem::new(
+            StatusCode::FORBIDDEN,
+            format!("bulk data {path}: the de-identified view serves pixel data (7FE00010) only"),
+        ));
+    }
     let (inst, bytes) = audited_whole(&st.archive, &audit, &t).await?;
+    let bytes = check_not_withheld(&audit, &inst, bytes).await?;
     let ts = inst.transfer_syntax.clone();
     let parts = tokio::task::spawn_blocking(move || {
-        if seqs.is_empty() && tag == tags::PIXEL_DATA {
+        if pixel_data {
             pixels::pixel_bulk(&bytes, &ts, &choices)
         } else {
             if !choices.contains(&accept::PixelChoice::Uncompressed)

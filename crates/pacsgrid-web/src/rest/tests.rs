@@ -67,6 +67,7 @@ async fn fixture() -> Fixture {
         archive: Arc::clone(&archive),
         extra_metrics: Vec::new(),
         access: Arc::new(pacsgrid_access::AccessPoint::open_door("test")),
+        deid: Arc::new(pacsgrid_dicom::deid::Deidentifier::new(b"test secret")),
         options: Arc::new(HttpOptions::default()),
     };
     Fixture { state, _data: data }

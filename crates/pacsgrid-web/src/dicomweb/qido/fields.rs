@@ -7,8 +7,10 @@ use crate::dicomweb::json;
 use dicom_core::Tag;
 use dicom_dictionary_std::tags;
 use pacsgrid_archive::AttrValues;
+use pacsgrid_dicom::deid::{self, Deidentifier};
 use pacsgrid_dicom::{attrs, Level};
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 /// What the URL already fixes above the searched level.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -115,6 +117,8 @@ pub(crate) struct Fields {
     level: Level,
     /// `{scheme}://{host}/dicom-web`, for RetrieveURL.
     base_url: String,
+    /// Set for researchers: every answer is de-identified with it.
+    deid: Option<Arc<Deidentifier>>,
 }
 
 impl Fields {
@@ -141,7 +145,16 @@ impl Fields {
             tags,
             level,
             base_url,
+            deid: None,
         }
+    }
+
+    /// The same fields, answered de-identified (PS3.15 Annex E, as WADO-RS serves the
+    /// objects): pseudonym for name and ID, dates shifted, the rest of the profile's
+    /// attributes emptied or left out, and the marks of a de-identified data set added.
+    pub(crate) fn deidentified(mut self, deid: Arc<Deidentifier>) -> Self {
+        self.deid = Some(deid);
+        self
     }
 
     /// One answer as a DICOM JSON data set.
@@ -162,7 +175,35 @@ impl Fields {
             };
             Some((*tag, value))
         });
-        json::dataset(pairs)
+        let Some(deid) = &self.deid else {
+            return json::dataset(pairs);
+        };
+        let key = deid.patient(
+            row.get(&tags::ISSUER_OF_PATIENT_ID)
+                .map(String::as_str)
+                .unwrap_or(""),
+            row.get(&tags::PATIENT_ID).map(String::as_str).unwrap_or(""),
+        );
+        let mut owned: Vec<(Tag, Option<String>)> = pairs
+            .filter_map(|(tag, value)| match value {
+                _ if tag == tags::RETRIEVE_URL
+                    || tag == tags::INSTANCE_AVAILABILITY
+                    || tag == tags::SPECIFIC_CHARACTER_SET =>
+                {
+                    Some((tag, value.map(str::to_string)))
+                }
+                None => Some((tag, None)),
+                Some(v) => deid
+                    .text(tag, json::vr_of(tag), v, &key)
+                    .map(|t| (tag, Some(t))),
+            })
+            .collect();
+        owned.extend(
+            deid::text_marks()
+                .into_iter()
+                .map(|(t, v)| (t, Some(v.to_string()))),
+        );
+        json::dataset(owned.iter().map(|(t, v)| (*t, v.as_deref())))
     }
 
     /// The WADO-RS URL of the answer's entity, when the row holds its UIDs.
@@ -247,6 +288,42 @@ mod tests {
             a["00081190"]["Value"][0],
             "http://h:8042/dicom-web/studies/1.2.3/series/1.2.3.4/instances/1.2.3.4.5"
         );
+    }
+
+    #[test]
+    fn de_identified_answers_hold_no_names_and_shifted_dates() {
+        let mut r = row();
+        r.insert(tags::PATIENT_NAME, "DOE^JOHN".into());
+        r.insert(tags::ISSUER_OF_PATIENT_ID, "ISS".into());
+        r.insert(tags::PATIENT_BIRTH_DATE, "19700101".into());
+        r.insert(tags::STUDY_DATE, "20200315".into());
+        r.insert(tags::ACCESSION_NUMBER, "ACC1".into());
+        r.insert(tags::REFERRING_PHYSICIAN_NAME, "HOUSE^G".into());
+        r.insert(tags::STUDY_DESCRIPTION, "head of John Doe".into());
+        let deid = Arc::new(Deidentifier::new(b"test secret"));
+        let key = deid.patient("ISS", "P1");
+        let f = fields(Level::Study, Scope::All, "includefield=all").deidentified(deid);
+        let a = f.answer(&r);
+        let text = a.to_string();
+        for real in [
+            "DOE", "P1\"", "19700101", "20200315", "ACC1", "HOUSE", "head",
+        ] {
+            assert!(!text.contains(real), "{real} in {text}");
+        }
+        assert_eq!(
+            a["00100010"]["Value"][0]["Alphabetic"],
+            key.pseudonym.as_str()
+        );
+        assert_eq!(a["00100020"]["Value"][0], key.pseudonym.as_str());
+        assert_eq!(
+            a["00080020"]["Value"][0],
+            deid::dates::shift_da("20200315", key.shift_days).as_str()
+        );
+        assert_eq!(a["00120062"]["Value"][0], "YES");
+        assert_eq!(a["0020000D"]["Value"][0], "1.2.3");
+        assert!(a.get("00100021").is_none());
+        assert!(a.get("00081030").is_none());
+        assert_eq!(a["00080050"], json!({"vr": "SH"}));
     }
 
     #[test]

@@ -15,7 +15,7 @@ const MR: &str = "1.2.840.10008.5.1.4.1.1.4";
 const EXPLICIT: &str = "1.2.840.10008.1.2.1";
 
 /// A small Part 10 object of study `st`, series `se`, instance `n`.
-fn part10(pid: &str, name: &str, st: u32, se: u32, n: u32) -> Vec<u8> {
+pub(crate) fn part10(pid: &str, name: &str, st: u32, se: u32, n: u32) -> Vec<u8> {
     let sop = format!("1.2.826.0.1.3680043.8.498.9.{st}.{se}.{n}");
     let mut obj = InMemDicomObject::new_empty();
     let mut put = |tag, vr, v: &str| obj.put(DataElement::new(tag, vr, PrimitiveValue::from(v)));
@@ -51,7 +51,7 @@ fn part10(pid: &str, name: &str, st: u32, se: u32, n: u32) -> Vec<u8> {
 
 /// An archive holding two patients: DOE^JOHN (study 1: 2 series of 2) and ROE^JANE
 /// (study 2: 1 series of 1).
-async fn loaded(dir: &std::path::Path) -> HttpState {
+pub(crate) async fn loaded(dir: &std::path::Path) -> HttpState {
     let archive = Archive::open(ArchiveConfig {
         data_dir: dir.to_path_buf(),
         site: "test".into(),
@@ -75,6 +75,7 @@ async fn loaded(dir: &std::path::Path) -> HttpState {
         archive,
         extra_metrics: Vec::new(),
         access: Arc::new(pacsgrid_access::AccessPoint::open_door("test")),
+        deid: Arc::new(pacsgrid_dicom::deid::Deidentifier::new(b"test secret")),
         options: Arc::new(HttpOptions::default()),
     }
 }

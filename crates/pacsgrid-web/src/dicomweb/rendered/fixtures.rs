@@ -114,6 +114,7 @@ pub(crate) async fn state(dir: &std::path::Path, max_upload_bytes: u64) -> HttpS
         archive,
         extra_metrics: Vec::new(),
         access: Arc::new(pacsgrid_access::AccessPoint::open_door("test")),
+        deid: Arc::new(pacsgrid_dicom::deid::Deidentifier::new(b"test secret")),
         options: Arc::new(HttpOptions {
             cors_allow_origins: Vec::new(),
             max_upload_bytes,
