@@ -123,6 +123,17 @@ def free_ports(n: int) -> list[int]:
             s.close()
 
 
+def wait_for(cond, timeout: float, step: float = 0.01) -> bool:
+    """Polls `cond` until it holds or `timeout` seconds pass; says whether it held. For what
+    a node does just after answering (a log line, an audit record), never to time it."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if cond():
+            return True
+        time.sleep(step)
+    return bool(cond())
+
+
 def wait_port(port: int, timeout: float = 20.0) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

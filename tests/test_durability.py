@@ -18,7 +18,7 @@ import pytest
 
 from harness import (DCMTK, STORESCU_MIXED_CFG, SUCCESS, assert_identical, c_get, decode_raw,
                      dcmtk_env, hexs, instance_uids, make_ae, run_pacsgrid, status_of,
-                     store_contexts)
+                     store_contexts, wait_for)
 
 SEED = int(os.environ.get("PACSGRID_TEST_SEED", str(int(time.time()) % 100000)))
 
@@ -80,15 +80,6 @@ class Sender(threading.Thread):
     def acked_uids(self):
         with self.lock:
             return set(self.acked)
-
-
-def wait_for(cond, timeout, step=0.01):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if cond():
-            return True
-        time.sleep(step)
-    return False
 
 
 @pytest.mark.timeout(900)
