@@ -183,12 +183,18 @@ impl RemoteFetch for FromA {
         sop: &str,
         _hash: &str,
         _size: u64,
-    ) -> Option<Result<Bytes, String>> {
+    ) -> Option<Result<Vec<Bytes>, String>> {
         if !self.memory {
             return None;
         }
         self.calls.fetch_add(1, Ordering::SeqCst);
-        Some(Ok(Bytes::from(self.bytes(sop).await)))
+        // In uneven pieces, an empty one among them, as a network delivers them: readers
+        // from an offset and chunked reads must put them back together.
+        let all = Bytes::from(self.bytes(sop).await);
+        let cuts = [0, 1, 1, 7, all.len() / 3, all.len() / 3 + 4096, all.len()];
+        let mut cuts: Vec<usize> = cuts.iter().map(|c| (*c).min(all.len())).collect();
+        cuts.sort_unstable();
+        Some(Ok(cuts.windows(2).map(|w| all.slice(w[0]..w[1])).collect()))
     }
 }
 
