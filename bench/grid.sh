@@ -338,6 +338,17 @@ replication_backlog() {
     fi
     local s
     for s in b c; do R[backlog.$s.bytes]=$(blob_bytes "${SITE_DATA[$g.$s]}"); done
+    # When B and C made their first and last copies, and when each site's status settled
+    # (seconds after B and C were started): the start-up and the tail around the copying.
+    for s in b c; do
+        R[backlog.$s.copies_s]=$("$PY" -c '
+import datetime, sys
+ts = [l.split()[0] for l in open(sys.argv[1]) if "copy made and verified" in l]
+at = [datetime.datetime.fromisoformat(t.replace("Z", "+00:00")).timestamp() - int(sys.argv[2]) / 1000 for t in ts]
+print("%d copies, first %.3f s, last %.3f s" % (len(at), min(at), max(at)) if at else "none")' "$LOGS/$g.$s.log" "$start_ms")
+    done
+    R[backlog.settled_at]=$(jget "$LOGS/backlog.wait.json" '", ".join("%s %s" % (u.rsplit(":", 1)[-1], t) for u, t in sorted(d["settled_at_s"].items(), key=lambda x: x[1]))')
+    log "backlog: B ${R[backlog.b.copies_s]}; C ${R[backlog.c.copies_s]}; settled (HTTP port, s) ${R[backlog.settled_at]}"
     R[backlog.moved_bytes]=$(( ${R[backlog.b.bytes]} + ${R[backlog.c.bytes]} ))
     R[backlog.ratio]=$(fdiv "${R[backlog.s]}" "${R[copy.s]}")
     R[backlog.mbps]=$(fdiv "$(fdiv "${R[backlog.moved_bytes]}" 1000000 3)" "${R[backlog.s]}" 1)
@@ -518,7 +529,8 @@ report() {
         echo "- backlog: ingest at A with B and C down $(v backlog.ingest_s) s ($(v backlog.stored_ok)/$INSTANCES stored OK; compare $(v repl.ingest_s) s with replication running);" \
              "then B and C started and K copies reached $(v backlog.s) s later (site start-up included), $(v backlog.moved_bytes) bytes moved, $(v backlog.mbps) MB/s;" \
              "B $(v backlog.b.bytes), C $(v backlog.c.bytes) bytes;" \
-             "CPU seconds A $(v backlog.cpu_a), B $(v backlog.cpu_b), C $(v backlog.cpu_c)"
+             "CPU seconds A $(v backlog.cpu_a), B $(v backlog.cpu_b), C $(v backlog.cpu_c);" \
+             "B $(v backlog.b.copies_s), C $(v backlog.c.copies_s) after the start; sites settled (HTTP port, s): $(v backlog.settled_at)"
         echo "- retrieve: 2 sites, copies = 1, study $(v get.study) ($(v get.instances) instances, $(fdiv "$(v get.bytes)" 1000000 1) MB);" \
              "holders per study (at B): $(v get.holders)"
         echo "  - C-GET at B checked against the originals: $(v get.verify)"
