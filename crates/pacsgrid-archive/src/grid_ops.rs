@@ -612,6 +612,26 @@ impl Archive {
         }
     }
 
+    /// The bytes a read-ahead fetch got for `inst`, taken (with its entry) if one was started;
+    /// `None` when none was, or it failed (the bytes may be held here after all).
+    pub(crate) async fn take_read_ahead(&self, inst: &StoredInstance) -> Option<Fetched> {
+        let pending = self
+            .ahead
+            .0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&inst.hash)
+            .map(|(_, pending)| pending)?;
+        let t0 = std::time::Instant::now();
+        let fetched = pending.await.ok()?.open().await.ok()?;
+        tracing::debug!(
+            sop_instance_uid = %inst.sop_instance_uid,
+            waited_ms = t0.elapsed().as_secs_f64() * 1e3,
+            "read-ahead bytes taken"
+        );
+        Some(fetched)
+    }
+
     /// Fetches bytes for a retrieve that keeps no copy: into memory when the instance is
     /// small enough and the fetcher can, into a staging file otherwise.
     async fn fetch_uncached(
@@ -646,25 +666,8 @@ impl Archive {
         &self,
         inst: &StoredInstance,
     ) -> Result<Fetched, ArchiveError> {
-        let pending = self
-            .ahead
-            .0
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(&inst.hash)
-            .map(|(_, pending)| pending);
-        if let Some(pending) = pending {
-            let t0 = std::time::Instant::now();
-            if let Ok(got) = pending.await {
-                if let Ok(fetched) = got.open().await {
-                    tracing::debug!(
-                        sop_instance_uid = %inst.sop_instance_uid,
-                        waited_ms = t0.elapsed().as_secs_f64() * 1e3,
-                        "read-ahead bytes taken"
-                    );
-                    return Ok(fetched);
-                }
-            }
+        if let Some(fetched) = self.take_read_ahead(inst).await {
+            return Ok(fetched);
         }
         let Some(remote) = self.remote.get() else {
             return Err(ArchiveError::Unavailable {
