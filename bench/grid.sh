@@ -379,14 +379,20 @@ visibility() {
 # 5. On-the-fly retrieve: 2 sites, copies = 1, a study held only at A, C-GET at B vs at A
 # ---------------------------------------------------------------------------------------------
 # get_study SITE DIR: one getscu of study $RSTUDY at SITE into DIR; prints the wall time.
+# The CPU seconds getscu used are left in $WORK/getscu.cpu: the `times` builtin, run in the
+# command substitution's own shell before and after it (children's user + system).
 get_study() {
     local key="$1" dir="$2" t0 t1
     rm -rf "$dir"; mkdir -p "$dir"
+    times >"$WORK/times.0"
     t0=$(now)
     timeout 300 "$GETSCU" -S -pdu "$PDU" -aet "$CALLING_AE" -aec "${SITE_AE[$key]}" -k QueryRetrieveLevel=STUDY \
         -k "StudyInstanceUID=$RSTUDY" -od "$dir" "$HOST" "${SITE_DICOM[$key]}" >>"$LOGS/retrieve.getscu.log" 2>&1 \
         || log "getscu at $key exited with status $?"
     t1=$(now)
+    times >"$WORK/times.1"
+    awk 'FNR == 2 { split($1, u, "m"); split($2, s, "m"); c[FILENAME] = u[1] * 60 + u[2] + s[1] * 60 + s[2] }
+         END { printf "%.3f\n", c[ARGV[2]] - c[ARGV[1]] }' "$WORK/times.0" "$WORK/times.1" >"$WORK/getscu.cpu"
     fsub "$t1" "$t0"
 }
 
@@ -433,17 +439,19 @@ else:
     # CPU seconds of A and B are summed over the runs at each site: per C-GET at A (A alone
     # works) and per C-GET at B (B and A, which serves the bytes).
     local i ta tb na nb as=() bs=() gdir="$WORK/get" pa=${SITE_PID[$g.a]} pb=${SITE_PID[$g.b]}
-    local ca0 cb0 ga_a=0 ga_b=0 gb_a=0 gb_b=0
+    local ca0 cb0 ga_a=0 ga_b=0 gb_a=0 gb_b=0 ga_scu=0 gb_scu=0
     R[get.files_ok]=1
     for i in $(seq 1 "$GET_REPEATS"); do
         ca0=$(cpu_s "$pa"); cb0=$(cpu_s "$pb")
         ta=$(get_study $g.a "$gdir"); na=$(find "$gdir" -type f | wc -l)
         ga_a=$(awk -v s="$ga_a" -v a="$(cpu_s "$pa")" -v b="$ca0" 'BEGIN { print s + a - b }')
         ga_b=$(awk -v s="$ga_b" -v a="$(cpu_s "$pb")" -v b="$cb0" 'BEGIN { print s + a - b }')
+        ga_scu=$(awk -v s="$ga_scu" -v a="$(cat "$WORK/getscu.cpu")" 'BEGIN { print s + a }')
         ca0=$(cpu_s "$pa"); cb0=$(cpu_s "$pb")
         tb=$(get_study $g.b "$gdir"); nb=$(find "$gdir" -type f | wc -l)
         gb_a=$(awk -v s="$gb_a" -v a="$(cpu_s "$pa")" -v b="$ca0" 'BEGIN { print s + a - b }')
         gb_b=$(awk -v s="$gb_b" -v a="$(cpu_s "$pb")" -v b="$cb0" 'BEGIN { print s + a - b }')
+        gb_scu=$(awk -v s="$gb_scu" -v a="$(cat "$WORK/getscu.cpu")" 'BEGIN { print s + a }')
         as+=("$ta"); bs+=("$tb")
         log "retrieve: run $i: A (local) $ta s ($na files), B (on the fly) $tb s ($nb files)"
         if [ "$na" != "$RSTUDY_N" ] || [ "$nb" != "$RSTUDY_N" ]; then
@@ -467,8 +475,8 @@ else:
     R[get.a_s]=$(median "${as[@]}"); R[get.b_s]=$(median "${bs[@]}")
     R[get.a_all]="${as[*]}"; R[get.b_all]="${bs[*]}"
     R[get.ratio]=$(fdiv "${R[get.b_s]}" "${R[get.a_s]}")
-    R[get.cpu_at_a]="A $(fdiv "$ga_a" "$GET_REPEATS" 3) s, B $(fdiv "$ga_b" "$GET_REPEATS" 3) s"
-    R[get.cpu_at_b]="A $(fdiv "$gb_a" "$GET_REPEATS" 3) s, B $(fdiv "$gb_b" "$GET_REPEATS" 3) s"
+    R[get.cpu_at_a]="A $(fdiv "$ga_a" "$GET_REPEATS" 3) s, B $(fdiv "$ga_b" "$GET_REPEATS" 3) s, getscu $(fdiv "$ga_scu" "$GET_REPEATS" 3) s"
+    R[get.cpu_at_b]="A $(fdiv "$gb_a" "$GET_REPEATS" 3) s, B $(fdiv "$gb_b" "$GET_REPEATS" 3) s, getscu $(fdiv "$gb_scu" "$GET_REPEATS" 3) s"
     log "retrieve: CPU per C-GET at A: ${R[get.cpu_at_a]}; per C-GET at B: ${R[get.cpu_at_b]}"
     # B must not have kept the bytes (cache_retrieved = false): every run above was remote.
     "$PY" "$HELPER" holders --url "$(status_url $g.b)" --corpus "$RPATIENT_DIR" --out "$LOGS/retrieve.holders-after.json" >/dev/null || true
