@@ -4,8 +4,8 @@
 # takes to reach K copies of a ~1 GB corpus compared with a plain copy of the same bytes, and
 # on-the-fly C-GET at B of a study held only at A compared with a local C-GET at A.
 #
-#   bench/grid.sh [--instances N] [--vis-count N] [--get-repeats N] [--backlog-only] [--perf]
-#                 [--keep] [--no-build] [--no-install]
+#   bench/grid.sh [--instances N] [--vis-count N] [--get-repeats N] [--backlog-only] [--get-only]
+#                 [--perf] [--keep] [--no-build] [--no-install]
 #
 # See bench/README.md ("Grid") for what it measures and how to read the results.
 # Results: printed at the end and written to bench/out/grid/results.{md,json} (logs beside them).
@@ -21,6 +21,7 @@ KEEP=0
 BUILD=1
 INSTALL=1
 BACKLOG_ONLY=0
+GET_ONLY=0
 PERF=0
 
 usage() { sed -n '2,10p' "$0" | sed 's/^# \{0,1\}//'; }
@@ -34,6 +35,7 @@ while [ $# -gt 0 ]; do
         --get-repeats) GET_REPEATS="$2"; shift 2 ;;
         --get-repeats=*) GET_REPEATS="${1#*=}"; shift ;;
         --backlog-only) BACKLOG_ONLY=1; shift ;;
+        --get-only) GET_ONLY=1; shift ;;
         --perf) PERF=1; shift ;;
         --keep) KEEP=1; shift ;;
         --no-build) BUILD=0; shift ;;
@@ -71,6 +73,10 @@ jget() { "$PY" -c 'import json,sys; d=json.load(open(sys.argv[1])); print(eval(s
 # blob_bytes DIR: bytes in the blob files of a data directory (directories not counted).
 blob_bytes() { find "$1/blobs" -type f -printf '%s\n' 2>/dev/null | awk '{ s += $1 } END { print s + 0 }'; }
 blob_files() { find "$1/blobs" -type f 2>/dev/null | wc -l; }
+# cpu_s PID: CPU seconds (user + system, all threads, exited ones too) the process used so far.
+cpu_s() {
+    awk -v hz="$(getconf CLK_TCK)" '{ sub(/^.*\) /, ""); printf "%.2f\n", ($12 + $13) / hz }' "/proc/$1/stat" 2>/dev/null || echo 0
+}
 
 # ---------------------------------------------------------------------------------------------
 # 0. Dependencies
@@ -302,6 +308,8 @@ replication_backlog() {
     # Without the first grid, the plain copy is of this A's blobs, with A idle.
     [ "$BACKLOG_ONLY" = 1 ] && plain_copy "${SITE_DATA[$g.a]}"
     sync
+    local cpu_a0
+    cpu_a0=$(cpu_s "${SITE_PID[$g.a]}")
     start_ms=$(now_ms)
     start_sites $g b,c
     local perf_pid=""
@@ -318,6 +326,11 @@ replication_backlog() {
         log "WARNING: the backlog did not reach K copies within 600 s (see $LOGS/backlog.wait.json)"
         R[backlog.s]="n/a"
     fi
+    # CPU seconds each site used for the backlog (B and C: since they started, start-up included).
+    R[backlog.cpu_a]=$(fsub "$(cpu_s "${SITE_PID[$g.a]}")" "$cpu_a0")
+    R[backlog.cpu_b]=$(cpu_s "${SITE_PID[$g.b]}")
+    R[backlog.cpu_c]=$(cpu_s "${SITE_PID[$g.c]}")
+    log "backlog: CPU seconds A ${R[backlog.cpu_a]}, B ${R[backlog.cpu_b]}, C ${R[backlog.cpu_c]}"
     if [ -n "$perf_pid" ]; then
         kill -INT "$perf_pid" 2>/dev/null || true
         wait "$perf_pid" 2>/dev/null || true
@@ -325,6 +338,17 @@ replication_backlog() {
     fi
     local s
     for s in b c; do R[backlog.$s.bytes]=$(blob_bytes "${SITE_DATA[$g.$s]}"); done
+    # When B and C made their first and last copies, and when each site's status settled
+    # (seconds after B and C were started): the start-up and the tail around the copying.
+    for s in b c; do
+        R[backlog.$s.copies_s]=$("$PY" -c '
+import datetime, sys
+ts = [l.split()[0] for l in open(sys.argv[1]) if "copy made and verified" in l]
+at = [datetime.datetime.fromisoformat(t.replace("Z", "+00:00")).timestamp() - int(sys.argv[2]) / 1000 for t in ts]
+print("%d copies, first %.3f s, last %.3f s" % (len(at), min(at), max(at)) if at else "none")' "$LOGS/$g.$s.log" "$start_ms")
+    done
+    R[backlog.settled_at]=$(jget "$LOGS/backlog.wait.json" '", ".join("%s %s" % (u.rsplit(":", 1)[-1], t) for u, t in sorted(d["settled_at_s"].items(), key=lambda x: x[1]))')
+    log "backlog: B ${R[backlog.b.copies_s]}; C ${R[backlog.c.copies_s]}; settled (HTTP port, s) ${R[backlog.settled_at]}"
     R[backlog.moved_bytes]=$(( ${R[backlog.b.bytes]} + ${R[backlog.c.bytes]} ))
     R[backlog.ratio]=$(fdiv "${R[backlog.s]}" "${R[copy.s]}")
     R[backlog.mbps]=$(fdiv "$(fdiv "${R[backlog.moved_bytes]}" 1000000 3)" "${R[backlog.s]}" 1)
@@ -355,14 +379,20 @@ visibility() {
 # 5. On-the-fly retrieve: 2 sites, copies = 1, a study held only at A, C-GET at B vs at A
 # ---------------------------------------------------------------------------------------------
 # get_study SITE DIR: one getscu of study $RSTUDY at SITE into DIR; prints the wall time.
+# The CPU seconds getscu used are left in $WORK/getscu.cpu: the `times` builtin, run in the
+# command substitution's own shell before and after it (children's user + system).
 get_study() {
     local key="$1" dir="$2" t0 t1
     rm -rf "$dir"; mkdir -p "$dir"
+    times >"$WORK/times.0"
     t0=$(now)
     timeout 300 "$GETSCU" -S -pdu "$PDU" -aet "$CALLING_AE" -aec "${SITE_AE[$key]}" -k QueryRetrieveLevel=STUDY \
         -k "StudyInstanceUID=$RSTUDY" -od "$dir" "$HOST" "${SITE_DICOM[$key]}" >>"$LOGS/retrieve.getscu.log" 2>&1 \
         || log "getscu at $key exited with status $?"
     t1=$(now)
+    times >"$WORK/times.1"
+    awk 'FNR == 2 { split($1, u, "m"); split($2, s, "m"); c[FILENAME] = u[1] * 60 + u[2] + s[1] * 60 + s[2] }
+         END { printf "%.3f\n", c[ARGV[2]] - c[ARGV[1]] }' "$WORK/times.0" "$WORK/times.1" >"$WORK/getscu.cpu"
     fsub "$t1" "$t0"
 }
 
@@ -406,11 +436,22 @@ else:
     rm -rf "$vdir"
 
     # Timed: A and B alternately, so drift in machine load hits both alike.
-    local i ta tb na nb as=() bs=() gdir="$WORK/get"
+    # CPU seconds of A and B are summed over the runs at each site: per C-GET at A (A alone
+    # works) and per C-GET at B (B and A, which serves the bytes).
+    local i ta tb na nb as=() bs=() gdir="$WORK/get" pa=${SITE_PID[$g.a]} pb=${SITE_PID[$g.b]}
+    local ca0 cb0 ga_a=0 ga_b=0 gb_a=0 gb_b=0 ga_scu=0 gb_scu=0
     R[get.files_ok]=1
     for i in $(seq 1 "$GET_REPEATS"); do
+        ca0=$(cpu_s "$pa"); cb0=$(cpu_s "$pb")
         ta=$(get_study $g.a "$gdir"); na=$(find "$gdir" -type f | wc -l)
+        ga_a=$(awk -v s="$ga_a" -v a="$(cpu_s "$pa")" -v b="$ca0" 'BEGIN { print s + a - b }')
+        ga_b=$(awk -v s="$ga_b" -v a="$(cpu_s "$pb")" -v b="$cb0" 'BEGIN { print s + a - b }')
+        ga_scu=$(awk -v s="$ga_scu" -v a="$(cat "$WORK/getscu.cpu")" 'BEGIN { print s + a }')
+        ca0=$(cpu_s "$pa"); cb0=$(cpu_s "$pb")
         tb=$(get_study $g.b "$gdir"); nb=$(find "$gdir" -type f | wc -l)
+        gb_a=$(awk -v s="$gb_a" -v a="$(cpu_s "$pa")" -v b="$ca0" 'BEGIN { print s + a - b }')
+        gb_b=$(awk -v s="$gb_b" -v a="$(cpu_s "$pb")" -v b="$cb0" 'BEGIN { print s + a - b }')
+        gb_scu=$(awk -v s="$gb_scu" -v a="$(cat "$WORK/getscu.cpu")" 'BEGIN { print s + a }')
         as+=("$ta"); bs+=("$tb")
         log "retrieve: run $i: A (local) $ta s ($na files), B (on the fly) $tb s ($nb files)"
         if [ "$na" != "$RSTUDY_N" ] || [ "$nb" != "$RSTUDY_N" ]; then
@@ -418,10 +459,25 @@ else:
             log "WARNING: expected $RSTUDY_N files (see $LOGS/retrieve.getscu.log)"
         fi
     done
+    if [ "$PERF" = 1 ]; then
+        # Call graphs of A and B during as many more C-GETs at B, after the timed ones.
+        local perf_pid
+        perf record -F 999 ${PERF_CALLGRAPH:--g} -o "$LOGS/retrieve.perf.data" -p "$pa,$pb" \
+            >"$LOGS/retrieve.perf.log" 2>&1 &
+        perf_pid=$!; PIDS+=("$perf_pid")
+        sleep 0.5
+        for i in $(seq 1 "$GET_REPEATS"); do get_study $g.b "$gdir" >/dev/null; done
+        kill -INT "$perf_pid" 2>/dev/null || true
+        wait "$perf_pid" 2>/dev/null || true
+        log "retrieve: perf data in $LOGS/retrieve.perf.data (C-GETs at B)"
+    fi
     rm -rf "$gdir"
     R[get.a_s]=$(median "${as[@]}"); R[get.b_s]=$(median "${bs[@]}")
     R[get.a_all]="${as[*]}"; R[get.b_all]="${bs[*]}"
     R[get.ratio]=$(fdiv "${R[get.b_s]}" "${R[get.a_s]}")
+    R[get.cpu_at_a]="A $(fdiv "$ga_a" "$GET_REPEATS" 3) s, B $(fdiv "$ga_b" "$GET_REPEATS" 3) s, getscu $(fdiv "$ga_scu" "$GET_REPEATS" 3) s"
+    R[get.cpu_at_b]="A $(fdiv "$gb_a" "$GET_REPEATS" 3) s, B $(fdiv "$gb_b" "$GET_REPEATS" 3) s, getscu $(fdiv "$gb_scu" "$GET_REPEATS" 3) s"
+    log "retrieve: CPU per C-GET at A: ${R[get.cpu_at_a]}; per C-GET at B: ${R[get.cpu_at_b]}"
     # B must not have kept the bytes (cache_retrieved = false): every run above was remote.
     "$PY" "$HELPER" holders --url "$(status_url $g.b)" --corpus "$RPATIENT_DIR" --out "$LOGS/retrieve.holders-after.json" >/dev/null || true
     R[get.b_blob_files]=$(blob_files "${SITE_DATA[$g.b]}")
@@ -480,11 +536,14 @@ report() {
              "all sites $(v repl.copies_bytes); plain copy $(v copy.bytes)"
         echo "- backlog: ingest at A with B and C down $(v backlog.ingest_s) s ($(v backlog.stored_ok)/$INSTANCES stored OK; compare $(v repl.ingest_s) s with replication running);" \
              "then B and C started and K copies reached $(v backlog.s) s later (site start-up included), $(v backlog.moved_bytes) bytes moved, $(v backlog.mbps) MB/s;" \
-             "B $(v backlog.b.bytes), C $(v backlog.c.bytes) bytes"
+             "B $(v backlog.b.bytes), C $(v backlog.c.bytes) bytes;" \
+             "CPU seconds A $(v backlog.cpu_a), B $(v backlog.cpu_b), C $(v backlog.cpu_c);" \
+             "B $(v backlog.b.copies_s), C $(v backlog.c.copies_s) after the start; sites settled (HTTP port, s): $(v backlog.settled_at)"
         echo "- retrieve: 2 sites, copies = 1, study $(v get.study) ($(v get.instances) instances, $(fdiv "$(v get.bytes)" 1000000 1) MB);" \
              "holders per study (at B): $(v get.holders)"
         echo "  - C-GET at B checked against the originals: $(v get.verify)"
         echo "  - all runs (s): A $(v get.a_all); B $(v get.b_all); B's blob files after the runs: $(v get.b_blob_files)"
+        echo "  - CPU seconds of the sites per C-GET at A: $(v get.cpu_at_a); per C-GET at B: $(v get.cpu_at_b)"
         echo "- WARN/ERROR lines in the site logs: $(for k in "${!R[@]}"; do case "$k" in *.warnings) echo "$k=${R[$k]}" ;; esac; done | sort | tr '\n' ' ')"
         echo
         echo "## Commands"
@@ -563,6 +622,8 @@ log "corpus: $INSTANCES CT instances, $(fdiv "$CORPUS_BYTES" 1000000 1) MB; visi
 
 if [ "$BACKLOG_ONLY" = 1 ]; then
     replication_backlog
+elif [ "$GET_ONLY" = 1 ]; then
+    retrieve
 else
     make_grid g3 a,b,c 2
     replication

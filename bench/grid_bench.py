@@ -224,6 +224,8 @@ def cmd_wait_grid(a):
     deadline = t0 + a.timeout
     last = {}
     why = {}
+    # When each site last turned settled (seconds after --since-ms): which site the wait ends on.
+    settled_at = {}
     while True:
         done = True
         for u in a.url:
@@ -234,7 +236,10 @@ def cmd_wait_grid(a):
                 done = False
                 continue
             last[u] = st
+            was = why.get(u)
             why[u] = settled(st, a.instances, a.since_ms)
+            if not why[u] and was != "":
+                settled_at[u] = round(time.time() - a.since_ms / 1000.0, 3)
             done = done and not why[u]
         now = time.time()
         if done:
@@ -249,6 +254,7 @@ def cmd_wait_grid(a):
         "settled": True,
         "seconds_since": round(now - a.since_ms / 1000.0, 3),
         "polled_s": round(now - t0, 3),
+        "settled_at_s": settled_at,
         "status": last,
     }
     emit(res, a.out)

@@ -483,6 +483,15 @@ impl Archive {
         inst: &StoredInstance,
         offset: u64,
     ) -> Result<BlobReader, ArchiveError> {
+        // Bytes a retrieve's read-ahead fetched are taken first: no blocking hop to learn that
+        // the local open fails, on every instance a C-GET at a site without the bytes sends.
+        // A read-ahead that found the bytes held here failed, and its entry goes with it, so
+        // that entries of local instances do not fill the read-ahead table.
+        if self.remote.get().is_some() {
+            if let Some(fetched) = self.take_read_ahead(inst).await {
+                return fetched.into_reader(offset).await;
+            }
+        }
         match self.blobs.open(&inst.hash, offset).await {
             Err(BlobError::NotFound(_)) if self.remote.get().is_some() => {
                 self.fetch_remote(inst).await?.into_reader(offset).await

@@ -21,13 +21,15 @@ pub trait RemoteFetch: Send + Sync + 'static {
 
     /// Fetches the bytes like [`RemoteFetch::fetch`] but into memory, verified, for an
     /// instance small enough to hold: a retrieve then sends them with no staging file to write
-    /// and read back. `None` when this fetcher can only write files.
+    /// and read back. The bytes come as the pieces they were received in, in order, so that
+    /// they are not copied once more into one buffer. `None` when this fetcher can only write
+    /// files.
     async fn fetch_to_memory(
         &self,
         _sop_instance_uid: &str,
         _hash: &str,
         _size: u64,
-    ) -> Option<Result<bytes::Bytes, String>> {
+    ) -> Option<Result<Vec<bytes::Bytes>, String>> {
         None
     }
 

@@ -33,8 +33,8 @@ type Pending = Shared<BoxFuture<'static, Result<Got, String>>>;
 /// What a fetch for a retrieve yields: verified bytes, not yet opened.
 #[derive(Clone)]
 enum Got {
-    /// Held in memory (cheap to clone).
-    Memory(Bytes),
+    /// Held in memory as received, in order (cheap to clone).
+    Memory(Arc<[Bytes]>),
     /// In a staging file that only this fetch knows.
     Staged(Arc<PathBuf>),
 }
@@ -56,8 +56,8 @@ impl Got {
 
 /// Bytes fetched from another site for a retrieve, already verified against their hash.
 pub(crate) enum Fetched {
-    /// Held in memory.
-    Memory(Bytes),
+    /// Held in memory as received, in order.
+    Memory(Arc<[Bytes]>),
     /// In an open file: unlinked, or the blob store's cached copy.
     File(tokio::fs::File),
 }
@@ -66,10 +66,11 @@ impl Fetched {
     /// The bytes from `offset` on, as a reader.
     pub(crate) async fn into_reader(self, offset: u64) -> Result<BlobReader, ArchiveError> {
         match self {
-            Fetched::Memory(bytes) => {
-                let mut cursor = std::io::Cursor::new(bytes);
-                cursor.set_position(offset);
-                Ok(Box::pin(cursor))
+            Fetched::Memory(parts) => {
+                let rest: Vec<std::io::Result<Bytes>> = skip(&parts, offset).map(Ok).collect();
+                Ok(Box::pin(tokio_util::io::StreamReader::new(
+                    futures::stream::iter(rest),
+                )))
             }
             Fetched::File(mut file) => {
                 use tokio::io::AsyncSeekExt;
@@ -83,12 +84,15 @@ impl Fetched {
     pub(crate) fn into_chunks(self, chunk: usize, hash: &str) -> BlobChunks {
         let chunk = chunk.max(1);
         match self {
-            Fetched::Memory(bytes) => {
-                let parts: Vec<Result<Bytes, BlobError>> = (0..bytes.len())
-                    .step_by(chunk)
-                    .map(|at| Ok(bytes.slice(at..(at + chunk).min(bytes.len()))))
+            Fetched::Memory(parts) => {
+                let pieces: Vec<Result<Bytes, BlobError>> = skip(&parts, 0)
+                    .flat_map(|b| {
+                        (0..b.len())
+                            .step_by(chunk)
+                            .map(move |at| Ok(b.slice(at..(at + chunk).min(b.len()))))
+                    })
                     .collect();
-                Box::pin(futures::stream::iter(parts))
+                Box::pin(futures::stream::iter(pieces))
             }
             Fetched::File(file) => {
                 let what = PathBuf::from(hash);
@@ -102,6 +106,23 @@ impl Fetched {
             }
         }
     }
+}
+
+/// The bytes of `parts` (pieces of one object, in order) from `offset` on, as pieces that
+/// share the received buffers; empty pieces are left out.
+fn skip(parts: &[Bytes], offset: u64) -> impl Iterator<Item = Bytes> + '_ {
+    let mut before = offset;
+    parts.iter().filter_map(move |p| {
+        let len = p.len() as u64;
+        if before >= len {
+            before -= len;
+            return None;
+        }
+        // `before` < `len`, a usize: the cast cannot truncate.
+        let piece = p.slice(before as usize..);
+        before = 0;
+        Some(piece)
+    })
 }
 
 /// A read-ahead entry not taken this long after it was started belongs to a retrieve that
@@ -167,16 +188,39 @@ pub struct Replica {
 /// The blocking side of a [`Replica`]: hashing and writing run on the blocking pool, off the
 /// threads that drive the network.
 struct ReplicaSink {
-    file: std::fs::File,
+    /// The staging file, created by the first blocking hop that needs it: for an instance
+    /// that arrives in one batch, creating, writing, hashing and fsyncing are one hop. (A
+    /// replica dropped while that hop runs may leave the file behind; the staging area is
+    /// emptied at start, and it was never a copy.)
+    file: Option<std::fs::File>,
+    path: PathBuf,
     hasher: blake3::Hasher,
 }
 
 impl ReplicaSink {
+    /// The staging file, created now if it is not yet.
+    fn file(&mut self) -> std::io::Result<&mut std::fs::File> {
+        match &mut self.file {
+            Some(f) => Ok(f),
+            none => Ok(none.insert(
+                std::fs::OpenOptions::new()
+                    .write(true)
+                    .create_new(true)
+                    .open(&self.path)?,
+            )),
+        }
+    }
+
     fn write_all(&mut self, chunks: &[Bytes]) -> std::io::Result<()> {
         use std::io::Write;
+        self.file()?;
+        let Self { file, hasher, .. } = self;
+        let file = file
+            .as_mut()
+            .ok_or_else(|| std::io::Error::other("staging file missing"))?;
         for c in chunks {
-            self.hasher.update(c);
-            self.file.write_all(c)?;
+            hasher.update(c);
+            file.write_all(c)?;
         }
         Ok(())
     }
@@ -228,7 +272,7 @@ impl Replica {
                 let actual = sink.hasher.finalize().to_hex().to_string();
                 let t_hash = t0.elapsed();
                 if actual == expected {
-                    sink.file.sync_all()?;
+                    sink.file()?.sync_all()?;
                 }
                 Ok((actual, t_hash))
             })
@@ -507,21 +551,16 @@ impl Archive {
         Ok((size, self.blobs.chunks(hash, 0, chunk).await?))
     }
 
-    /// Starts receiving a copy of indexed bytes from another site.
+    /// Starts receiving a copy of indexed bytes from another site. The staging file is
+    /// created with the first bytes written, in the same blocking hop.
     pub async fn begin_replica(self: &Arc<Self>, hash: &str) -> Result<Replica, ArchiveError> {
         let path = self.staging_file();
-        let file = tokio::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .open(&path)
-            .await?
-            .into_std()
-            .await;
         Ok(Replica {
             archive: Arc::clone(self),
             expected: hash.to_string(),
             sink: Some(ReplicaSink {
-                file,
+                file: None,
+                path: path.clone(),
                 hasher: blake3::Hasher::new(),
             }),
             pending: Vec::new(),
@@ -573,6 +612,26 @@ impl Archive {
         }
     }
 
+    /// The bytes a read-ahead fetch got for `inst`, taken (with its entry) if one was started;
+    /// `None` when none was, or it failed (the bytes may be held here after all).
+    pub(crate) async fn take_read_ahead(&self, inst: &StoredInstance) -> Option<Fetched> {
+        let pending = self
+            .ahead
+            .0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&inst.hash)
+            .map(|(_, pending)| pending)?;
+        let t0 = std::time::Instant::now();
+        let fetched = pending.await.ok()?.open().await.ok()?;
+        tracing::debug!(
+            sop_instance_uid = %inst.sop_instance_uid,
+            waited_ms = t0.elapsed().as_secs_f64() * 1e3,
+            "read-ahead bytes taken"
+        );
+        Some(fetched)
+    }
+
     /// Fetches bytes for a retrieve that keeps no copy: into memory when the instance is
     /// small enough and the fetcher can, into a staging file otherwise.
     async fn fetch_uncached(
@@ -585,7 +644,7 @@ impl Archive {
                 .fetch_to_memory(&inst.sop_instance_uid, &inst.hash, inst.size)
                 .await
             {
-                return got.map(Got::Memory);
+                return got.map(|parts| Got::Memory(parts.into()));
             }
         }
         let dest = self.staging_file();
@@ -607,25 +666,8 @@ impl Archive {
         &self,
         inst: &StoredInstance,
     ) -> Result<Fetched, ArchiveError> {
-        let pending = self
-            .ahead
-            .0
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(&inst.hash)
-            .map(|(_, pending)| pending);
-        if let Some(pending) = pending {
-            let t0 = std::time::Instant::now();
-            if let Ok(got) = pending.await {
-                if let Ok(fetched) = got.open().await {
-                    tracing::debug!(
-                        sop_instance_uid = %inst.sop_instance_uid,
-                        waited_ms = t0.elapsed().as_secs_f64() * 1e3,
-                        "read-ahead bytes taken"
-                    );
-                    return Ok(fetched);
-                }
-            }
+        if let Some(fetched) = self.take_read_ahead(inst).await {
+            return Ok(fetched);
         }
         let Some(remote) = self.remote.get() else {
             return Err(ArchiveError::Unavailable {

@@ -20,8 +20,8 @@ pub use grid_link::{GridControl, RemoteFetch};
 pub use grid_ops::{RemoteApply, Replica};
 pub use incoming::{Incoming, IncomingMeta, StoreOutcome, Subject};
 pub use pacsgrid_store::{
-    AttrValues, AuditMark, BlobChunks, BlobReader, Change, ChangeKind, DeleteTarget, FeedEntry,
-    GridConflict, Holder, HolderChange, Holdings, IndexStats, InsertOutcome, InstanceRecord,
-    PeerChange, PeerCursor, PeerOutcome, PendingAudit, Provenance, QuarantineEntry, Space,
-    StoredInstance, Tombstone, TombstoneOutcome,
+    AttrValues, AuditMark, BlobChunks, BlobError, BlobReader, Change, ChangeKind, DeleteTarget,
+    FeedEntry, GridConflict, Holder, HolderChange, Holdings, IndexStats, InsertOutcome,
+    InstanceRecord, PeerChange, PeerCursor, PeerOutcome, PendingAudit, Provenance, QuarantineEntry,
+    Space, StoredInstance, Tombstone, TombstoneOutcome,
 };

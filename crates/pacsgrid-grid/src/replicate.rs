@@ -12,8 +12,13 @@ use std::time::{Duration, Instant};
 /// Instances read from the index per page.
 const PAGE: u32 = 1000;
 
-/// How long a recount asked for by new holder facts waits, gathering more of them.
-const RECOUNT_DELAY: Duration = Duration::from_millis(200);
+/// Least time from one pass to a recount asked for by new holder facts: copies land in
+/// streams, and a pass reads the whole index.
+const RECOUNT_GAP: Duration = Duration::from_millis(200);
+
+/// How long a recount asked for after a quiet spell waits, gathering the facts that come
+/// with the first (a feed page, the other copies finishing at the same time).
+const RECOUNT_GATHER: Duration = Duration::from_millis(30);
 
 /// Runs placement passes until the service stops: every `repair_interval_secs`, or sooner
 /// when new records arrived.
@@ -23,6 +28,7 @@ pub(crate) async fn run(grid: Arc<Grid>) {
         if let Err(e) = pass(&grid).await {
             tracing::warn!(error = %e, "placement pass failed");
         }
+        let passed = Instant::now();
         tokio::select! {
             _ = tokio::time::sleep(interval) => {},
             _ = grid.placement_due.notified() => {
@@ -30,8 +36,11 @@ pub(crate) async fn run(grid: Arc<Grid>) {
                 tokio::time::sleep(Duration::from_millis(50)).await;
             },
             _ = grid.recount_due.notified() => {
-                // copies land in streams: at most a few recounts a second
-                tokio::time::sleep(RECOUNT_DELAY).await;
+                // At most a few recounts a second while copies land, but the one after the
+                // last copy of a run comes soon, not a whole gap later: the grid's status
+                // (under-replicated instances) settles that much sooner.
+                let wait = RECOUNT_GAP.saturating_sub(passed.elapsed()).max(RECOUNT_GATHER);
+                tokio::time::sleep(wait).await;
             },
             _ = grid.stopped() => return,
         }

@@ -274,7 +274,8 @@ impl Grid {
         if h.site == self.site {
             return true;
         }
-        match self.peer(&h.site).and_then(|p| p.incarnation) {
+        let peers = self.peers.read().unwrap_or_else(|p| p.into_inner());
+        match peers.get(&h.site).and_then(|p| p.incarnation.as_deref()) {
             Some(inc) => inc == h.incarnation,
             None => true,
         }

@@ -4,7 +4,7 @@
 use crate::client::PeerByteStream;
 use crate::service::{Grid, PeerState};
 use async_trait::async_trait;
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use futures::StreamExt;
 use pacsgrid_archive::{RemoteFetch, Replica};
 use std::path::Path;
@@ -187,14 +187,14 @@ impl Grid {
     }
 
     /// Fetches bytes for a retrieve, verifying them (on-the-fly access): into `dest`, or
-    /// into memory when `dest` is `None` (then returned).
+    /// into memory when `dest` is `None` (then returned as the pieces received).
     async fn fetch_one(
         &self,
         src: &PeerState,
         hash: &str,
         size: u64,
         dest: Option<&Path>,
-    ) -> Result<Option<Bytes>, PullError> {
+    ) -> Result<Option<Vec<Bytes>>, PullError> {
         let mut out = match dest {
             Some(dest) => {
                 let file = tokio::fs::OpenOptions::new()
@@ -205,8 +205,10 @@ impl Grid {
                 FetchSink::File(tokio::io::BufWriter::with_capacity(1 << 20, file))
             }
             // The size is known from the index; more bytes than that are an error below, so
-            // memory stays bounded by it.
-            None => FetchSink::Memory(BytesMut::with_capacity(size as usize)),
+            // memory stays bounded by it. The received pieces are kept as they are (slices of
+            // the connection's read buffers): copying them into one buffer cost a copy of
+            // every byte and the page faults of a fresh allocation per instance.
+            None => FetchSink::Memory(Vec::new()),
         };
         let mut hasher = blake3::Hasher::new();
         let mut body = self.open_blob(src, hash).await?;
@@ -219,7 +221,7 @@ impl Grid {
             hasher.update(&chunk);
             match &mut out {
                 FetchSink::File(f) => f.write_all(&chunk).await?,
-                FetchSink::Memory(m) => m.extend_from_slice(&chunk),
+                FetchSink::Memory(m) => m.push(chunk),
             }
         }
         if got != size {
@@ -237,7 +239,7 @@ impl Grid {
                 f.flush().await?;
                 Ok(None)
             }
-            FetchSink::Memory(m) => Ok(Some(m.freeze())),
+            FetchSink::Memory(m) => Ok(Some(m)),
         }
     }
 
@@ -248,7 +250,7 @@ impl Grid {
         hash: &str,
         size: u64,
         dest: Option<&Path>,
-    ) -> Result<Option<Bytes>, String> {
+    ) -> Result<Option<Vec<Bytes>>, String> {
         let holders = match self.archive.grid_record(sop_instance_uid).await {
             Ok(Some((_, holders))) => holders,
             Ok(None) => return Err("the instance is no longer recorded".into()),
@@ -297,7 +299,7 @@ impl Grid {
 /// Where the bytes of an on-the-fly fetch go.
 enum FetchSink {
     File(tokio::io::BufWriter<tokio::fs::File>),
-    Memory(BytesMut),
+    Memory(Vec<Bytes>),
 }
 
 #[async_trait]
@@ -319,7 +321,7 @@ impl RemoteFetch for Grid {
         sop_instance_uid: &str,
         hash: &str,
         size: u64,
-    ) -> Option<Result<Bytes, String>> {
+    ) -> Option<Result<Vec<Bytes>, String>> {
         Some(
             self.fetch_any(sop_instance_uid, hash, size, None)
                 .await
