@@ -78,17 +78,11 @@ impl<R: Read> Walker<R> {
     }
 
     fn u16(&self, b: [u8; 2]) -> u16 {
-        match self.form {
-            Form::ExplicitBig => u16::from_be_bytes(b),
-            _ => u16::from_le_bytes(b),
-        }
+        pacsgrid_dicom::wire::read_u16(b, self.form == Form::ExplicitBig)
     }
 
     fn u32(&self, b: [u8; 4]) -> u32 {
-        match self.form {
-            Form::ExplicitBig => u32::from_be_bytes(b),
-            _ => u32::from_le_bytes(b),
-        }
+        pacsgrid_dicom::wire::read_u32(b, self.form == Form::ExplicitBig)
     }
 
     fn header(&mut self, at_boundary: bool) -> Result<Header, WalkError> {
@@ -118,22 +112,7 @@ impl<R: Read> Walker<R> {
                 ),
             });
         }
-        let long = matches!(
-            &vr,
-            b"OB"
-                | b"OD"
-                | b"OF"
-                | b"OL"
-                | b"OV"
-                | b"OW"
-                | b"SQ"
-                | b"SV"
-                | b"UC"
-                | b"UN"
-                | b"UR"
-                | b"UT"
-                | b"UV"
-        );
+        let long = pacsgrid_dicom::wire::has_long_length(vr);
         let len = if long {
             let mut skip = [0u8; 2];
             self.fill(&mut skip, false)?;

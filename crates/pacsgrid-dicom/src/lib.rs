@@ -9,6 +9,7 @@ pub mod part10;
 pub mod query;
 pub mod status;
 pub mod uid;
+pub mod wire;
 
 pub use attrs::{AttrKind, IndexedAttr, Level};
 pub use dicom_core::Tag;

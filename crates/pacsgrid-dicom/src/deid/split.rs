@@ -6,6 +6,7 @@
 //! ever held in memory.
 
 use crate::uid::DatasetEncoding;
+use crate::wire::{read_u16, read_u32};
 
 const UNDEFINED: u32 = 0xFFFF_FFFF;
 const MAX_DEPTH: usize = 32;
@@ -86,17 +87,14 @@ impl HeaderSplitter {
     }
 
     fn u16(&self, b: &[u8]) -> u16 {
-        match self.encoding {
-            DatasetEncoding::ExplicitBig => u16::from_be_bytes([b[0], b[1]]),
-            _ => u16::from_le_bytes([b[0], b[1]]),
-        }
+        read_u16([b[0], b[1]], self.encoding == DatasetEncoding::ExplicitBig)
     }
 
     fn u32(&self, b: &[u8]) -> u32 {
-        match self.encoding {
-            DatasetEncoding::ExplicitBig => u32::from_be_bytes([b[0], b[1], b[2], b[3]]),
-            _ => u32::from_le_bytes([b[0], b[1], b[2], b[3]]),
-        }
+        read_u32(
+            [b[0], b[1], b[2], b[3]],
+            self.encoding == DatasetEncoding::ExplicitBig,
+        )
     }
 
     /// Tag, VR (`None` for implicit VR and items), length and value offset of the element
@@ -121,22 +119,7 @@ impl HeaderSplitter {
                 why: format!("invalid VR for ({:04X},{:04X})", tag.0, tag.1),
             });
         }
-        let long = matches!(
-            &vr,
-            b"OB"
-                | b"OD"
-                | b"OF"
-                | b"OL"
-                | b"OV"
-                | b"OW"
-                | b"SQ"
-                | b"SV"
-                | b"UC"
-                | b"UN"
-                | b"UR"
-                | b"UT"
-                | b"UV"
-        );
+        let long = crate::wire::has_long_length(vr);
         if !long {
             return Ok(Some((tag, Some(vr), u32::from(self.u16(&t[6..8])), at + 8)));
         }
@@ -283,17 +266,14 @@ impl ElementEnd {
     }
 
     fn u16(&self, b: &[u8]) -> u16 {
-        match self.encoding {
-            DatasetEncoding::ExplicitBig => u16::from_be_bytes([b[0], b[1]]),
-            _ => u16::from_le_bytes([b[0], b[1]]),
-        }
+        read_u16([b[0], b[1]], self.encoding == DatasetEncoding::ExplicitBig)
     }
 
     fn u32(&self, b: &[u8]) -> u32 {
-        match self.encoding {
-            DatasetEncoding::ExplicitBig => u32::from_be_bytes([b[0], b[1], b[2], b[3]]),
-            _ => u32::from_le_bytes([b[0], b[1], b[2], b[3]]),
-        }
+        read_u32(
+            [b[0], b[1], b[2], b[3]],
+            self.encoding == DatasetEncoding::ExplicitBig,
+        )
     }
 
     /// Header bytes needed before `pending` can be read.
