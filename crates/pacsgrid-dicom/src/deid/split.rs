@@ -37,6 +37,28 @@ enum Walk {
     More,
 }
 
+/// Refuses an encoding whose bytes cannot be walked as they arrive (deflated data sets must
+/// be inflated first).
+fn walkable(encoding: DatasetEncoding) -> Result<(), SplitError> {
+    if encoding == DatasetEncoding::Deflated {
+        return Err(SplitError::Deflated);
+    }
+    Ok(())
+}
+
+/// A 16-bit number of `encoding` from the first two bytes of `b`.
+fn u16_in(encoding: DatasetEncoding, b: &[u8]) -> u16 {
+    read_u16([b[0], b[1]], encoding == DatasetEncoding::ExplicitBig)
+}
+
+/// A 32-bit number of `encoding` from the first four bytes of `b`.
+fn u32_in(encoding: DatasetEncoding, b: &[u8]) -> u32 {
+    read_u32(
+        [b[0], b[1], b[2], b[3]],
+        encoding == DatasetEncoding::ExplicitBig,
+    )
+}
+
 /// Finds the header boundary of a data set whose bytes arrive in pieces: feed it the bytes
 /// received so far (from the start of the data set) until it answers.
 #[derive(Debug)]
@@ -49,9 +71,7 @@ pub struct HeaderSplitter {
 impl HeaderSplitter {
     /// A splitter for a data set in `encoding`.
     pub fn new(encoding: DatasetEncoding) -> Result<HeaderSplitter, SplitError> {
-        if encoding == DatasetEncoding::Deflated {
-            return Err(SplitError::Deflated);
-        }
+        walkable(encoding)?;
         Ok(HeaderSplitter { encoding, pos: 0 })
     }
 
@@ -86,17 +106,6 @@ impl HeaderSplitter {
         Ok(None)
     }
 
-    fn u16(&self, b: &[u8]) -> u16 {
-        read_u16([b[0], b[1]], self.encoding == DatasetEncoding::ExplicitBig)
-    }
-
-    fn u32(&self, b: &[u8]) -> u32 {
-        read_u32(
-            [b[0], b[1], b[2], b[3]],
-            self.encoding == DatasetEncoding::ExplicitBig,
-        )
-    }
-
     /// Tag, VR (`None` for implicit VR and items), length and value offset of the element
     /// header at `at`; `None` when its bytes have not all arrived.
     #[allow(clippy::type_complexity)]
@@ -108,9 +117,12 @@ impl HeaderSplitter {
         let Some(t) = bytes.get(at..at + 8) else {
             return Ok(None);
         };
-        let tag = (self.u16(&t[0..2]), self.u16(&t[2..4]));
+        let tag = (
+            u16_in(self.encoding, &t[0..2]),
+            u16_in(self.encoding, &t[2..4]),
+        );
         if tag.0 == 0xFFFE || self.encoding == DatasetEncoding::ImplicitLittle {
-            return Ok(Some((tag, None, self.u32(&t[4..8]), at + 8)));
+            return Ok(Some((tag, None, u32_in(self.encoding, &t[4..8]), at + 8)));
         }
         let vr = [t[4], t[5]];
         if !vr.iter().all(u8::is_ascii_uppercase) {
@@ -121,12 +133,17 @@ impl HeaderSplitter {
         }
         let long = crate::wire::has_long_length(vr);
         if !long {
-            return Ok(Some((tag, Some(vr), u32::from(self.u16(&t[6..8])), at + 8)));
+            return Ok(Some((
+                tag,
+                Some(vr),
+                u32::from(u16_in(self.encoding, &t[6..8])),
+                at + 8,
+            )));
         }
         let Some(l) = bytes.get(at + 8..at + 12) else {
             return Ok(None);
         };
-        Ok(Some((tag, Some(vr), self.u32(l), at + 12)))
+        Ok(Some((tag, Some(vr), u32_in(self.encoding, l), at + 12)))
     }
 
     /// Where the value starting at `at` ends: a defined length is skipped, an undefined one
@@ -253,9 +270,7 @@ pub struct ElementEnd {
 impl ElementEnd {
     /// A tracker for an element whose first byte is the next one fed.
     pub fn new(encoding: DatasetEncoding) -> Result<ElementEnd, SplitError> {
-        if encoding == DatasetEncoding::Deflated {
-            return Err(SplitError::Deflated);
-        }
+        walkable(encoding)?;
         Ok(ElementEnd {
             encoding,
             expect: Expect::Element,
@@ -263,17 +278,6 @@ impl ElementEnd {
             skip: 0,
             ends_after_skip: false,
         })
-    }
-
-    fn u16(&self, b: &[u8]) -> u16 {
-        read_u16([b[0], b[1]], self.encoding == DatasetEncoding::ExplicitBig)
-    }
-
-    fn u32(&self, b: &[u8]) -> u32 {
-        read_u32(
-            [b[0], b[1], b[2], b[3]],
-            self.encoding == DatasetEncoding::ExplicitBig,
-        )
     }
 
     /// Header bytes needed before `pending` can be read.
@@ -313,15 +317,18 @@ impl ElementEnd {
                 return Ok(None);
             }
             let h = std::mem::take(&mut self.pending);
-            let tag = (self.u16(&h[0..2]), self.u16(&h[2..4]));
+            let tag = (
+                u16_in(self.encoding, &h[0..2]),
+                u16_in(self.encoding, &h[2..4]),
+            );
             let len = if h.len() == 12 {
-                self.u32(&h[8..12])
+                u32_in(self.encoding, &h[8..12])
             } else if self.encoding == DatasetEncoding::ImplicitLittle
                 || self.expect == Expect::Item
             {
-                self.u32(&h[4..8])
+                u32_in(self.encoding, &h[4..8])
             } else {
-                u32::from(self.u16(&h[6..8]))
+                u32::from(u16_in(self.encoding, &h[6..8]))
             };
             match (self.expect, tag, len) {
                 (Expect::Element, _, UNDEFINED) => self.expect = Expect::Item,
