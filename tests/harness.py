@@ -521,6 +521,20 @@ def pydicom_sample_files() -> list[Path]:
     return candidates
 
 
+JPEG_LOSSLESS_SV1 = "1.2.840.10008.1.2.4.70"
+
+
+def reference_pixels(inst: Inst, tmp: Path):
+    """The original's pixels, decoded by pydicom, or by dcmtk's dcmdjpeg for JPEG lossless
+    (pydicom has no decoder for it here)."""
+    path = inst.path
+    if inst.ts == JPEG_LOSSLESS_SV1:
+        path = tmp / f"{inst.sop_uid}.dcm"
+        subprocess.run(["/usr/bin/dcmdjpeg", str(inst.path), str(path)], check=True,
+                       capture_output=True)
+    return pydicom.dcmread(path).pixel_array
+
+
 def gen_dataset(out: Path, *args: str) -> Corpus:
     """Run ../shared/data/gen_dataset.py into `out` and load the result."""
     if not GEN_DATASET.exists():
@@ -571,11 +585,14 @@ def dcmtk(tool: str, *args, timeout: float = 300, check: bool = False,
 
 
 class StoreSCP:
-    """dcmtk storescp as a C-MOVE destination; bit-preserving, accepts every transfer syntax."""
+    """dcmtk storescp as a C-MOVE destination; bit-preserving, accepts every transfer syntax
+    unless `accept_all` is false."""
 
     def __init__(self, workdir: Path, ae_title: str = "STORESCP", port: int | None = None,
-                 extra: list | None = None):
+                 extra: list | None = None, accept_all: bool = True):
         self.ae_title = ae_title
+        # without +xa storescp takes uncompressed syntaxes only, as it does by default
+        self.accept = ["+xa"] if accept_all else []
         self.extra = [str(a) for a in extra or []]  # e.g. TLS options
         self.port = port or free_ports(1)[0]
         self.out = Path(workdir) / "received"
@@ -586,7 +603,7 @@ class StoreSCP:
     def start(self) -> "StoreSCP":
         log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(
-            [DCMTK["storescp"], "-v", "-aet", self.ae_title, "+xa", "+B", "-od", str(self.out),
+            [DCMTK["storescp"], "-v", "-aet", self.ae_title, *self.accept, "+B", "-od", str(self.out),
              "-fe", ".dcm", *self.extra, str(self.port)],
             stdin=subprocess.DEVNULL, stdout=log, stderr=log, env=dcmtk_env())
         log.close()

@@ -7,7 +7,9 @@ from pathlib import Path
 import pytest
 
 from harness import (SUCCESS, TS_BY_KEY, RemoteAE, StoreSCP, assert_identical,
-                     assert_same_content, c_get, c_move, dataset_bytes, dcmtk, hexs, store_ok)
+                     assert_same_content, c_get, c_move, dataset_bytes, dcmtk, hexs,
+                     reference_pixels, store_ok)
+import numpy as np
 import pydicom
 
 
@@ -19,9 +21,19 @@ def storescp(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def loaded(module_node_factory, storescp, corpora):
-    """A node holding the mixed and native corpora, with STORESCP as a C-MOVE destination."""
-    node = module_node_factory(remote_aes=[RemoteAE("STORESCP", storescp.port)])
+def plainscp(tmp_path_factory):
+    """storescp as it runs by default: uncompressed transfer syntaxes only."""
+    scp = StoreSCP(tmp_path_factory.mktemp("plainscp"), "PLAINSCP", accept_all=False).start()
+    yield scp
+    scp.stop()
+
+
+@pytest.fixture(scope="module")
+def loaded(module_node_factory, storescp, plainscp, corpora):
+    """A node holding the mixed and native corpora, with STORESCP and PLAINSCP as C-MOVE
+    destinations."""
+    node = module_node_factory(remote_aes=[RemoteAE("STORESCP", storescp.port),
+                                           RemoteAE("PLAINSCP", plainscp.port)])
     corpus = corpora.mixed + corpora.native
     store_ok(node, corpus.instances)
     return node, corpus
@@ -172,7 +184,53 @@ def test_getscu_image_each_transfer_syntax(loaded, tmp_path, ts_key):
     assert_getscu_received([inst], got, f"getscu {ts_key}")
 
 
+@pytest.mark.parametrize("ts_key", ["rle", "j2k", "jpegll"])
+def test_getscu_taking_only_uncompressed_gets_compressed_instances_decoded(loaded, tmp_path,
+                                                                           ts_key):
+    """getscu proposes uncompressed syntaxes unless told otherwise: an instance stored
+    compressed goes to it decoded, with the original's pixels."""
+    node, corpus = loaded
+    inst = next(i for i in corpus.instances if i.ts == TS_BY_KEY[ts_key])
+    r, got = getscu(node, tmp_path / "out", "IMAGE",
+                    {"StudyInstanceUID": inst.study_uid, "SeriesInstanceUID": inst.series_uid,
+                     "SOPInstanceUID": inst.sop_uid}, prefer="+xe")
+    assert r.returncode == 0, f"getscu exited {r.returncode}:\n{r.stdout}\n{r.stderr}"
+    assert set(got) == {inst.sop_uid}, r.stdout + r.stderr
+    [path] = [p for p in (tmp_path / "out").iterdir() if p.is_file()]
+    d = pydicom.dcmread(path)
+    assert not d.file_meta.TransferSyntaxUID.is_compressed
+    assert np.array_equal(d.pixel_array, reference_pixels(inst, tmp_path)), ts_key
+    assert d.PatientID == inst.patient_id
+
+
 # --------------------------------------------------------------------------- C-MOVE
+def test_movescu_to_a_storescp_taking_only_uncompressed(loaded, plainscp, tmp_path):
+    """A destination that accepts uncompressed syntaxes only gets compressed instances
+    decoded (pixels equal to the original's); those this node has no decoder for (JPEG-LS)
+    fail as sub-operations, counted in the final response and named in the node's log."""
+    node, corpus = loaded
+    study_uid, insts = max(corpus.studies().items(), key=lambda kv: len({i.ts for i in kv[1]}))
+    jls = {i.sop_uid for i in insts if i.ts == TS_BY_KEY["jpegls"]}
+    assert jls and len({i.ts for i in insts}) >= 4, "the study mixes syntaxes, JPEG-LS among them"
+    plainscp.clear()
+    r = movescu(node, "STUDY", {"StudyInstanceUID": study_uid}, dest="PLAINSCP")
+    out = r.stdout + r.stderr
+    assert "Final Move Response (Warning: SubOperationsCompleteOneOrMoreFailures)" in out, out
+    res = c_move(node, "STUDY", {"StudyInstanceUID": study_uid}, "PLAINSCP")
+    assert res.count("NumberOfFailedSuboperations") == len(jls), res.final
+    assert res.count("NumberOfCompletedSuboperations") == len(insts) - len(jls), res.final
+    files = {str(pydicom.dcmread(p, stop_before_pixels=True).SOPInstanceUID): p
+             for p in plainscp.out.iterdir() if p.suffix == ".dcm"}
+    assert set(files) == {i.sop_uid for i in insts} - jls
+    for i in insts:
+        if i.sop_uid in jls:
+            continue
+        d = pydicom.dcmread(files[i.sop_uid])
+        assert not d.file_meta.TransferSyntaxUID.is_compressed, i.ts
+        assert np.array_equal(d.pixel_array, reference_pixels(i, tmp_path)), i.ts
+    log = node.log_text()
+    assert all(uid in log for uid in jls), "the failed sub-operations are logged by UID"
+
 def movescu(node, level, keys, dest="STORESCP", model="-S"):
     args = ["-v", model, "-aet", "MOVESCU", "-aec", node.ae_title, "-aem", dest,
             "-k", f"QueryRetrieveLevel={level}"]

@@ -18,7 +18,7 @@ from pydicom.uid import (ExplicitVRLittleEndian, ImplicitVRLittleEndian, JPEG200
                          JPEGLSLossless, RLELossless, generate_uid)
 
 import harness
-from harness import Corpus, Inst, dataset_bytes, multipart_parts
+from harness import Corpus, Inst, dataset_bytes, multipart_parts, reference_pixels
 
 EVRLE = str(ExplicitVRLittleEndian)
 JPEG_BASELINE = "1.2.840.10008.1.2.4.50"
@@ -34,20 +34,6 @@ def assert_problem(rsp: requests.Response, status: int, *words: str) -> dict:
     for w in words:
         assert w in body["detail"], f"{w!r} not in detail {body['detail']!r}"
     return body
-
-
-JPEG_LOSSLESS_SV1 = "1.2.840.10008.1.2.4.70"
-
-
-def reference_pixels(inst: Inst, tmp: Path) -> np.ndarray:
-    """The original's pixels, decoded by pydicom, or by dcmtk's dcmdjpeg for JPEG lossless
-    (pydicom has no decoder for it here)."""
-    path = inst.path
-    if inst.ts == JPEG_LOSSLESS_SV1:
-        path = tmp / f"{inst.sop_uid}.dcm"
-        subprocess.run(["/usr/bin/dcmdjpeg", str(inst.path), str(path)], check=True,
-                       capture_output=True)
-    return pydicom.dcmread(path).pixel_array
 
 
 # ----------------------------------------------------------------------------------- fixtures

@@ -5,6 +5,7 @@ use crate::grid_link::{GridControl, RemoteFetch};
 use crate::header;
 use crate::incoming::{Incoming, IncomingMeta, StoreOutcome};
 use crate::part10;
+use crate::transcode;
 use pacsgrid_dicom::{uid, Query};
 use pacsgrid_store::{
     AttrValues, AuditMark, BlobChunks, BlobError, BlobReader, BlobStore, Change, DeleteTarget,
@@ -500,44 +501,29 @@ impl Archive {
         }
     }
 
-    /// Re-encodes a stored instance's data set in another uncompressed transfer syntax, for
-    /// a receiver that does not accept the stored one. Compressed data is never decoded here.
+    /// A stored instance's data set in another, uncompressed transfer syntax, for a receiver
+    /// that does not accept the stored one: re-encoded, and its pixel data decoded first when
+    /// they are stored compressed. Whole in memory: one instance at a time.
     pub async fn transcode_dataset(
         &self,
         inst: &StoredInstance,
         to_ts: &str,
     ) -> Result<Vec<u8>, ArchiveError> {
-        let err = |why: &str| ArchiveError::Transcode {
+        let err = |why: String| ArchiveError::Transcode {
             sop_instance_uid: inst.sop_instance_uid.clone(),
             from: inst.transfer_syntax.clone(),
             to: to_ts.to_string(),
-            why: why.to_string(),
+            why,
         };
-        let from_info = uid::transfer_syntax(&inst.transfer_syntax)
-            .ok_or_else(|| err("unknown stored syntax"))?;
-        let to_info = uid::transfer_syntax(to_ts).ok_or_else(|| err("unknown target syntax"))?;
-        if from_info.encapsulated || to_info.encapsulated {
-            return Err(err("only uncompressed syntaxes are converted"));
-        }
-        let path = self
-            .blobs
-            .local_path(&inst.hash)
-            .ok_or_else(|| err("the blob is not on a local disk"))?;
-        let to_uid = to_info.uid;
-        let result = tokio::task::spawn_blocking(move || -> Result<Vec<u8>, String> {
-            use dicom_encoding::TransferSyntaxIndex;
-            let obj = dicom_object::open_file(&path).map_err(|e| e.to_string())?;
-            let ts = dicom_transfer_syntax_registry::TransferSyntaxRegistry
-                .get(to_uid)
-                .ok_or("transfer syntax not in the registry")?;
-            let mut out = Vec::new();
-            obj.write_dataset_with_ts(&mut out, ts)
-                .map_err(|e| e.to_string())?;
-            Ok(out)
-        })
-        .await
-        .map_err(|e| err(&e.to_string()))?;
-        result.map_err(|why| err(&why))
+        // Read through the archive, not the blob's path: the bytes may sit in an object
+        // store or at another site.
+        let mut file = Vec::with_capacity(usize::try_from(inst.size).unwrap_or(0).min(1 << 30));
+        self.open_file(inst).await?.read_to_end(&mut file).await?;
+        let to = to_ts.to_string();
+        tokio::task::spawn_blocking(move || transcode::to_uncompressed(&file, &to))
+            .await
+            .map_err(|e| err(e.to_string()))?
+            .map_err(err)
     }
 
     /// Change-feed entries after `since`.

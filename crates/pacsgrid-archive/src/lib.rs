@@ -12,6 +12,7 @@ mod grid_ops;
 mod header;
 mod incoming;
 mod part10;
+pub mod transcode;
 mod walk;
 
 pub use archive::{Archive, ArchiveConfig, ConsistencyReport, DeleteReport};

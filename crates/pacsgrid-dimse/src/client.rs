@@ -10,7 +10,7 @@ use crate::association::{
 use crate::config::RemoteAe;
 use crate::message::{field, Command, Event, SendError, PRIORITY_MEDIUM};
 use dicom_dictionary_std::tags;
-use pacsgrid_archive::{Archive, StoredInstance};
+use pacsgrid_archive::{transcode, Archive, StoredInstance};
 use pacsgrid_dicom::uid;
 use std::path::Path;
 use std::pin::Pin;
@@ -78,7 +78,8 @@ pub enum DataSource {
 pub enum Route {
     /// Send the bytes as stored on this context.
     AsStored(u8),
-    /// Convert to this (uncompressed) transfer syntax, then send on this context.
+    /// Convert to this uncompressed transfer syntax (decoding compressed pixel data), then
+    /// send on this context.
     Convert(u8, String),
 }
 
@@ -87,9 +88,11 @@ fn is_uncompressed(ts: &str) -> bool {
 }
 
 /// Picks the context to send an object of `sop_class` stored in `stored_ts` on: one
-/// accepted in that very syntax, else (for an uncompressed object) one in another
-/// uncompressed syntax, explicit little endian first. `need_requestor_scp` restricts to
-/// contexts where the association requestor took the SCP role (C-GET).
+/// accepted in that very syntax, else one in an uncompressed syntax, explicit little endian
+/// first (a compressed object is then decoded, when this node has the decoder: a receiver
+/// that takes only uncompressed data, like `storescp` or `getscu` by default, still gets
+/// it). `need_requestor_scp` restricts to contexts where the association requestor took the
+/// SCP role (C-GET).
 pub fn route(
     contexts: &[PresentationContext],
     sop_class: &str,
@@ -107,7 +110,7 @@ pub fn route(
     {
         return Some(Route::AsStored(c.id));
     }
-    if !is_uncompressed(stored_ts) {
+    if !is_uncompressed(stored_ts) && transcode::cannot_decode(stored_ts).is_some() {
         return None;
     }
     for preferred in [uid::EXPLICIT_VR_LE, uid::IMPLICIT_VR_LE] {
@@ -516,7 +519,7 @@ mod tests {
     const J2K: &str = "1.2.840.10008.1.2.4.90";
 
     #[test]
-    fn routes_prefer_the_stored_syntax_and_convert_only_uncompressed() {
+    fn routes_prefer_the_stored_syntax_then_uncompressed_ones() {
         let cs = vec![
             ctx(1, CT, uid::IMPLICIT_VR_LE, true),
             ctx(3, CT, uid::EXPLICIT_VR_LE, false),
@@ -534,6 +537,15 @@ mod tests {
         // C-GET: only contexts where the requestor is SCP
         assert_eq!(
             route(&cs, CT, uid::EXPLICIT_VR_BE, true),
+            Some(Route::Convert(1, uid::IMPLICIT_VR_LE.into()))
+        );
+        // compressed, no context in its syntax: decoded when there is a decoder
+        assert_eq!(
+            route(&cs, CT, "1.2.840.10008.1.2.5", false),
+            Some(Route::Convert(3, uid::EXPLICIT_VR_LE.into()))
+        );
+        assert_eq!(
+            route(&cs, CT, "1.2.840.10008.1.2.4.91", true),
             Some(Route::Convert(1, uid::IMPLICIT_VR_LE.into()))
         );
         assert_eq!(route(&cs, CT, "1.2.840.10008.1.2.4.80", false), None);

@@ -22,7 +22,7 @@ use dicom_dictionary_std::tags;
 use dicom_object::meta::FileMetaTableBuilder;
 use multipart::{Closed, PartWriter};
 use pacsgrid_access::{StudyTally, View};
-use pacsgrid_archive::{Archive, StoredInstance};
+use pacsgrid_archive::{transcode, Archive, ArchiveError, StoredInstance};
 use pacsgrid_audit::Action;
 use pacsgrid_dicom::deid::Deidentifier;
 use pacsgrid_dicom::{uid, Level, Query, QueryModel, Tag};
@@ -191,7 +191,7 @@ fn plan(choices: &[TsChoice], inst: &StoredInstance) -> Result<Delivery, String>
                 if !encapsulated {
                     return Ok(Delivery::Convert(ts));
                 }
-                match pixels::cannot_decode(stored) {
+                match transcode::cannot_decode(stored) {
                     None => return Ok(Delivery::Decode(ts)),
                     Some(w) => why.push(w),
                 }
@@ -312,25 +312,41 @@ async fn send_instance(
                 )));
             }
         }
-        Delivery::Convert(ts) => {
-            let data = archive
-                .transcode_dataset(inst, ts)
-                .await
-                .map_err(|e| StreamError::Failed(e.to_string()))?;
-            let head = meta_header(inst, ts)?;
-            w.begin_part(&part_type(inst, how)).await?;
-            w.send(Bytes::from(head)).await?;
-            w.send(Bytes::from(data)).await?;
-        }
-        Delivery::Decode(ts) => {
-            let bytes = read_whole(archive, inst).await?;
-            let out = tokio::task::spawn_blocking(move || pixels::decode_to(&bytes, ts))
-                .await
-                .map_err(|e| StreamError::Failed(e.to_string()))??;
-            w.begin_part(&part_type(inst, how)).await?;
-            w.send(Bytes::from(out)).await?;
+        Delivery::Convert(ts) | Delivery::Decode(ts) => {
+            let converted = converted(archive, inst, ts).await?;
+            return send_converted(w, inst, how, converted).await;
         }
     }
+    Ok(true)
+}
+
+/// An instance converted to `ts` by the archive: its new file meta header and data set.
+/// Pixel data the decoder refuses are a 406: the syntax asked for cannot be given.
+async fn converted(
+    archive: &Archive,
+    inst: &StoredInstance,
+    ts: &str,
+) -> Result<(Vec<u8>, Vec<u8>), Problem> {
+    let data = archive
+        .transcode_dataset(inst, ts)
+        .await
+        .map_err(|e| match e {
+            ArchiveError::Transcode { .. } => Problem::not_acceptable(e.to_string()),
+            e => Problem::from(e),
+        })?;
+    Ok((meta_header(inst, ts)?, data))
+}
+
+/// Sends an instance [`converted`] gave as one part.
+async fn send_converted(
+    w: &mut PartWriter,
+    inst: &StoredInstance,
+    how: Delivery,
+    (head, data): (Vec<u8>, Vec<u8>),
+) -> Result<bool, StreamError> {
+    w.begin_part(&part_type(inst, how)).await?;
+    w.send(Bytes::from(head)).await?;
+    w.send(Bytes::from(data)).await?;
     Ok(true)
 }
 
@@ -350,20 +366,10 @@ async fn send_deidentified(
             return deid::send_streamed(archive, deid, w, inst, &part_type(inst, how)).await;
         }
         Delivery::AsStored => read_whole(archive, inst).await?,
-        Delivery::Convert(ts) => {
-            let data = archive
-                .transcode_dataset(inst, ts)
-                .await
-                .map_err(|e| StreamError::Failed(e.to_string()))?;
-            let mut file = meta_header(inst, ts)?;
+        Delivery::Convert(ts) | Delivery::Decode(ts) => {
+            let (mut file, data) = converted(archive, inst, ts).await?;
             file.extend_from_slice(&data);
             file
-        }
-        Delivery::Decode(ts) => {
-            let bytes = read_whole(archive, inst).await?;
-            tokio::task::spawn_blocking(move || pixels::decode_to(&bytes, ts))
-                .await
-                .map_err(|e| StreamError::Failed(e.to_string()))??
         }
     };
     let (d, owned) = (Arc::clone(deid), inst.clone());
@@ -377,6 +383,26 @@ async fn send_deidentified(
     w.begin_part(&part_type(inst, how)).await?;
     w.send(Bytes::from(out)).await?;
     Ok(true)
+}
+
+/// A retrieve of one instance that has to be decoded is decoded before the answer starts:
+/// pixel data the decoder refuses then get a 406 problem instead of a body cut off after
+/// its 200. Several instances stream as they are decoded, and a failure ends the body early.
+async fn decode_lone_instance(
+    archive: &Archive,
+    planned: &[(StoredInstance, Delivery)],
+    deidentified: bool,
+) -> Result<Option<(Vec<u8>, Vec<u8>)>, Problem> {
+    let [(inst, Delivery::Decode(ts))] = planned else {
+        return Ok(None);
+    };
+    if deidentified {
+        return Ok(None);
+    }
+    let out = converted(archive, inst, ts).await.inspect_err(|p| {
+        tracing::warn!(sop_instance_uid = %inst.sop_instance_uid, detail = %p.detail, "WADO-RS retrieve refused: the instance does not decode")
+    })?;
+    Ok(Some(out))
 }
 
 /// Answers a retrieve of instances: negotiates, then streams them.
@@ -411,6 +437,7 @@ async fn retrieve(
                 .collect();
             multipart::body_len(&boundary, types.iter().map(|(t, n)| (t.as_str(), *n)))
         });
+    let mut decoded = decode_lone_instance(&st.archive, &planned, deid.is_some()).await?;
     let (mut w, body) = multipart::channel(&boundary);
     let archive = Arc::clone(&st.archive);
     let what = t.describe();
@@ -422,7 +449,11 @@ async fn retrieve(
         let upcoming: Vec<StoredInstance> = planned.iter().map(|(i, _)| i.clone()).collect();
         for (n, (inst, how)) in planned.iter().enumerate() {
             archive.read_ahead(&upcoming[n + 1..]);
-            match send_instance(&archive, &mut w, inst, *how, deid.as_ref()).await {
+            let sent = match decoded.take() {
+                Some(out) => send_converted(&mut w, inst, *how, out).await,
+                None => send_instance(&archive, &mut w, inst, *how, deid.as_ref()).await,
+            };
+            match sent {
                 Ok(true) => {}
                 Ok(false) => withheld += 1,
                 Err(e) => {

@@ -1,72 +1,22 @@
-//! One instance in memory: decoding compressed objects to an uncompressed syntax, and the
-//! bytes of frames and bulk data values. Everything here is synchronous (dicom-rs parses
+//! One instance in memory: the bytes of its frames and bulk data values. Everything here is synchronous (dicom-rs parses
 //! synchronously): callers run it in `spawn_blocking`, one instance at a time.
 
 use super::accept::{bitstream_media_type, range_covers, PixelChoice};
 use crate::problem::Problem;
 use dicom_core::{DicomValue, Tag};
 use dicom_dictionary_std::tags;
-use dicom_encoding::TransferSyntaxIndex;
 use dicom_object::{DefaultDicomObject, InMemDicomObject, OpenFileOptions};
-use dicom_pixeldata::{PixelDecoder, Transcode};
-use dicom_transfer_syntax_registry::TransferSyntaxRegistry;
+use dicom_pixeldata::PixelDecoder;
 use pacsgrid_dicom::uid;
 
 /// Content type of uncompressed frame and bulk data parts.
 pub(crate) const OCTET_STREAM: &str = "application/octet-stream";
-
-/// Why a stored syntax cannot be decoded here, or `None` when it can.
-pub(crate) fn cannot_decode(ts: &str) -> Option<String> {
-    let name = uid::transfer_syntax(ts)
-        .map(|i| i.name)
-        .unwrap_or("unknown");
-    match TransferSyntaxRegistry.get(ts) {
-        None => Some(format!(
-            "{name} ({ts}) is not a transfer syntax this node can read"
-        )),
-        Some(t) if t.is_encapsulated_pixel_data() && t.pixel_data_reader().is_none() => {
-            Some(format!("this node has no decoder for {name} ({ts})"))
-        }
-        Some(_) => None,
-    }
-}
 
 /// Parses a whole Part 10 object held in memory.
 pub(crate) fn parse(bytes: &[u8]) -> Result<DefaultDicomObject, Problem> {
     OpenFileOptions::new()
         .from_reader(bytes)
         .map_err(|e| Problem::internal(format!("stored object does not parse: {e}")))
-}
-
-/// Decodes a compressed Part 10 object into an uncompressed syntax (`to`): native pixel
-/// data, PhotometricInterpretation and PlanarConfiguration fixed the way dicom-pixeldata's
-/// transcoder does. Returns the new Part 10 bytes.
-pub(crate) fn decode_to(bytes: &[u8], to: &str) -> Result<Vec<u8>, Problem> {
-    let mut obj = parse(bytes)?;
-    let ts = TransferSyntaxRegistry
-        .get(to)
-        .ok_or_else(|| Problem::internal(format!("transfer syntax {to} not in the registry")))?;
-    let sop = obj.meta().media_storage_sop_instance_uid().to_string();
-    obj.transcode(ts).map_err(|e| {
-        Problem::internal(format!(
-            "could not decode instance {} to {to}: {e}",
-            sop.trim_end_matches('\0')
-        ))
-    })?;
-    let samples = int_of(&obj, tags::SAMPLES_PER_PIXEL).unwrap_or(1);
-    if samples > 1 {
-        // the decoders hand back interleaved samples
-        obj.put(dicom_core::DataElement::new(
-            tags::PLANAR_CONFIGURATION,
-            dicom_core::VR::US,
-            dicom_core::PrimitiveValue::from(0u16),
-        ));
-    }
-    // a lossy original stays lossy after decoding; say so only where the standard asks
-    let mut out = Vec::new();
-    obj.write_all(&mut out)
-        .map_err(|e| Problem::internal(format!("could not write decoded instance: {e}")))?;
-    Ok(out)
 }
 
 fn int_of(obj: &InMemDicomObject, tag: Tag) -> Option<u32> {
@@ -107,7 +57,7 @@ fn choose(choices: &[PixelChoice], ts: &str) -> Result<Way, Problem> {
                 if !encapsulated {
                     return Ok(Way::Uncompressed);
                 }
-                match cannot_decode(ts) {
+                match pacsgrid_archive::transcode::cannot_decode(ts) {
                     None => return Ok(Way::Uncompressed),
                     Some(w) => why.push(format!("application/octet-stream: {w}")),
                 }
@@ -253,7 +203,10 @@ fn frame(
         Way::Stored => encapsulated_frame(pixel.value(), index, n),
         Way::Uncompressed => {
             let decoded = obj.decode_pixel_data_frame(index).map_err(|e| {
-                Problem::internal(format!("could not decode frame {}: {e}", index + 1))
+                Problem::not_acceptable(format!(
+                    "frame {} cannot be decoded to uncompressed pixel data: {e}",
+                    index + 1
+                ))
             })?;
             Ok(decoded.data().to_vec())
         }
@@ -276,7 +229,12 @@ fn native_frame(obj: &InMemDicomObject, index: u32) -> Result<Vec<u8>, Problem> 
             "frames of {bits}-bit packed pixel data are not served one by one; ask for the pixel data bulk data"
         )));
     }
-    let len = rows * cols * spp * (bits / 8);
+    let photometric = obj
+        .get(tags::PHOTOMETRIC_INTERPRETATION)
+        .and_then(|e| e.to_str().ok())
+        .map(|s| s.trim().to_string())
+        .unwrap_or_default();
+    let len = native_frame_len(rows, cols, spp, bits / 8, &photometric);
     let pixel = obj
         .get(tags::PIXEL_DATA)
         .ok_or_else(|| Problem::not_found("the instance has no pixel data"))?;
@@ -287,12 +245,31 @@ fn native_frame(obj: &InMemDicomObject, index: u32) -> Result<Vec<u8>, Problem> 
     all.get(start..start + len)
         .map(<[u8]>::to_vec)
         .ok_or_else(|| {
-            Problem::internal(format!(
+            // the stored object is short of its own declared size: a property of the
+            // instance as it was sent, which the node keeps as is
+            Problem::not_acceptable(format!(
                 "pixel data holds {} bytes, too few for frame {}",
                 all.len(),
                 index + 1
             ))
         })
+}
+
+/// Bytes of one native frame. The 4:2:2 colour models carry two luminance samples and one
+/// pair of chrominance samples for every two pixels (PS3.3 C.7.6.3.1.2), so their frames hold
+/// two samples a pixel, not three.
+pub(crate) fn native_frame_len(
+    rows: usize,
+    cols: usize,
+    samples: usize,
+    bytes_per_sample: usize,
+    photometric: &str,
+) -> usize {
+    let samples = match photometric {
+        "YBR_FULL_422" | "YBR_PARTIAL_422" if samples == 3 => 2,
+        _ => samples,
+    };
+    rows * cols * samples * bytes_per_sample
 }
 
 /// The compressed bitstream of one frame (PS3.5 A.4): the fragment of the frame when each
@@ -400,6 +377,14 @@ mod tests {
     }
 
     #[test]
+    fn native_frames_of_422_colour_hold_two_samples_a_pixel() {
+        assert_eq!(native_frame_len(100, 100, 3, 1, "YBR_FULL_422"), 20_000);
+        assert_eq!(native_frame_len(100, 100, 3, 1, "YBR_FULL"), 30_000);
+        assert_eq!(native_frame_len(100, 100, 3, 1, "RGB"), 30_000);
+        assert_eq!(native_frame_len(512, 512, 1, 2, "MONOCHROME2"), 524_288);
+    }
+
+    #[test]
     fn tag_paths() {
         let (s, t) = parse_tag_path("7FE00010").unwrap();
         assert!(s.is_empty());
@@ -410,15 +395,6 @@ mod tests {
         assert!(parse_tag_path("00540016/0").is_err());
         assert!(parse_tag_path("7FE0001").is_err());
         assert!(parse_tag_path("xyz").is_err());
-    }
-
-    #[test]
-    fn decodability() {
-        assert!(cannot_decode(uid::EXPLICIT_VR_LE).is_none());
-        assert!(cannot_decode("1.2.840.10008.1.2.5").is_none());
-        assert!(cannot_decode("1.2.840.10008.1.2.4.90").is_none());
-        let w = cannot_decode("1.2.840.10008.1.2.4.80").unwrap();
-        assert!(w.contains("JPEG-LS"), "{w}");
     }
 
     #[test]
