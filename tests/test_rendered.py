@@ -273,3 +273,41 @@ def test_unknown_or_misplaced_instances_are_404_and_bad_uids_400(loaded):
         r = get(u)
         assert r.status_code == code, f"{u}: {r.status_code} {r.text}"
         assert r.headers["Content-Type"] == PROBLEM_JSON
+
+
+def test_native_ybr_422_colour_renders_and_serves_its_frame(loaded):
+    """Uncompressed YBR_FULL_422 holds two samples a pixel (Y1 Y2 Cb Cr per pair): the frame
+    served is exactly the pixel data, and the rendering matches pydicom's own decoding."""
+    from pydicom.data import get_testdata_file
+    from harness import multipart_parts
+    node, _, _, _, _ = loaded
+    path = get_testdata_file("SC_ybr_full_422_uncompressed.dcm")
+    ds = pydicom.dcmread(path)
+    store_ok(node, [path])
+    made = Made(path, ds)
+    png = np.asarray(image(get(url(node, made), "image/png"))).astype(np.int16)
+    assert png.shape == (made.rows, made.cols, 3)
+    expected = ds.pixel_array.astype(np.int16)  # pydicom >= 3 converts YBR to RGB itself
+    assert np.abs(png - expected).max() <= 2
+    r = get(url(node, made, "frames/1"),
+            'multipart/related; type="application/octet-stream"; transfer-syntax=*')
+    assert r.status_code == 200, r.text[:300]
+    _, parts = multipart_parts(r)
+    assert [body for _, body in parts] == [ds.PixelData]
+
+
+def test_pixel_data_the_decoder_cannot_take_is_406_not_500(loaded, tmp_path):
+    """A 32-bit RT Dose grid is stored like any object, but the renderer has no 32-bit
+    path: the answer says so as a 406 problem, and the node goes on rendering others."""
+    from pydicom.data import get_testdata_file
+    from harness import rewrite
+    node, _, inst, _, _ = loaded
+    # the sample's file meta names another SOP Instance UID than its data set: give it one
+    path = rewrite(get_testdata_file("rtdose_1frame.dcm"), tmp_path / "dose.dcm",
+                   SOPInstanceUID=generate_uid())
+    store_ok(node, [path])
+    r = get(url(node, Made(path, pydicom.dcmread(path))))
+    assert r.status_code == 406, r.text
+    assert r.headers["Content-Type"] == PROBLEM_JSON
+    assert "BitsAllocated" in r.json()["detail"]
+    assert get(url(node, inst)).status_code == 200

@@ -10,6 +10,7 @@
 
 mod params;
 mod render;
+mod ybr422;
 
 #[cfg(test)]
 pub(crate) mod fixtures;

@@ -2,24 +2,19 @@
 //! VOI LUTs, crop and scale, encode. Synchronous and CPU-bound: run it in `spawn_blocking`.
 
 use super::params::{Format, Region, RenderParams, Viewport};
+use super::ybr422::Ybr422;
 use crate::problem::Problem;
 use dicom_dictionary_std::tags;
-use dicom_encoding::TransferSyntaxIndex;
 use dicom_object::file::{OpenFileOptions, ReadPreamble};
 use dicom_pixeldata::image::{imageops::FilterType, DynamicImage, ImageEncoder};
 use dicom_pixeldata::{ConvertOptions, PixelDecoder, VoiLutOption, WindowLevel};
-use dicom_transfer_syntax_registry::TransferSyntaxRegistry;
 
-/// Whether this node can decode the pixel data of a transfer syntax; the 406 detail when not.
+/// Whether this node can decode the pixel data of a transfer syntax; the 406 when not.
 pub(crate) fn check_decodable(ts_uid: &str) -> Result<(), Problem> {
-    let name = pacsgrid_dicom::uid::transfer_syntax(ts_uid)
-        .map(|t| t.name)
-        .unwrap_or("an unknown transfer syntax");
-    match TransferSyntaxRegistry.get(ts_uid) {
-        Some(ts) if ts.can_decode_all() => Ok(()),
-        _ => Err(Problem::not_acceptable(format!(
-            "the instance is stored as {name} ({ts_uid}), which this node cannot decode \
-             to render an image"
+    match pacsgrid_archive::transcode::cannot_decode(ts_uid) {
+        None => Ok(()),
+        Some(why) => Err(Problem::not_acceptable(format!(
+            "the instance cannot be rendered: {why}"
         ))),
     }
 }
@@ -54,9 +49,41 @@ pub(crate) fn render(file: Vec<u8>, frame: u32, params: &RenderParams) -> Result
         )));
     }
     check_decodable(&obj.meta().transfer_syntax)?;
-    let decoded = obj
-        .decode_pixel_data_frame(frame - 1)
-        .map_err(|e| Problem::internal(format!("cannot decode frame {frame}: {e}")))?;
+    let int = |tag| {
+        obj.get(tag)
+            .and_then(|e| e.to_int::<u32>().ok())
+            .unwrap_or(0)
+    };
+    let photometric = obj
+        .get(tags::PHOTOMETRIC_INTERPRETATION)
+        .and_then(|e| e.to_str().ok())
+        .unwrap_or_default();
+    let native = pacsgrid_dicom::uid::transfer_syntax(obj.meta().transfer_syntax())
+        .is_some_and(|t| !t.encapsulated);
+    let ybr422 = Ybr422::of(
+        &photometric,
+        int(tags::SAMPLES_PER_PIXEL) as u16,
+        int(tags::BITS_ALLOCATED) as u16,
+        int(tags::PLANAR_CONFIGURATION) as u16,
+    );
+    if let (true, Some(model)) = (native, ybr422) {
+        let pixels = obj
+            .element(tags::PIXEL_DATA)
+            .ok()
+            .and_then(|e| e.to_bytes().ok())
+            .ok_or_else(|| Problem::not_acceptable("the pixel data cannot be read"))?;
+        let image = model.to_rgb(&pixels, int(tags::ROWS), int(tags::COLUMNS), frame - 1)?;
+        return finish(image, params);
+    }
+    // The object was accepted and stored, but its pixel data do not decode (a value the
+    // decoder cannot take, too few bytes, an unsupported layout): a property of this
+    // instance, not a fault of the node.
+    let decoded = obj.decode_pixel_data_frame(frame - 1).map_err(|e| {
+        tracing::warn!(frame, error = %e, "rendering refused: the pixel data do not decode");
+        Problem::not_acceptable(format!(
+            "frame {frame} of this instance cannot be decoded to render it: {e}"
+        ))
+    })?;
     let voi = match params.window {
         Some(w) => VoiLutOption::CustomWithFunction(
             WindowLevel {
@@ -72,6 +99,11 @@ pub(crate) fn render(file: Vec<u8>, frame: u32, params: &RenderParams) -> Result
         .to_dynamic_image_with_options(0, &options)
         .map_err(|e| Problem::not_acceptable(format!("this image cannot be rendered: {e}")))?;
     drop(decoded);
+    finish(image, params)
+}
+
+/// Crops and scales a rendered frame as the request asks, then encodes it.
+fn finish(image: DynamicImage, params: &RenderParams) -> Result<Vec<u8>, Problem> {
     let image = match params.viewport {
         Some(v) => fit(crop(image, v.region)?, v),
         None => image,
