@@ -166,6 +166,11 @@ def endpoints(s: Site) -> list[tuple[str, str, str, dict, str, int | None]]:
         ("wado-instance", "GET", inst, {"headers": {"Accept": 'multipart/related; type="application/dicom"; transfer-syntax=*'}}, "retrieve", 200),
         ("rendered", "GET", inst + "/rendered", {"headers": {"Accept": "image/png"}}, "retrieve", 200),
         ("metadata", "GET", inst + "/metadata", {}, "retrieve", 200),
+        ("wado-uri", "GET", f"/wado?requestType=WADO&studyUID={st.StudyInstanceUID}"
+         f"&seriesUID={st.SeriesInstanceUID}&objectUID={st.SOPInstanceUID}"
+         "&contentType=application/dicom&transferSyntax=*", {}, "retrieve", 200),
+        ("wado-uri-jpeg", "GET", f"/wado?requestType=WADO&studyUID={st.StudyInstanceUID}"
+         f"&seriesUID={st.SeriesInstanceUID}&objectUID={st.SOPInstanceUID}", {}, "retrieve", 200),
         ("stow", "POST", "/dicom-web/studies", stow, "store", None),
         ("rest-status", "GET", "/api/v1/status", {}, "status", 200),
         ("rest-patients", "GET", "/api/v1/patients", {}, "query", 200),
@@ -197,7 +202,8 @@ ALLOWED = {
 def role_allows(role, op: str, path: str) -> bool:
     if op in ALLOWED[role]:
         return True
-    return path.startswith("/dicom-web/") and f"dicomweb-{op}" in ALLOWED[role]
+    dicomweb = path.startswith("/dicom-web/") or path.startswith("/wado?")
+    return dicomweb and f"dicomweb-{op}" in ALLOWED[role]
 
 
 def test_every_role_on_every_endpoint(site):

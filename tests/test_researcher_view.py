@@ -289,6 +289,25 @@ def test_wado_retrieve_is_de_identified_with_pixels_untouched(site):
         syntaxes
 
 
+def test_wado_uri_serves_researchers_the_same_de_identified_view(site):
+    """WADO-URI is a front for WADO-RS: the object a researcher gets at /wado is the one
+    WADO-RS gives them, and the burned-in one is refused there too."""
+    inst = next(i for i in site.corpus.instances if i.sop_uid != site.burned.SOPInstanceUID)
+    path = (f"/wado?requestType=WADO&studyUID={inst.study_uid}&seriesUID={inst.series_uid}"
+            f"&objectUID={inst.sop_uid}&contentType=application/dicom&transferSyntax=*")
+    r = site.get(path, "researcher")
+    assert r.status_code == 200, r.text
+    served = site.retrieve(f"/dicom-web/studies/{inst.study_uid}/series/{inst.series_uid}"
+                           f"/instances/{inst.sop_uid}", "researcher")
+    assert r.content == served[inst.sop_uid]
+    assert_no_secret(site, r.content.decode("latin-1"), [inst.sop_uid])
+    b = site.burned
+    r = site.get(f"/wado?requestType=WADO&studyUID={b.StudyInstanceUID}"
+                 f"&seriesUID={b.SeriesInstanceUID}&objectUID={b.SOPInstanceUID}"
+                 "&contentType=application/dicom", "researcher")
+    assert r.status_code == 403, r.text
+
+
 def test_converted_and_decoded_instances_are_de_identified(site):
     """Asked for explicit VR, an implicit VR object is converted and an RLE one decoded
     before they are de-identified (whole, in memory, one at a time)."""

@@ -46,6 +46,8 @@ pub(crate) static ROUTES: &[(&str, &str, Operation)] = &[
         "/dicom-web/studies/{study}/series/{series}/instances",
         Operation::Query,
     ),
+    // WADO-URI: one object, as DICOM or rendered
+    ("GET", "/wado", Operation::Retrieve),
     // STOW-RS
     ("POST", "/dicom-web/studies", Operation::Store),
     ("POST", "/dicom-web/studies/{study}", Operation::Store),

@@ -22,6 +22,8 @@ use tower_http::cors::{AllowOrigin, CorsLayer};
 
 /// Where DICOMweb is served.
 pub const DICOMWEB_BASE: &str = "/dicom-web";
+/// Where WADO-URI is served (the path Orthanc and most viewers' defaults use).
+pub const WADO_URI: &str = "/wado";
 /// Where the REST API is served.
 pub const REST_BASE: &str = "/api/v1";
 
@@ -68,6 +70,11 @@ pub fn router(state: HttpState) -> Router {
         .route("/healthz", get(health::healthz))
         .route("/metrics", get(metrics::metrics))
         .nest(DICOMWEB_BASE, dicomweb::routes().route_layer(guard.clone()))
+        .merge(
+            Router::new()
+                .route(WADO_URI, get(dicomweb::wado_uri::retrieve))
+                .route_layer(guard.clone()),
+        )
         .nest(REST_BASE, rest::routes().route_layer(guard))
         .with_state(state);
     match cors {

@@ -1,5 +1,5 @@
 //! DICOMweb (PS3.18) under `/dicom-web`: QIDO-RS search, WADO-RS retrieve, STOW-RS store and
-//! rendered images. This file is the one map from URL to handler; each service lives in its
+//! rendered images; and WADO-URI at `/wado`. This file is the one map from URL to handler; each service lives in its
 //! own module.
 
 pub(crate) mod json;
@@ -7,6 +7,7 @@ pub(crate) mod qido;
 pub(crate) mod rendered;
 pub(crate) mod stow;
 pub(crate) mod wado;
+pub(crate) mod wado_uri;
 
 #[cfg(test)]
 mod researcher_tests;

@@ -26,6 +26,7 @@ use pacsgrid_access::StudyTally;
 use pacsgrid_archive::StoredInstance;
 use pacsgrid_dicom::{uid, Level, QueryModel};
 use params::RenderParams;
+pub(crate) use params::MAX_VIEWPORT;
 use tokio::io::AsyncReadExt;
 
 /// The query string as ordered pairs (parameters may repeat).
@@ -186,7 +187,7 @@ fn accept(headers: &HeaderMap) -> Option<String> {
 }
 
 /// Renders one instance named by the URL.
-async fn instance(
+pub(crate) async fn instance(
     state: HttpState,
     audit: Audit,
     [study, series, inst]: [&str; 3],

@@ -405,6 +405,15 @@ async fn decode_lone_instance(
     Ok(Some(out))
 }
 
+/// How a retrieve's answer is framed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Framing {
+    /// `multipart/related; type="application/dicom"`, one part an instance (WADO-RS).
+    Multipart,
+    /// The one instance's Part 10 bytes as the whole body, `application/dicom` (WADO-URI).
+    Bare,
+}
+
 /// Answers a retrieve of instances: negotiates, then streams them.
 async fn retrieve(
     st: HttpState,
@@ -414,6 +423,46 @@ async fn retrieve(
 ) -> Result<Response, Problem> {
     let accept = accept_header(&headers)?;
     let choices = accept::dicom_choices(&accept::parse_accept(accept.as_deref())?)?;
+    retrieve_as(st, audit, &choices, t, Framing::Multipart).await
+}
+
+/// WADO-URI's object retrieve: one instance as a bare `application/dicom` body, in
+/// `transfer_syntax` (`*` for the stored one; Explicit VR Little Endian when absent, as for
+/// WADO-RS); the same negotiation, audit and streaming as WADO-RS.
+pub(crate) async fn retrieve_object(
+    st: HttpState,
+    audit: Audit,
+    transfer_syntax: Option<&str>,
+    [study, series, instance]: [String; 3],
+) -> Result<Response, Problem> {
+    let choice = match transfer_syntax.map(str::trim) {
+        None | Some("") => TsChoice::Syntax(uid::EXPLICIT_VR_LE),
+        Some("*") => TsChoice::AsStored,
+        Some(ts) => match uid::transfer_syntax(ts) {
+            Some(info) => TsChoice::Syntax(info.uid),
+            None => {
+                return Err(Problem::bad_request(format!(
+                    "transferSyntax {ts:?} is not a transfer syntax this node knows"
+                )))
+            }
+        },
+    };
+    let t = Target {
+        study,
+        series: Some(series),
+        instance: Some(instance),
+    };
+    retrieve_as(st, audit, &[choice], t, Framing::Bare).await
+}
+
+/// [`retrieve`] with the choices made and the framing given.
+async fn retrieve_as(
+    st: HttpState,
+    audit: Audit,
+    choices: &[TsChoice],
+    t: Target,
+    framing: Framing,
+) -> Result<Response, Problem> {
     let (found, tally) = locate_for_audit(&st.archive, &t).await?;
     let deid = (audit.view() == View::DeIdentified).then(|| Arc::clone(&st.deid));
     if deid.is_some() {
@@ -422,7 +471,7 @@ async fn retrieve(
     // decide every instance before the first byte: a 406 after a 200 is impossible
     let mut planned = Vec::with_capacity(found.len());
     for inst in found {
-        let how = plan(&choices, &inst).map_err(Problem::not_acceptable)?;
+        let how = plan(choices, &inst).map_err(Problem::not_acceptable)?;
         planned.push((inst, how));
     }
     let boundary = multipart::new_boundary();
@@ -430,15 +479,22 @@ async fn retrieve(
     // converted, decoded or de-identified instance's is not, and then the body goes out
     // chunked.
     let length = (deid.is_none() && planned.iter().all(|(_, how)| *how == Delivery::AsStored))
-        .then(|| {
-            let types: Vec<(String, u64)> = planned
-                .iter()
-                .map(|(inst, how)| (part_type(inst, *how), inst.size))
-                .collect();
-            multipart::body_len(&boundary, types.iter().map(|(t, n)| (t.as_str(), *n)))
+        .then(|| match framing {
+            Framing::Bare => planned.iter().map(|(inst, _)| inst.size).sum(),
+            Framing::Multipart => {
+                let types: Vec<(String, u64)> = planned
+                    .iter()
+                    .map(|(inst, how)| (part_type(inst, *how), inst.size))
+                    .collect();
+                multipart::body_len(&boundary, types.iter().map(|(t, n)| (t.as_str(), *n)))
+            }
         });
     let mut decoded = decode_lone_instance(&st.archive, &planned, deid.is_some()).await?;
-    let (mut w, body) = multipart::channel(&boundary);
+    let content_type = match framing {
+        Framing::Multipart => multipart::content_type("application/dicom", &boundary),
+        Framing::Bare => "application/dicom".to_string(),
+    };
+    let (mut w, body) = multipart::channel((framing == Framing::Multipart).then_some(&*boundary));
     let archive = Arc::clone(&st.archive);
     let what = t.describe();
     tokio::spawn(async move {
@@ -484,10 +540,7 @@ async fn retrieve(
     // The sender reads ahead into the body while the record is written; nothing reaches the
     // client before the record is durable, and a failed record drops the body unsent.
     audit.record_studies(audit.transferred(), tally).await?;
-    let mut rsp = multipart_response(
-        &multipart::content_type("application/dicom", &boundary),
-        body,
-    );
+    let mut rsp = multipart_response(&content_type, body);
     if let Some(n) = length {
         rsp.headers_mut()
             .insert(header::CONTENT_LENGTH, HeaderValue::from(n));
@@ -612,7 +665,7 @@ async fn metadata(
         refuse_withheld_instance(&st.archive, &t, &found).await?;
     }
     let base = base_url(&headers, local);
-    let (mut w, body) = multipart::channel("");
+    let (mut w, body) = multipart::channel(None);
     let archive = Arc::clone(&st.archive);
     let what = t.describe();
     tokio::spawn(async move {
@@ -759,7 +812,7 @@ async fn parts_response(
         })
         .unwrap_or_else(|| pixels::OCTET_STREAM.to_string());
     let boundary = multipart::new_boundary();
-    let (mut w, body) = multipart::channel(&boundary);
+    let (mut w, body) = multipart::channel(Some(&boundary));
     tokio::spawn(async move {
         let n = parts.len();
         let mut result = Ok(());

@@ -57,7 +57,8 @@ pub(crate) fn body_len<'a>(boundary: &str, parts: impl IntoIterator<Item = (&'a 
 /// The writing end of a multipart body.
 pub(crate) struct PartWriter {
     tx: mpsc::Sender<Result<Bytes, std::io::Error>>,
-    boundary: String,
+    /// `None` for a bare body: one part, no delimiters (WADO-URI's single object).
+    boundary: Option<String>,
     parts: usize,
     /// Payload bytes sent so far (part contents only), for the retrieve log line.
     pub bytes: u64,
@@ -66,7 +67,10 @@ pub(crate) struct PartWriter {
 impl PartWriter {
     /// Starts a new part with this Content-Type.
     pub async fn begin_part(&mut self, content_type: &str) -> Result<(), Closed> {
-        let head = part_head(&self.boundary, self.parts, content_type);
+        let Some(boundary) = &self.boundary else {
+            return Ok(());
+        };
+        let head = part_head(boundary, self.parts, content_type);
         self.parts += 1;
         self.raw(Bytes::from(head)).await
     }
@@ -86,7 +90,10 @@ impl PartWriter {
 
     /// Writes the closing delimiter.
     pub async fn finish(mut self) -> Result<(), Closed> {
-        let tail = tail(&self.boundary);
+        let Some(boundary) = &self.boundary else {
+            return Ok(());
+        };
+        let tail = tail(boundary);
         self.raw(Bytes::from(tail)).await
     }
 
@@ -97,8 +104,9 @@ impl PartWriter {
     }
 }
 
-/// A body fed by the returned writer.
-pub(crate) fn channel(boundary: &str) -> (PartWriter, Body) {
+/// A multipart body (`Some` boundary) or a bare one-part body (`None`), fed by the returned
+/// writer.
+pub(crate) fn channel(boundary: Option<&str>) -> (PartWriter, Body) {
     let (tx, rx) = mpsc::channel::<Result<Bytes, std::io::Error>>(QUEUE);
     let stream = futures::stream::unfold(rx, |mut rx| async move {
         rx.recv().await.map(|item| (item, rx))
@@ -106,7 +114,7 @@ pub(crate) fn channel(boundary: &str) -> (PartWriter, Body) {
     (
         PartWriter {
             tx,
-            boundary: boundary.to_string(),
+            boundary: boundary.map(str::to_string),
             parts: 0,
             bytes: 0,
         },
@@ -123,7 +131,7 @@ mod tests {
         let b = new_boundary();
         assert!(b.len() > 30);
         assert_ne!(b, new_boundary());
-        let (mut w, body) = channel(&b);
+        let (mut w, body) = channel(Some(&b));
         let task = tokio::spawn(async move {
             w.begin_part("application/dicom").await.unwrap();
             w.send(Bytes::from_static(b"one")).await.unwrap();
