@@ -1,17 +1,15 @@
 #!/usr/bin/env bash
 # Install what the end-to-end suite (tests/) needs on a Debian machine, idempotently:
 #   apt:  dcmtk (storescu, findscu, getscu, movescu, storescp, echoscu, dcmcjpeg), dicom3tools,
-#         openssl (the CLI: test_dicom_tls.py makes its CA and certificates with it)
-#         and, with --bench, orthanc + orthanc-dicomweb
+#         openssl (the CLI: test_dicom_tls.py makes its CA and certificates with it),
+#         orthanc + orthanc-dicomweb (test_orthanc_peer.py; the benchmarks compare with it)
 #   PyPI: tests/requirements.txt (pytest, pydicom, pynetdicom, codecs for gen_dataset.py)
 # Whatever is already present is skipped, so a second run takes about a second.
 set -euo pipefail
 
-usage() { echo "usage: $0 [--bench]" >&2; exit 2; }
-BENCH=0
+usage() { echo "usage: $0" >&2; exit 2; }
 for arg in "$@"; do
   case "$arg" in
-    --bench) BENCH=1 ;;
     -h|--help) usage ;;
     *) echo "unknown argument: $arg" >&2; usage ;;
   esac
@@ -25,8 +23,7 @@ if [ "$(id -u)" != 0 ]; then SUDO="sudo"; fi
 export DEBIAN_FRONTEND=noninteractive
 
 # ---------------------------------------------------------------- Debian packages
-apt_pkgs=(dcmtk dicom3tools openssl)
-if [ "$BENCH" = 1 ]; then apt_pkgs+=(orthanc orthanc-dicomweb); fi
+apt_pkgs=(dcmtk dicom3tools openssl orthanc orthanc-dicomweb)
 missing=()
 for p in "${apt_pkgs[@]}"; do
   if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed"; then
@@ -41,9 +38,12 @@ if [ "${#missing[@]}" -gt 0 ]; then
 else
   echo "install-test-deps: Debian packages present (${apt_pkgs[*]})"
 fi
-for tool in echoscu storescu findscu getscu movescu storescp dcmdump dcmcjpeg openssl; do
-  [ -x "/usr/bin/$tool" ] || { echo "install-test-deps: /usr/bin/$tool missing after install" >&2; exit 1; }
+for tool in /usr/bin/{echoscu,storescu,findscu,getscu,movescu,storescp,dcmdump,dcmcjpeg,openssl} \
+    /usr/sbin/Orthanc /usr/share/orthanc/plugins/libOrthancDicomWeb.so; do
+  [ -e "$tool" ] || { echo "install-test-deps: $tool missing after install" >&2; exit 1; }
 done
+# On a machine with systemd, installing orthanc starts the system service on 4242/8042; the
+# tests start their own Orthanc on free ports and leave that one alone.
 
 # ---------------------------------------------------------------- Python packages
 if "$PY" - "$REQ" <<'PYEOF'
