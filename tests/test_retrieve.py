@@ -230,6 +230,7 @@ def test_movescu_to_a_storescp_taking_only_uncompressed(loaded, plainscp, tmp_pa
         assert np.array_equal(d.pixel_array, reference_pixels(i, tmp_path)), i.ts
     log = node.log_text()
     assert all(uid in log for uid in jls), "the failed sub-operations are logged by UID"
+    assert "no decoder for JPEG-LS" in log, "the log says why they failed"
 
 def movescu(node, level, keys, dest="STORESCP", model="-S"):
     args = ["-v", model, "-aet", "MOVESCU", "-aec", node.ae_title, "-aem", dest,

@@ -31,12 +31,14 @@ pub enum ClientError {
     #[error(transparent)]
     Assoc(#[from] AssocError),
     /// The peer accepted no context for this SOP class in a syntax we can send.
-    #[error("no accepted presentation context for SOP class {sop_class} in {transfer_syntax} (or one we can convert to)")]
+    #[error("cannot send SOP class {sop_class} stored as {transfer_syntax}: {why}")]
     NoContext {
         /// The SOP class.
         sop_class: String,
         /// The object's transfer syntax.
         transfer_syntax: String,
+        /// What the peer accepted instead, and why that does not do.
+        why: String,
     },
     /// The data set could not be read or converted before anything was sent; the
     /// association is still usable.
@@ -127,6 +129,39 @@ pub fn route(
         .filter(usable)
         .find(|c| is_uncompressed(&c.transfer_syntax))
         .map(|c| Route::Convert(c.id, c.transfer_syntax.clone()))
+}
+
+/// Why [`route`] found no context: whether the peer took the SOP class at all, and if so why
+/// none of its syntaxes does, for the log line and the error a failed sub-operation leaves.
+pub fn no_route_why(
+    contexts: &[PresentationContext],
+    sop_class: &str,
+    stored_ts: &str,
+    need_requestor_scp: bool,
+) -> String {
+    let offered: Vec<&str> = contexts
+        .iter()
+        .filter(|c| c.abstract_syntax == sop_class && (!need_requestor_scp || c.requestor_scp))
+        .map(|c| c.transfer_syntax.as_str())
+        .collect();
+    let role = if need_requestor_scp {
+        " with the SCP role"
+    } else {
+        ""
+    };
+    if offered.is_empty() {
+        return format!("the peer has no presentation context for this SOP class{role}");
+    }
+    let stored_ts = uid::trim_uid(stored_ts);
+    match transcode::cannot_decode(stored_ts) {
+        Some(why) if !is_uncompressed(stored_ts) => {
+            format!("the peer takes it only in {} and {why}", offered.join(", "))
+        }
+        _ => format!(
+            "the peer takes it only in {}, compressed syntaxes this node does not encode to",
+            offered.join(", ")
+        ),
+    }
 }
 
 /// The contexts to propose for objects of these (SOP class, transfer syntax) pairs: one
@@ -434,6 +469,12 @@ impl StoreScu {
             return Err(ClientError::NoContext {
                 sop_class: inst.sop_class_uid.clone(),
                 transfer_syntax: inst.transfer_syntax.clone(),
+                why: no_route_why(
+                    self.assoc.contexts(),
+                    &inst.sop_class_uid,
+                    &inst.transfer_syntax,
+                    false,
+                ),
             });
         };
         let pc_id = match &r {
@@ -469,6 +510,7 @@ impl StoreScu {
             .ok_or_else(|| ClientError::NoContext {
                 sop_class: header.sop_class_uid.clone(),
                 transfer_syntax: header.transfer_syntax.clone(),
+                why: "a file is sent as it is, and the peer took no context in its syntax".into(),
             })?;
         let mut file = tokio::fs::File::open(path)
             .await
@@ -553,6 +595,27 @@ mod tests {
             route(&cs, "1.2.840.10008.5.1.4.1.1.4", uid::EXPLICIT_VR_LE, false),
             None
         );
+    }
+
+    #[test]
+    fn a_missing_route_says_why() {
+        let cs = vec![ctx(1, CT, uid::EXPLICIT_VR_LE, false)];
+        let jls = "1.2.840.10008.1.2.4.80";
+        let why = no_route_why(&cs, CT, jls, false);
+        assert!(
+            why.contains(uid::EXPLICIT_VR_LE) && why.contains("JPEG-LS"),
+            "{why}"
+        );
+        let why = no_route_why(&cs, CT, jls, true);
+        assert!(
+            why.contains("no presentation context") && why.contains("SCP role"),
+            "{why}"
+        );
+        let why = no_route_why(&cs, "1.2.840.10008.5.1.4.1.1.4", uid::EXPLICIT_VR_LE, false);
+        assert!(why.contains("no presentation context"), "{why}");
+        let cs = vec![ctx(1, CT, J2K, false)];
+        let why = no_route_why(&cs, CT, uid::EXPLICIT_VR_LE, false);
+        assert!(why.contains("does not encode"), "{why}");
     }
 
     #[test]

@@ -49,11 +49,17 @@ pub(crate) async fn handle(
             &inst.transfer_syntax,
             true,
         ) else {
+            let why = client::no_route_why(
+                assoc.contexts(),
+                &inst.sop_class_uid,
+                &inst.transfer_syntax,
+                true,
+            );
             tracing::warn!(
                 sop_instance_uid = %inst.sop_instance_uid,
                 sop_class = %inst.sop_class_uid,
                 transfer_syntax = %inst.transfer_syntax,
-                "C-GET sub-operation failed: the requestor offered no storage context with the SCP role for it"
+                "C-GET sub-operation failed: {why}"
             );
             inc(&svc.metrics.retrieve_subops_failed);
             progress.record_failure(&inst.sop_instance_uid);
