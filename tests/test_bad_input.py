@@ -8,10 +8,11 @@ import struct
 import time
 
 import pytest
+import requests
 from pynetdicom.sop_class import Verification
 
 import rawdul
-from harness import (SUCCESS, c_move, dcmtk, echo, find, find_sop, hexs, instance_uids,
+from harness import (HOST, SUCCESS, c_move, dcmtk, echo, find, find_sop, hexs, instance_uids,
                      is_failure, make_ae, part10, store, store_ok)
 
 MR = "1.2.840.10008.5.1.4.1.1.4"
@@ -436,3 +437,12 @@ def test_idle_association_closed_after_idle_timeout(node_factory):
     finally:
         a.close()
     assert echo(node) == SUCCESS
+
+
+def test_unknown_http_paths_are_problem_json_404(node):
+    """Any URL no service answers is a 404 problem naming it, not an empty body."""
+    for path in ("/", "/dicom-web/foo", "/dicom-web/studies/1.2.3/nothing", "/wado/x"):
+        r = requests.get(f"http://{HOST}:{node.http_port}{path}", timeout=10)
+        assert r.status_code == 404, path
+        assert r.headers["Content-Type"] == "application/problem+json", path
+        assert path in r.json()["detail"]

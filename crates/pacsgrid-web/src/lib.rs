@@ -76,11 +76,21 @@ pub fn router(state: HttpState) -> Router {
                 .route_layer(guard.clone()),
         )
         .nest(REST_BASE, rest::routes().route_layer(guard))
+        .fallback(unknown_path)
         .with_state(state);
     match cors {
         Some(layer) => router.layer(layer),
         None => router,
     }
+}
+
+/// Any URL no route serves: a problem+json 404 naming it and where the services live, like
+/// every other refusal (axum's default is an empty body).
+async fn unknown_path(uri: axum::http::Uri) -> problem::Problem {
+    problem::Problem::not_found(format!(
+        "no resource at {}: DICOMweb is under {DICOMWEB_BASE}, WADO-URI at {WADO_URI}, the REST API under {REST_BASE} (described by {REST_BASE}/openapi.json)",
+        uri.path()
+    ))
 }
 
 /// The CORS layer for the configured origins, or none when no origin is allowed.
