@@ -496,7 +496,7 @@ mod tests {
         for (m, r, _) in ROUTES {
             assert!(seen.insert((*m, *r)), "{m} {r} listed twice");
             assert!(
-                r.starts_with("/dicom-web/") || r.starts_with("/api/v1/"),
+                r.starts_with("/dicom-web/") || r.starts_with("/api/v1/") || *r == crate::WADO_URI,
                 "{r}"
             );
         }
@@ -522,7 +522,9 @@ mod tests {
             } else {
                 Channel::DicomWeb
             };
-            let expected = r.starts_with("/dicom-web/") && *m == "GET";
+            // WADO-URI is DICOMweb's older URL for the same reads
+            let dicomweb = r.starts_with("/dicom-web/") || *r == crate::WADO_URI;
+            let expected = dicomweb && *m == "GET";
             assert_eq!(offers_deidentified(channel, op), expected, "{m} {r}");
         }
     }
