@@ -30,7 +30,8 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
-    /// Runs a node: DICOM (C-ECHO, C-STORE, C-FIND, C-MOVE, C-GET) and HTTP (/healthz, /metrics).
+    /// Runs a node: DICOM (C-ECHO, C-STORE, C-FIND, C-MOVE, C-GET) and HTTP (DICOMweb under
+    /// /dicom-web, WADO-URI at /wado, REST under /api/v1, /healthz, /metrics).
     Serve(serve::ServeArgs),
     /// Stores DICOM files and folders (recursively) into a data directory or to a remote AE.
     Import(import::ImportArgs),
