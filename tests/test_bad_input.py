@@ -440,9 +440,13 @@ def test_idle_association_closed_after_idle_timeout(node_factory):
 
 
 def test_unknown_http_paths_are_problem_json_404(node):
-    """Any URL no service answers is a 404 problem naming it, not an empty body."""
+    """Any URL no service answers is a 404 problem naming it, not an empty body; a method a
+    URL does not take is a 405 problem."""
     for path in ("/", "/dicom-web/foo", "/dicom-web/studies/1.2.3/nothing", "/wado/x"):
         r = requests.get(f"http://{HOST}:{node.http_port}{path}", timeout=10)
         assert r.status_code == 404, path
         assert r.headers["Content-Type"] == "application/problem+json", path
         assert path in r.json()["detail"]
+    r = requests.post(f"http://{HOST}:{node.http_port}/healthz", timeout=10)
+    assert r.status_code == 405 and r.headers["Content-Type"] == "application/problem+json"
+    assert "POST" in r.json()["detail"] and "GET" in r.headers["Allow"]

@@ -77,6 +77,7 @@ pub fn router(state: HttpState) -> Router {
         )
         .nest(REST_BASE, rest::routes().route_layer(guard))
         .fallback(unknown_path)
+        .method_not_allowed_fallback(wrong_method)
         .with_state(state);
     match cors {
         Some(layer) => router.layer(layer),
@@ -91,6 +92,15 @@ async fn unknown_path(uri: axum::http::Uri) -> problem::Problem {
         "no resource at {}: DICOMweb is under {DICOMWEB_BASE}, WADO-URI at {WADO_URI}, the REST API under {REST_BASE} (described by {REST_BASE}/openapi.json)",
         uri.path()
     ))
+}
+
+/// A known URL asked with a method it does not take (the access guard answers this for the
+/// protected routes; this covers /healthz and /metrics), as problem+json too.
+async fn wrong_method(method: axum::http::Method, uri: axum::http::Uri) -> problem::Problem {
+    problem::Problem::new(
+        axum::http::StatusCode::METHOD_NOT_ALLOWED,
+        format!("{method} is not allowed on {}", uri.path()),
+    )
 }
 
 /// The CORS layer for the configured origins, or none when no origin is allowed.
