@@ -71,6 +71,31 @@ def test_import_into_data_dir_then_serve(node_factory, corpora):
     retrieve_all_identical(node, corpus)
 
 
+def test_import_of_a_cd_folder_skips_what_is_not_an_instance(node_factory, corpora, tmp_path):
+    """A folder copied from a patient CD: images under IMAGES/ (no extension), a DICOMDIR and
+    an autorun file. The images are stored; the others are listed as skipped, and the import
+    succeeds."""
+    from pydicom.data import get_testdata_file
+    cd = tmp_path / "cd"
+    (cd / "IMAGES").mkdir(parents=True)
+    insts = corpora.native.instances[:3]
+    for n, i in enumerate(insts):
+        shutil.copy(i.path, cd / "IMAGES" / f"IM{n:06d}")
+    shutil.copy(get_testdata_file("DICOMDIR", read=False) or "", cd / "DICOMDIR")
+    (cd / "AUTORUN.INF").write_text("[autorun]\nopen=viewer.exe\n")
+    (cd / "README.TXT").write_text("x" * 400)
+    node = node_factory(start=False)
+    r = run_pacsgrid(["import", "--data", node.data_dir, cd])
+    assert r.returncode == 0, r.stdout + r.stderr[-2000:]
+    assert summary(r) == (3, 0, 0), r.stdout
+    skipped = sorted(line.split(":")[0] for line in r.stdout.splitlines()
+                     if line.startswith("skipped "))
+    assert skipped == [f"skipped {cd / n}" for n in ("AUTORUN.INF", "DICOMDIR", "README.TXT")]
+    assert "skipped 3," in r.stdout
+    node.start()
+    assert sorted(instance_uids(node)) == sorted(i.sop_uid for i in insts)
+
+
 def test_import_with_node_config_records_its_site_and_issuer(node_factory, corpora):
     corpus = corpora.issuers  # includes a patient without IssuerOfPatientID
     node = node_factory(start=False, site="site-imp", default_issuer="HOSP_IMP")
@@ -100,7 +125,10 @@ def test_import_reports_each_rejected_file(tmp_path, corpora):
         part10(inst.sop_class, inst.sop_uid[:-1] + "7", inst.ts, data[:len(data) // 2]))
     (src / "notes.txt").write_text("not DICOM at all\n")
     r = run_pacsgrid(["import", "--data", tmp_path / "data", src])
-    assert summary(r) == (1, 0, 3), r.stdout
+    # a .dcm file is offered and refused when it is not DICOM; other non-DICOM files are
+    # skipped, also with their reason (test_import_of_a_cd_folder_skips...)
+    assert summary(r) == (1, 0, 2), r.stdout
+    assert "skipped 1," in r.stdout and "skipped " + str(src / "notes.txt") in r.stdout
     assert r.returncode == 1, f"exit {r.returncode} with rejected files"
     out = r.stdout + r.stderr
     for bad in ("garbage.dcm", "truncated.dcm", "notes.txt"):

@@ -4,6 +4,7 @@ use anyhow::Context;
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 use pacsgrid_archive::{Archive, ArchiveConfig, StoreOutcome};
+use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
@@ -47,18 +48,25 @@ pub struct Summary {
     pub quarantined: u64,
     /// Refused, with why.
     pub rejected: Vec<(PathBuf, String)>,
+    /// Not offered at all: files that are not DICOM instances (a CD's DICOMDIR, viewer
+    /// programs, text), with why. They do not make the import fail.
+    pub skipped: Vec<(PathBuf, String)>,
 }
 
 impl Summary {
     fn print(&self) -> ExitCode {
+        for (p, why) in &self.skipped {
+            println!("skipped {}: {why}", p.display());
+        }
         for (p, why) in &self.rejected {
             println!("rejected {}: {why}", p.display());
         }
         println!(
-            "stored {}, duplicates {}, quarantined {}, rejected {}",
+            "stored {}, duplicates {}, quarantined {}, skipped {}, rejected {}",
             self.stored,
             self.duplicates,
             self.quarantined,
+            self.skipped.len(),
             self.rejected.len()
         );
         if self.rejected.is_empty() {
@@ -95,14 +103,55 @@ fn progress(len: usize) -> ProgressBar {
     bar
 }
 
+/// Why a file is not offered for storing, or `None` when it is offered: a DICOM Part 10 file,
+/// or one named `.dcm`. A folder copied from a patient CD holds a DICOMDIR (an index of the
+/// medium, not an instance), a viewer and its files beside the images: those are skipped,
+/// not failures.
+fn skip_reason(path: &Path) -> Option<String> {
+    let is_dicomdir = path
+        .file_name()
+        .and_then(|n| n.to_str())
+        .is_some_and(|n| n.eq_ignore_ascii_case("DICOMDIR"));
+    if is_dicomdir {
+        return Some("a DICOMDIR (the index of a medium), not an instance".into());
+    }
+    // a file named as DICOM is offered whatever it holds: if it is not, the store says why,
+    // and the import fails, as the user meant it to be stored
+    let named_dicom = path.extension().and_then(|e| e.to_str()).is_some_and(|e| {
+        ["dcm", "dicom", "dic"]
+            .iter()
+            .any(|d| e.eq_ignore_ascii_case(d))
+    });
+    if named_dicom {
+        return None;
+    }
+    let mut head = [0u8; 132];
+    match std::fs::File::open(path).and_then(|mut f| f.read_exact(&mut head)) {
+        Ok(()) if &head[128..] == b"DICM" => None,
+        Ok(()) => Some("not a DICOM Part 10 file (no DICM prefix after the preamble)".into()),
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
+            Some("not a DICOM Part 10 file (shorter than a preamble)".into())
+        }
+        // an unreadable file is offered anyway: the store fails on it, and the import with it
+        Err(_) => None,
+    }
+}
+
 /// Runs the import.
 pub async fn run(args: ImportArgs) -> anyhow::Result<ExitCode> {
-    let files = collect_files(&args.paths)?;
+    let (mut files, mut skipped) = (Vec::new(), Vec::new());
+    for f in collect_files(&args.paths)? {
+        match skip_reason(&f) {
+            None => files.push(f),
+            Some(why) => skipped.push((f, why)),
+        }
+    }
     let bar = progress(files.len());
-    let summary = match &args.to {
+    let mut summary = match &args.to {
         Some(target) => crate::import_remote::send(target, &args.calling_ae, &files, &bar).await?,
         None => import_local(&args, &files, &bar).await?,
     };
+    summary.skipped = skipped;
     bar.finish_and_clear();
     Ok(summary.print())
 }
