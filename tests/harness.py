@@ -123,6 +123,21 @@ def free_ports(n: int) -> list[int]:
             s.close()
 
 
+def terminate(proc: subprocess.Popen | None, grace: float = 10.0) -> int | None:
+    """Stop a process this harness started: SIGTERM, then SIGKILL after `grace` seconds.
+    Returns its exit code (None if it was never started)."""
+    if proc is None:
+        return None
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=grace)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=30)
+    return proc.returncode
+
+
 def wait_for(cond, timeout: float, step: float = 0.01) -> bool:
     """Polls `cond` until it holds or `timeout` seconds pass; says whether it held. For what
     a node does just after answering (a log line, an audit record), never to time it."""
@@ -303,16 +318,7 @@ class Node:
 
     def stop(self, grace: float = 10.0) -> int | None:
         """SIGTERM, then SIGKILL after `grace` seconds. Returns the exit code."""
-        if self.proc is None:
-            return None
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=grace)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=30)
-        return self.proc.returncode
+        return terminate(self.proc, grace)
 
     def restart(self, timeout: float = 60.0) -> None:
         self.stop()
@@ -625,13 +631,7 @@ class StoreSCP:
         return out
 
     def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        terminate(self.proc)
 
 
 # ----------------------------------------------------------------------------------- pynetdicom

@@ -15,7 +15,7 @@ import pytest
 import requests
 
 from harness import (HOST, RemoteAE, dataset_bytes, dcmtk, free_ports, instance_uids,
-                     store_ok, wait_port)
+                     store_ok, terminate, wait_port)
 
 ORTHANC = shutil.which("Orthanc") or "/usr/sbin/Orthanc"
 DICOMWEB_PLUGIN = Path("/usr/share/orthanc/plugins/libOrthancDicomWeb.so")
@@ -72,11 +72,7 @@ class Orthanc:
         return out
 
     def stop(self):
-        self.proc.terminate()
-        try:
-            self.proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
+        terminate(self.proc, grace=20)
         self.log.close()
 
 

@@ -478,6 +478,14 @@ impl Archive {
         self.open_at(inst, 0).await
     }
 
+    /// A stored instance's whole Part 10 bytes in memory, wherever they are held: only for the
+    /// one instance being converted, decoded, rendered or cut into frames.
+    pub async fn read_file(&self, inst: &StoredInstance) -> Result<Vec<u8>, ArchiveError> {
+        let mut file = Vec::with_capacity(usize::try_from(inst.size).unwrap_or(0).min(1 << 30));
+        self.open_file(inst).await?.read_to_end(&mut file).await?;
+        Ok(file)
+    }
+
     /// Opens local bytes, or, in a grid, fetches them from a site that holds them.
     async fn open_at(
         &self,
@@ -517,8 +525,7 @@ impl Archive {
         };
         // Read through the archive, not the blob's path: the bytes may sit in an object
         // store or at another site.
-        let mut file = Vec::with_capacity(usize::try_from(inst.size).unwrap_or(0).min(1 << 30));
-        self.open_file(inst).await?.read_to_end(&mut file).await?;
+        let file = self.read_file(inst).await?;
         let to = to_ts.to_string();
         tokio::task::spawn_blocking(move || transcode::to_uncompressed(&file, &to))
             .await

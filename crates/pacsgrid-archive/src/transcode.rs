@@ -41,8 +41,9 @@ pub(crate) fn to_uncompressed(file: &[u8], to: &str) -> Result<Vec<u8>, String> 
         .get(to)
         .filter(|t| !t.is_encapsulated_pixel_data())
         .ok_or_else(|| format!("{to} is not an uncompressed syntax this node writes"))?;
+    // dicom-object finds the preamble by itself (stored objects carry one)
     let mut obj = OpenFileOptions::new()
-        .from_reader(part10_body(file))
+        .from_reader(file)
         .map_err(|e| format!("the stored object does not parse: {e}"))?;
     let stored = obj.meta().transfer_syntax().to_string();
     let compressed = TransferSyntaxRegistry
@@ -57,9 +58,10 @@ pub(crate) fn to_uncompressed(file: &[u8], to: &str) -> Result<Vec<u8>, String> 
                 .and_then(|e| e.to_int::<u64>().ok())
                 .unwrap_or(1)
         };
+        let samples = int(tags::SAMPLES_PER_PIXEL);
         let decoded = int(tags::ROWS)
             * int(tags::COLUMNS)
-            * int(tags::SAMPLES_PER_PIXEL)
+            * samples
             * int(tags::BITS_ALLOCATED).div_ceil(8)
             * int(tags::NUMBER_OF_FRAMES);
         if decoded > MAX_DECODED {
@@ -70,10 +72,6 @@ pub(crate) fn to_uncompressed(file: &[u8], to: &str) -> Result<Vec<u8>, String> 
         }
         obj.transcode(target)
             .map_err(|e| format!("its pixel data do not decode: {e}"))?;
-        let samples = obj
-            .get(tags::SAMPLES_PER_PIXEL)
-            .and_then(|e| e.to_int::<u16>().ok())
-            .unwrap_or(1);
         if samples > 1 {
             // the decoders hand back interleaved samples
             obj.put(DataElement::new(
@@ -87,15 +85,6 @@ pub(crate) fn to_uncompressed(file: &[u8], to: &str) -> Result<Vec<u8>, String> 
     obj.write_dataset_with_ts(&mut out, target)
         .map_err(|e| format!("writing it as {to}: {e}"))?;
     Ok(out)
-}
-
-/// The object after its preamble: stored objects carry one, but parse either way.
-fn part10_body(file: &[u8]) -> &[u8] {
-    if file.len() >= 132 && &file[128..132] == b"DICM" {
-        &file[128..]
-    } else {
-        file
-    }
 }
 
 #[cfg(test)]

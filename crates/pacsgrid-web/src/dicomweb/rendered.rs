@@ -27,7 +27,6 @@ use pacsgrid_archive::StoredInstance;
 use pacsgrid_dicom::{uid, Level, QueryModel};
 use params::RenderParams;
 pub(crate) use params::MAX_VIEWPORT;
-use tokio::io::AsyncReadExt;
 
 /// The query string as ordered pairs (parameters may repeat).
 type Params = Query<Vec<(String, String)>>;
@@ -320,17 +319,7 @@ async fn render_instance(
 ) -> Result<Response, Problem> {
     // Refuse what cannot be decoded before reading a possibly large object.
     render::check_decodable(&inst.transfer_syntax)?;
-    let read = async {
-        let mut file = Vec::with_capacity(usize::try_from(inst.size).unwrap_or(0).min(1 << 30));
-        state
-            .archive
-            .open_file(&inst)
-            .await?
-            .read_to_end(&mut file)
-            .await
-            .map_err(|e| Problem::internal(format!("reading {}: {e}", inst.sop_instance_uid)))?;
-        Ok::<_, Problem>(file)
-    };
+    let read = crate::dicomweb::wado::read_whole(&state.archive, &inst);
     let (recorded, file) = tokio::join!(audit.record_studies(audit.transferred(), tally), read);
     recorded?;
     let file = file?;

@@ -28,7 +28,6 @@ use pacsgrid_dicom::deid::Deidentifier;
 use pacsgrid_dicom::{uid, Level, Query, QueryModel, Tag};
 use std::sync::Arc;
 use std::time::Instant;
-use tokio::io::AsyncReadExt;
 
 /// Content type of metadata answers.
 const DICOM_JSON: &str = "application/dicom+json";
@@ -227,14 +226,18 @@ fn meta_header(inst: &StoredInstance, ts: &str) -> Result<Vec<u8>, Problem> {
     Ok(out)
 }
 
-/// Reads a whole stored object; only for the one instance being decoded or cut into frames.
-async fn read_whole(archive: &Archive, inst: &StoredInstance) -> Result<Vec<u8>, Problem> {
-    let mut r = archive.open_file(inst).await?;
-    let mut buf = Vec::with_capacity(usize::try_from(inst.size).unwrap_or(0).min(1 << 30));
-    r.read_to_end(&mut buf).await.map_err(|e| {
-        Problem::internal(format!("reading instance {}: {e}", inst.sop_instance_uid))
-    })?;
-    Ok(buf)
+/// Reads a whole stored object ([`Archive::read_file`]), naming the instance when reading
+/// fails midway.
+pub(crate) async fn read_whole(
+    archive: &Archive,
+    inst: &StoredInstance,
+) -> Result<Vec<u8>, Problem> {
+    archive.read_file(inst).await.map_err(|e| match e {
+        ArchiveError::Io(e) => {
+            Problem::internal(format!("reading instance {}: {e}", inst.sop_instance_uid))
+        }
+        e => Problem::from(e),
+    })
 }
 
 /// Why a streamed response stopped early.
