@@ -471,6 +471,10 @@ pub struct Association {
     pub(crate) command_buf: Option<(u8, Vec<u8>)>,
     /// The next message ID for requests we send on this association.
     next_message_id: u16,
+    /// The two fragment buffers a streamed data set is sent through, kept between
+    /// messages: a fresh pair per instance cost a zeroed allocation of up to 2 MiB that the
+    /// kernel had to fault in again for every C-STORE sub-operation of a retrieve.
+    pub(crate) send_bufs: [Vec<u8>; 2],
 }
 
 impl std::fmt::Debug for Association {
@@ -526,6 +530,7 @@ impl Association {
             deferred: VecDeque::new(),
             command_buf: None,
             next_message_id: 1,
+            send_bufs: [Vec::new(), Vec::new()],
         }
     }
 

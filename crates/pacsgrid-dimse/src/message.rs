@@ -470,23 +470,47 @@ impl Association {
         R: AsyncRead + Unpin + ?Sized,
     {
         let chunk = self.max_fragment();
-        let mut cur = vec![0u8; chunk];
-        let mut next = vec![0u8; chunk];
-        let mut cur_len = fill(reader, &mut cur).await.map_err(SendError::Source)?;
+        let [mut cur, mut next] = std::mem::take(&mut self.send_bufs);
+        cur.resize(chunk, 0);
+        next.resize(chunk, 0);
+        let sent = self
+            .send_stream_through(pc_id, reader, &mut cur, &mut next)
+            .await;
+        // Kept only after a success: a failed send ends the association anyway.
+        if sent.is_ok() {
+            self.send_bufs = [cur, next];
+        }
+        sent
+    }
+
+    /// The body of [`Self::send_dataset_stream`], with its two fragment buffers (each
+    /// exactly one fragment long).
+    async fn send_stream_through<R>(
+        &mut self,
+        pc_id: u8,
+        reader: &mut R,
+        cur: &mut Vec<u8>,
+        next: &mut Vec<u8>,
+    ) -> Result<u64, SendError>
+    where
+        R: AsyncRead + Unpin + ?Sized,
+    {
+        let chunk = cur.len();
+        let mut cur_len = fill(reader, cur).await.map_err(SendError::Source)?;
         let mut sent = 0u64;
         loop {
             if cur_len < chunk {
                 self.send_pdv(pc_id, false, true, &cur[..cur_len]).await?;
                 return Ok(sent + cur_len as u64);
             }
-            let next_len = fill(reader, &mut next).await.map_err(SendError::Source)?;
+            let next_len = fill(reader, next).await.map_err(SendError::Source)?;
             let last = next_len == 0;
             self.send_pdv(pc_id, false, last, &cur[..cur_len]).await?;
             sent += cur_len as u64;
             if last {
                 return Ok(sent);
             }
-            std::mem::swap(&mut cur, &mut next);
+            std::mem::swap(cur, next);
             cur_len = next_len;
         }
     }
@@ -672,9 +696,10 @@ mod tests {
             .unwrap();
         assert_eq!(sent as usize, data.len());
         // exactly-full last chunk: the read-ahead must still mark it last
+        // sent through the first message's buffers, which must carry nothing over
         let exact: Vec<u8> = vec![9; max];
         assoc
-            .send_dataset_stream(1, &mut std::io::Cursor::new(exact))
+            .send_dataset_stream(1, &mut std::io::Cursor::new(exact.clone()))
             .await
             .unwrap();
         let mut got = Vec::new();
@@ -693,5 +718,6 @@ mod tests {
         }
         assert_eq!(lasts, vec![false, false, true, true]);
         assert_eq!(&got[..data.len()], &data[..]);
+        assert_eq!(&got[data.len()..], &exact[..]);
     }
 }
