@@ -867,6 +867,11 @@ impl Association {
         (self.max_pdu_send as usize).saturating_sub(6).max(1)
     }
 
+    /// Whether the peer has sent bytes not read yet (see [`DicomStream::bytes_waiting`]).
+    pub(crate) fn stream_bytes_waiting(&self) -> bool {
+        self.stream.bytes_waiting()
+    }
+
     /// A fresh message ID for a request we send.
     pub fn next_message_id(&mut self) -> u16 {
         let id = self.next_message_id;

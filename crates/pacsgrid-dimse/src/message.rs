@@ -16,6 +16,10 @@ use dicom_ul::pdu::Pdu;
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt};
 
+/// How long a poll waits for an event whose bytes the kernel already holds: enough for the
+/// runtime to notice them; reached only if they are not a whole PDU yet.
+const WAITING_GRACE: Duration = Duration::from_millis(50);
+
 /// Command Field values (PS3.7 E.1).
 pub mod field {
     /// C-STORE-RQ.
@@ -334,6 +338,9 @@ impl Association {
         // per C-GET sub-operation. `next_event` is cancel-safe, so dropping it is fine.
         match futures::FutureExt::now_or_never(self.next_event()) {
             Some(r) => r.map(Some),
+            // The peer sent something the runtime has not reported yet (a C-CANCEL while
+            // answers stream out): waiting a moment lets the driver see it.
+            None if self.stream_bytes_waiting() => self.event_within(WAITING_GRACE).await,
             None => Ok(None),
         }
     }

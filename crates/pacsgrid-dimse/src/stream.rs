@@ -159,6 +159,20 @@ impl DicomStream {
         self.write_all(body).await?;
         self.flush().await
     }
+
+    /// Whether the socket holds bytes from the peer (or its end of stream) that nobody has
+    /// read yet. Asks the kernel with a non-blocking peek: the runtime's readiness flag is
+    /// refreshed only when its I/O driver runs, which a task busy sending answers on a
+    /// loaded machine may keep from happening until the last answer is out.
+    pub fn bytes_waiting(&self) -> bool {
+        let tcp = match self {
+            DicomStream::Plain(s) => s,
+            DicomStream::Tls { stream, .. } => stream.get_ref().0,
+        };
+        let mut one = [std::mem::MaybeUninit::<u8>::uninit(); 1];
+        // Tokio's sockets are non-blocking, so this returns WouldBlock at once when empty.
+        socket2::SockRef::from(tcp).peek(&mut one).is_ok()
+    }
 }
 
 /// The name of the certificate the other side presented in a finished handshake, if any.
