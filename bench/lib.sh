@@ -66,9 +66,28 @@ cleanup() {
     trap - EXIT INT TERM
     for pid in "${PIDS[@]}"; do stop_pid "$pid"; done
     if [ -n "$WORK" ] && [ -d "$WORK" ]; then
-        if [ "$KEEP" = 1 ]; then log "kept temp dir $WORK"; else rm -rf "$WORK"; fi
+        if [ "$KEEP" = 1 ]; then
+            log "kept temp dir $WORK"
+        else
+            rm -rf "$WORK"
+            [ -z "${OUT:-}" ] || { mkdir -p "$OUT" && date +%s >"$OUT/.last-cleanup"; } || true
+        fi
     fi
     exit "$rc"
+}
+
+# settle_deletions: waits until the last run's clean-up is 31 s old. ext4 without a journal
+# skips inodes freed in the last 30 s when it allocates new ones, so files created right
+# after a large `rm -rf` cost more, and a timed step would measure the previous run's
+# clean-up (see discard in grid.sh).
+settle_deletions() {
+    local last age
+    last=$(cat "$OUT/.last-cleanup" 2>/dev/null || echo 0)
+    age=$(( $(date +%s) - last ))
+    if [ "$age" -lt 31 ]; then
+        log "the previous run removed its files ${age} s ago; waiting $((31 - age)) s (see settle_deletions in lib.sh)"
+        sleep $((31 - age))
+    fi
 }
 trap cleanup EXIT
 trap 'exit 130' INT
