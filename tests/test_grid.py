@@ -506,3 +506,11 @@ def test_grid_status_cli_and_rest(grid_factory):
     assert json.loads(r.stdout)["site"] == "a"
     r = run_pacsgrid(["grid", "status", "--config", str(g.dir / "a.toml")])
     assert r.returncode == 0 and "under-replicated" in r.stdout, r.stdout
+    rows = {line.split()[0]: line for line in r.stdout.splitlines()[2:] if line.strip()}
+    assert sorted(rows) == ["a", "b", "c"], r.stdout
+    assert "this site" in rows["a"], r.stdout
+    for peer in ("b", "c"):
+        # reachable, for how long, then feed head, lag and instances held as numbers
+        cols = rows[peer].split()
+        assert cols[1] == "reachable" and cols[3] == "s", r.stdout
+        assert all(c.isdigit() for c in cols[4:7]), r.stdout

@@ -87,9 +87,10 @@ pub async fn status(args: StatusArgs) -> anyhow::Result<ExitCode> {
         st["conflicts"].as_array().map(|c| c.len()).unwrap_or(0)
     );
     println!(
-        "{:<12} {:<12} {:>10} {:>8} {:>10}  last error",
-        "site", "state", "feed head", "lag", "held"
+        "{:<12} {:<12} {:>10} {:>10} {:>8} {:>10}  last error",
+        "site", "state", "since", "feed head", "lag", "held"
     );
+    let now_ms = st["now_ms"].as_i64();
     for s in st["sites"].as_array().into_iter().flatten() {
         let state = if s["self"].as_bool() == Some(true) {
             "this site"
@@ -100,17 +101,36 @@ pub async fn status(args: StatusArgs) -> anyhow::Result<ExitCode> {
         } else {
             "unreachable"
         };
+        // serde_json's Display ignores width, so each value is made a string first.
+        let field = |v: &serde_json::Value| match v {
+            serde_json::Value::Null => "-".to_string(),
+            v => v.to_string(),
+        };
         println!(
-            "{:<12} {:<12} {:>10} {:>8} {:>10}  {}",
+            "{:<12} {:<12} {:>10} {:>10} {:>8} {:>10}  {}",
             s["name"].as_str().unwrap_or("?"),
             state,
-            s["feed_head"],
-            s["lag"],
-            s["instances_held"],
+            since(now_ms, s["since_ms"].as_i64()),
+            field(&s["feed_head"]),
+            field(&s["lag"]),
+            field(&s["instances_held"]),
             s["last_error"].as_str().unwrap_or("")
         );
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// How long a site has been in its state, as "42 s", "7 min" or "3 h" ("-" when unknown).
+fn since(now_ms: Option<i64>, since_ms: Option<i64>) -> String {
+    let (Some(now), Some(since)) = (now_ms, since_ms) else {
+        return "-".into();
+    };
+    let secs = (now - since).max(0) / 1000;
+    match secs {
+        0..120 => format!("{secs} s"),
+        120..7200 => format!("{} min", secs / 60),
+        _ => format!("{} h", secs / 3600),
+    }
 }
 
 /// `pacsgrid prefetch`.
@@ -132,4 +152,19 @@ pub async fn prefetch(args: PrefetchArgs) -> anyhow::Result<ExitCode> {
         r["instances_local"]
     );
     Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::since;
+
+    #[test]
+    fn since_reads_as_seconds_minutes_or_hours() {
+        assert_eq!(since(Some(10_000), None), "-");
+        assert_eq!(since(Some(10_000), Some(1_000)), "9 s");
+        assert_eq!(since(Some(600_000), Some(0)), "10 min");
+        assert_eq!(since(Some(3 * 3_600_000 + 5), Some(0)), "3 h");
+        // a peer's clock ahead of ours never shows a negative time
+        assert_eq!(since(Some(0), Some(5_000)), "0 s");
+    }
 }

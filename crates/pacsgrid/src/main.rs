@@ -17,9 +17,10 @@ mod serve;
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
 
-/// pacsgrid: a DICOM data grid node.
+/// pacsgrid: a DICOM data grid node. Each site runs one; together they act as one
+/// fault-tolerant archive. `pacsgrid serve` starts a node with embedded defaults.
 #[derive(Parser, Debug)]
-#[command(name = "pacsgrid", version, about)]
+#[command(name = "pacsgrid", version)]
 struct Cli {
     /// Log format on stderr.
     #[arg(long, global = true, env = "PACSGRID_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
