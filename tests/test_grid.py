@@ -344,6 +344,39 @@ def test_a_wiped_site_rebuilds(grid_factory, corpus, tmp_path):
         assert_identical(expected(insts), got, f"getscu at rebuilt C of {study}")
 
 
+def test_anti_entropy_finds_what_a_feed_missed(grid_factory, corpus, tmp_path):
+    """C's feed cursors are moved past entries it never read (as when a site is lost before
+    a peer reads the end of its feed); the digest comparison must still bring them."""
+    import sqlite3
+    studies = list(corpus.studies().items())
+    first = [i for _, insts in studies[:1] for i in insts]
+    (missed_uid, missed), rest = studies[1], [i for _, insts in studies[2:] for i in insts]
+    g = grid_factory(copies=2).start()
+    store_ok(g["a"], first)
+    g.settle(len(first))
+    g["c"].stop()
+    store_ok(g["a"], missed)
+    wait_for("B knows the study C will miss", lambda: g.status("b")["instances"] == len(
+        first) + len(missed), timeout=20)
+    heads = {s: next(p for p in g.status(s)["sites"] if p["self"])["feed_head"]
+             for s in ("a", "b")}
+    with sqlite3.connect(g["c"].data_dir / "index.sqlite") as db:
+        for site, head in heads.items():
+            assert db.execute("UPDATE grid_peers SET cursor = ? WHERE site = ?",
+                              (head, site)).rowcount == 1
+    g["c"].start()
+    wait_for("the missed study found by C-FIND at C", lambda: missed_uid in found_studies(
+        g["c"]), timeout=30)
+    assert "anti-entropy found records the feeds had not brought" in g["c"].log_text()
+    # later entries still come by the feed, and the grid settles with nothing lost
+    store_ok(g["a"], rest)
+    g.settle(len(corpus))
+    assert found_studies(g["c"]) == set(corpus.studies())
+    got = getscu_study(g["c"], tmp_path / "missed", missed_uid)
+    assert_identical(expected(missed), got, "getscu at C of the study its feeds missed")
+    _holders_are_k_and_verified(g, corpus, 2, ["a", "b", "c"])
+
+
 def test_scrub_replaces_a_corrupt_copy(grid_factory, corpus):
     g = grid_factory(copies=2).start()
     store_ok(g["a"], corpus.instances[:4])
