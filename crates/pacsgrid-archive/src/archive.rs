@@ -149,6 +149,13 @@ impl Archive {
                 "reconciliation done"
             );
         }
+        let partial = crate::replica::prepare_partials(&archive.cfg.data_dir)?;
+        if partial > 0 {
+            tracing::info!(
+                partial,
+                "copies from other sites cut off by the last stop will be continued"
+            );
+        }
         File::create(&marker)?.sync_all()?;
         // the marker's directory entry must be durable too, or a power loss could hide it
         File::open(&archive.cfg.data_dir)?.sync_all()?;

@@ -165,166 +165,6 @@ pub enum RemoteApply {
     },
 }
 
-/// Received bytes are handed to the file in batches of about this size: one blocking-pool hop
-/// per batch (a whole instance is usually one), and a bound on what a replica holds in memory.
-const REPLICA_BATCH: usize = 2 << 20;
-
-/// Bytes of an indexed instance being received from another site; they count as this
-/// node's copy only after [`Replica::finish`] has verified and fsynced them.
-pub struct Replica {
-    archive: Arc<Archive>,
-    expected: String,
-    /// The staging file and the running hash; taken while a batch is written.
-    sink: Option<ReplicaSink>,
-    /// Received chunks not yet written: kept as received, so they are copied only once,
-    /// into the file.
-    pending: Vec<Bytes>,
-    pending_len: usize,
-    size: u64,
-    /// Removed on drop unless the bytes went into the blob store.
-    path: Option<PathBuf>,
-}
-
-/// The blocking side of a [`Replica`]: hashing and writing run on the blocking pool, off the
-/// threads that drive the network.
-struct ReplicaSink {
-    /// The staging file, created by the first blocking hop that needs it: for an instance
-    /// that arrives in one batch, creating, writing, hashing and fsyncing are one hop. (A
-    /// replica dropped while that hop runs may leave the file behind; the staging area is
-    /// emptied at start, and it was never a copy.)
-    file: Option<std::fs::File>,
-    path: PathBuf,
-    hasher: blake3::Hasher,
-}
-
-impl ReplicaSink {
-    /// The staging file, created now if it is not yet.
-    fn file(&mut self) -> std::io::Result<&mut std::fs::File> {
-        match &mut self.file {
-            Some(f) => Ok(f),
-            none => Ok(none.insert(
-                std::fs::OpenOptions::new()
-                    .write(true)
-                    .create_new(true)
-                    .open(&self.path)?,
-            )),
-        }
-    }
-
-    fn write_all(&mut self, chunks: &[Bytes]) -> std::io::Result<()> {
-        use std::io::Write;
-        self.file()?;
-        let Self { file, hasher, .. } = self;
-        let file = file
-            .as_mut()
-            .ok_or_else(|| std::io::Error::other("staging file missing"))?;
-        for c in chunks {
-            hasher.update(c);
-            file.write_all(c)?;
-        }
-        Ok(())
-    }
-}
-
-impl Replica {
-    /// Appends received bytes.
-    pub async fn write(&mut self, data: Bytes) -> Result<(), ArchiveError> {
-        self.pending_len += data.len();
-        self.size += data.len() as u64;
-        self.pending.push(data);
-        if self.pending_len >= REPLICA_BATCH {
-            let chunks = std::mem::take(&mut self.pending);
-            self.pending_len = 0;
-            self.on_sink(move |sink| sink.write_all(&chunks)).await?;
-        }
-        Ok(())
-    }
-
-    /// Runs `f` on the sink on the blocking pool and puts the sink back.
-    async fn on_sink<T: Send + 'static>(
-        &mut self,
-        f: impl FnOnce(&mut ReplicaSink) -> std::io::Result<T> + Send + 'static,
-    ) -> Result<T, ArchiveError> {
-        let mut sink = self.sink.take().ok_or_else(|| {
-            ArchiveError::Io(std::io::Error::other("replica write after failure"))
-        })?;
-        let (sink, out) = tokio::task::spawn_blocking(move || {
-            let out = f(&mut sink);
-            (sink, out)
-        })
-        .await
-        .map_err(|e| ArchiveError::Io(std::io::Error::other(e.to_string())))?;
-        self.sink = Some(sink);
-        Ok(out?)
-    }
-
-    /// Verifies the bytes against the expected hash, makes them durable, puts them in the
-    /// blob store and announces this node as a holder of `sop_instance_uid`.
-    pub async fn finish(mut self, sop_instance_uid: &str) -> Result<(), ArchiveError> {
-        let t0 = std::time::Instant::now();
-        let chunks = std::mem::take(&mut self.pending);
-        let expected = self.expected.clone();
-        // The last bytes, the hash check and the fsync in one hop: a copy counts only once
-        // its bytes are verified and on disk, and bytes that fail the check are not synced.
-        let (actual, t_hash) = self
-            .on_sink(move |sink| {
-                sink.write_all(&chunks)?;
-                let actual = sink.hasher.finalize().to_hex().to_string();
-                let t_hash = t0.elapsed();
-                if actual == expected {
-                    sink.file()?.sync_all()?;
-                }
-                Ok((actual, t_hash))
-            })
-            .await?;
-        if actual != self.expected {
-            return Err(ArchiveError::HashMismatch {
-                expected: std::mem::take(&mut self.expected),
-                actual,
-            });
-        }
-        let t_sync = t0.elapsed();
-        let Some(path) = self.path.clone() else {
-            return Err(ArchiveError::Io(std::io::Error::other(
-                "replica finished twice",
-            )));
-        };
-        let staged = StagedBlob {
-            path,
-            hash: actual.clone(),
-            size: self.size,
-        };
-        {
-            let _gc = self.archive.blob_gc.read().await;
-            self.archive.blobs.put(staged).await?;
-            self.path = None;
-        }
-        let t_put = t0.elapsed();
-        let me = self.archive.holder().await?;
-        self.archive
-            .index
-            .set_holder(sop_instance_uid, &actual, &me, true)
-            .await?;
-        tracing::debug!(
-            sop_instance_uid,
-            hash_ms = t_hash.as_secs_f64() * 1e3,
-            sync_ms = (t_sync - t_hash).as_secs_f64() * 1e3,
-            put_ms = (t_put - t_sync).as_secs_f64() * 1e3,
-            announce_ms = (t0.elapsed() - t_put).as_secs_f64() * 1e3,
-            "replica finish timings"
-        );
-        Ok(())
-    }
-}
-
-impl Drop for Replica {
-    fn drop(&mut self) {
-        if let Some(p) = self.path.take() {
-            let _ = std::fs::remove_file(p);
-        }
-    }
-}
-
 impl Archive {
     /// Joins the archive to a grid: missing bytes are fetched through `remote`, the REST
     /// API reaches `control`, and deleted bytes wait for the grid's collector.
@@ -541,33 +381,16 @@ impl Archive {
         Ok(self.blobs.exists(hash).await?)
     }
 
-    /// The bytes of a local blob as chunks, for a peer (never fetched from elsewhere).
+    /// The blob's size and its bytes from `offset` on as chunks, for a peer (never fetched
+    /// from elsewhere). An offset at or past the end gives no chunks.
     pub async fn blob_chunks(
         &self,
         hash: &str,
+        offset: u64,
         chunk: usize,
     ) -> Result<(u64, BlobChunks), ArchiveError> {
         let size = self.blobs.size(hash).await?;
-        Ok((size, self.blobs.chunks(hash, 0, chunk).await?))
-    }
-
-    /// Starts receiving a copy of indexed bytes from another site. The staging file is
-    /// created with the first bytes written, in the same blocking hop.
-    pub async fn begin_replica(self: &Arc<Self>, hash: &str) -> Result<Replica, ArchiveError> {
-        let path = self.staging_file();
-        Ok(Replica {
-            archive: Arc::clone(self),
-            expected: hash.to_string(),
-            sink: Some(ReplicaSink {
-                file: None,
-                path: path.clone(),
-                hasher: blake3::Hasher::new(),
-            }),
-            pending: Vec::new(),
-            pending_len: 0,
-            size: 0,
-            path: Some(path),
-        })
+        Ok((size, self.blobs.chunks(hash, offset, chunk).await?))
     }
 
     /// Re-reads a local blob and tells whether it still matches its hash.

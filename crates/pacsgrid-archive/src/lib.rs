@@ -12,13 +12,14 @@ mod grid_ops;
 mod header;
 mod incoming;
 mod part10;
+mod replica;
 pub mod transcode;
 mod walk;
 
 pub use archive::{Archive, ArchiveConfig, ConsistencyReport, DeleteReport};
 pub use error::{ArchiveError, StoreError};
 pub use grid_link::{GridControl, RemoteFetch};
-pub use grid_ops::{RemoteApply, Replica};
+pub use grid_ops::RemoteApply;
 pub use incoming::{Incoming, IncomingMeta, StoreOutcome, Subject};
 pub use pacsgrid_store::{
     AttrValues, AuditMark, BlobChunks, BlobError, BlobReader, Change, ChangeKind, DeleteTarget,
@@ -26,3 +27,4 @@ pub use pacsgrid_store::{
     InstanceRecord, PeerChange, PeerCursor, PeerOutcome, PendingAudit, Provenance, QuarantineEntry,
     Space, StoredInstance, Tombstone, TombstoneOutcome,
 };
+pub use replica::Replica;

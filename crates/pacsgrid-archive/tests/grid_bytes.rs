@@ -36,6 +36,16 @@ async fn two_sites(
     b_dir: &Path,
     files: &Path,
 ) -> (Arc<Archive>, Arc<Archive>, Vec<u8>) {
+    two_sites_sized(a_dir, b_dir, files, 300_000).await
+}
+
+/// [`two_sites`] with `pixels` bytes of pixel data.
+async fn two_sites_sized(
+    a_dir: &Path,
+    b_dir: &Path,
+    files: &Path,
+    pixels: u32,
+) -> (Arc<Archive>, Arc<Archive>, Vec<u8>) {
     let mut o = InMemDicomObject::new_empty();
     let s = |t, vr, v: &str| DataElement::new(t, vr, PrimitiveValue::from(v));
     o.put(s(tags::SOP_CLASS_UID, VR::UI, CT));
@@ -47,7 +57,11 @@ async fn two_sites(
     o.put(DataElement::new(
         tags::PIXEL_DATA,
         VR::OW,
-        PrimitiveValue::from((0..300_000u32).map(|i| i as u8).collect::<Vec<u8>>()),
+        PrimitiveValue::from(
+            (0..pixels)
+                .map(|i| (i * 7 + i / 251) as u8)
+                .collect::<Vec<u8>>(),
+        ),
     ));
     let obj = o
         .with_meta(
@@ -110,7 +124,7 @@ async fn a_replica_counts_only_with_the_right_hash() {
     assert!(!b.has_blob(&inst.hash).await.unwrap());
 
     // Wrong bytes: refused, nothing left behind, nothing announced.
-    let mut bad = b.begin_replica(&inst.hash).await.unwrap();
+    let mut bad = b.begin_replica(&inst.hash, inst.size).await.unwrap();
     let mut wrong = bytes.clone();
     wrong[1000] ^= 1;
     for c in wrong.chunks(16 << 10) {
@@ -126,7 +140,7 @@ async fn a_replica_counts_only_with_the_right_hash() {
     assert!(holders.iter().all(|h| h.site != "b"));
 
     // The right bytes, in more than one batch: held and announced.
-    let mut good = b.begin_replica(&inst.hash).await.unwrap();
+    let mut good = b.begin_replica(&inst.hash, inst.size).await.unwrap();
     let big = Bytes::from(bytes.clone());
     for at in (0..big.len()).step_by(100_000) {
         good.write(big.slice(at..(at + 100_000).min(big.len())))
@@ -141,10 +155,85 @@ async fn a_replica_counts_only_with_the_right_hash() {
     assert_eq!(staging_files(bd.path()), 0);
 
     // An abandoned replica leaves no staging file.
-    let mut dropped = b.begin_replica(&inst.hash).await.unwrap();
+    let mut dropped = b.begin_replica(&inst.hash, inst.size).await.unwrap();
     dropped.write(big.slice(0..10)).await.unwrap();
     drop(dropped);
     assert_eq!(staging_files(bd.path()), 0);
+}
+
+fn partial_files(dir: &Path) -> Vec<std::path::PathBuf> {
+    walk(&dir.join("partial"))
+}
+
+#[tokio::test]
+async fn a_cut_off_replica_goes_on_from_its_partial_copy() {
+    let (ad, bd, fd) = (
+        tempfile::tempdir().unwrap(),
+        tempfile::tempdir().unwrap(),
+        tempfile::tempdir().unwrap(),
+    );
+    let (_a, b, bytes) = two_sites_sized(ad.path(), bd.path(), fd.path(), 5_000_000).await;
+    let inst = b.instance(SOP).await.unwrap().unwrap();
+    let all = Bytes::from(bytes);
+
+    // Cut off after 3 MB: what reached the file stays as a partial copy.
+    let mut first = b.begin_replica(&inst.hash, inst.size).await.unwrap();
+    assert_eq!(first.offset(), 0);
+    for at in (0..3_000_000).step_by(100_000) {
+        first.write(all.slice(at..at + 100_000)).await.unwrap();
+    }
+    drop(first);
+    let partial = partial_files(bd.path());
+    assert_eq!(partial.len(), 1);
+    let kept = std::fs::metadata(&partial[0]).unwrap().len();
+    assert!(kept >= 1 << 20, "{kept} bytes kept");
+    assert_eq!(std::fs::read(&partial[0]).unwrap(), &all[..kept as usize]);
+
+    // The next replica goes on from there and the whole verifies.
+    let mut second = b.begin_replica(&inst.hash, inst.size).await.unwrap();
+    assert_eq!(second.offset(), kept);
+    second.write(all.slice(kept as usize..)).await.unwrap();
+    second.finish(SOP).await.unwrap();
+    assert!(b.verify_blob(&inst.hash).await.unwrap());
+    assert!(partial_files(bd.path()).is_empty());
+    assert_eq!(staging_files(bd.path()), 0);
+}
+
+#[tokio::test]
+async fn a_partial_copy_with_wrong_bytes_is_dropped_and_a_restart_starts_clean() {
+    let (ad, bd, fd) = (
+        tempfile::tempdir().unwrap(),
+        tempfile::tempdir().unwrap(),
+        tempfile::tempdir().unwrap(),
+    );
+    let (_a, b, bytes) = two_sites_sized(ad.path(), bd.path(), fd.path(), 3_000_000).await;
+    let inst = b.instance(SOP).await.unwrap().unwrap();
+    let dir = bd.path().join("partial");
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut wrong = bytes[..2_000_000].to_vec();
+    wrong[10] ^= 1;
+    std::fs::write(dir.join(&inst.hash), &wrong).unwrap();
+
+    let mut r = b.begin_replica(&inst.hash, inst.size).await.unwrap();
+    assert_eq!(r.offset(), 2_000_000);
+    r.write(Bytes::copy_from_slice(&bytes[2_000_000..]))
+        .await
+        .unwrap();
+    assert!(matches!(
+        r.finish(SOP).await,
+        Err(ArchiveError::HashMismatch { .. })
+    ));
+    // bytes that failed their check are not continued from
+    assert!(partial_files(bd.path()).is_empty());
+
+    // a sender that sends everything again: the replica starts over
+    std::fs::write(dir.join(&inst.hash), &wrong).unwrap();
+    let mut r = b.begin_replica(&inst.hash, inst.size).await.unwrap();
+    r.restart().await.unwrap();
+    assert_eq!(r.offset(), 0);
+    r.write(Bytes::from(bytes)).await.unwrap();
+    r.finish(SOP).await.unwrap();
+    assert!(b.verify_blob(&inst.hash).await.unwrap());
 }
 
 /// Serves site a's bytes; into memory only when `memory` is set.

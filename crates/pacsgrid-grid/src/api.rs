@@ -109,7 +109,11 @@ async fn feed(
     }
 }
 
-async fn blob(State(grid): State<Arc<Grid>>, Path(hash): Path<String>) -> Response {
+async fn blob(
+    State(grid): State<Arc<Grid>>,
+    Path(hash): Path<String>,
+    headers: axum::http::HeaderMap,
+) -> Response {
     if hash.len() != 64
         || !hash
             .bytes()
@@ -117,23 +121,46 @@ async fn blob(State(grid): State<Arc<Grid>>, Path(hash): Path<String>) -> Respon
     {
         return problem(StatusCode::BAD_REQUEST, "not a content hash");
     }
+    let from = headers
+        .get(header::RANGE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(parse_resume_range)
+        .unwrap_or(0);
     // No separate existence check: the size lookup says NotFound, one blocking hop fewer on
     // every copy and on-the-fly fetch a peer makes.
-    match grid.archive.blob_chunks(&hash, 1 << 20).await {
+    match grid.archive.blob_chunks(&hash, from, 1 << 20).await {
         Err(pacsgrid_archive::ArchiveError::Blob(pacsgrid_archive::BlobError::NotFound(_))) => {
             problem(
                 StatusCode::NOT_FOUND,
                 format!("blob {hash} is not held here"),
             )
         }
-        Ok((size, chunks)) => Response::builder()
-            .status(StatusCode::OK)
-            .header(header::CONTENT_TYPE, "application/octet-stream")
-            .header(header::CONTENT_LENGTH, size)
-            .body(Body::from_stream(
+        Ok((size, _)) if from > 0 && from >= size => {
+            let mut resp = problem(
+                StatusCode::RANGE_NOT_SATISFIABLE,
+                format!("blob {hash} has {size} bytes; asked from byte {from}"),
+            );
+            if let Ok(v) = header::HeaderValue::from_str(&format!("bytes */{size}")) {
+                resp.headers_mut().insert(header::CONTENT_RANGE, v);
+            }
+            resp
+        }
+        Ok((size, chunks)) => {
+            let mut resp = Response::builder()
+                .header(header::CONTENT_TYPE, "application/octet-stream")
+                .header(header::ACCEPT_RANGES, "bytes")
+                .header(header::CONTENT_LENGTH, size - from);
+            resp = if from > 0 {
+                resp.status(StatusCode::PARTIAL_CONTENT)
+                    .header(header::CONTENT_RANGE, content_range(from, size))
+            } else {
+                resp.status(StatusCode::OK)
+            };
+            resp.body(Body::from_stream(
                 chunks.map(|r| r.map_err(std::io::Error::other)),
             ))
-            .unwrap_or_else(internal),
+            .unwrap_or_else(internal)
+        }
         Err(e) => internal(e),
     }
 }

@@ -218,19 +218,50 @@ impl PeerClient {
         base: &str,
         path: &str,
     ) -> Result<(Option<u64>, PeerByteStream), GridNetError> {
-        let resp = self
-            .http
-            .get(Self::url(base, path))
-            .send()
-            .await
-            .map_err(GridNetError::from_reqwest)?;
+        let (_, len, stream) = self.get_stream_from(base, path, 0).await?;
+        Ok((len, stream))
+    }
+
+    /// GETs `path` from byte `offset` on (`Range: bytes=offset-`); returns the offset the
+    /// body really starts at (0 when the peer sent everything, which it may), the body's
+    /// length and the body.
+    pub async fn get_stream_from(
+        &self,
+        base: &str,
+        path: &str,
+        offset: u64,
+    ) -> Result<(u64, Option<u64>, PeerByteStream), GridNetError> {
+        let mut req = self.http.get(Self::url(base, path));
+        if offset > 0 {
+            req = req.header(
+                reqwest::header::RANGE,
+                crate::protocol::resume_range(offset),
+            );
+        }
+        let resp = req.send().await.map_err(GridNetError::from_reqwest)?;
         let resp = check_status(resp).await?;
+        let start = if resp.status() == reqwest::StatusCode::PARTIAL_CONTENT {
+            let range = resp
+                .headers()
+                .get(reqwest::header::CONTENT_RANGE)
+                .and_then(|v| v.to_str().ok())
+                .and_then(crate::protocol::parse_content_range);
+            match range {
+                Some((start, _)) if start == offset => start,
+                _ => return Err(GridNetError::Decode(format!(
+                    "asked for bytes from {offset}, got a partial answer with Content-Range {:?}",
+                    resp.headers().get(reqwest::header::CONTENT_RANGE)
+                ))),
+            }
+        } else {
+            0
+        };
         let len = resp.content_length();
         let stream = resp
             .bytes_stream()
             .map(|r| r.map_err(GridNetError::from_reqwest))
             .boxed();
-        Ok((len, stream))
+        Ok((start, len, stream))
     }
 }
 

@@ -82,7 +82,9 @@ impl Grid {
     }
 
     /// Receives the blob from one source into a staging file, hashed on the way; it becomes
-    /// this site's copy only through [`Replica::finish`].
+    /// this site's copy only through [`Replica::finish`]. A copy cut off before (this node
+    /// killed, the peer gone) goes on from the bytes already received, whichever site sent
+    /// them: the bytes are the same by their hash, and the whole is verified at the end.
     async fn copy_from(
         &self,
         src: &PeerState,
@@ -91,15 +93,45 @@ impl Grid {
         size: u64,
     ) -> Result<Replica, PullError> {
         let t0 = Instant::now();
-        let mut replica = self.archive.begin_replica(hash).await?;
-        let mut body = self.open_blob(src, hash).await?;
-        let t_open = t0.elapsed();
-        let mut got = 0u64;
+        let mut replica = self.archive.begin_replica(hash, size).await?;
+        let mut from = replica.offset();
+        if from > size {
+            // more bytes than the blob has cannot be a prefix of it
+            replica.restart().await?;
+            from = 0;
+        }
+        let mut got = from;
         let mut chunks = 0u32;
-        while let Some(chunk) = self.next_chunk(&mut body).await? {
-            got += chunk.len() as u64;
-            chunks += 1;
-            replica.write(chunk).await?;
+        let mut received = 0u64;
+        let mut t_open = t0.elapsed();
+        if from < size || size == 0 {
+            let (start, _, mut body) = self
+                .client
+                .get_stream_from(&src.url, &format!("/grid/v1/blobs/{hash}"), from)
+                .await?;
+            if start != from {
+                // the peer sent the whole blob: what was kept is not needed
+                replica.restart().await?;
+                got = 0;
+            } else if from > 0 {
+                tracing::info!(
+                    sop_instance_uid,
+                    from = %src.name,
+                    offset = from,
+                    size,
+                    "resuming a copy cut off before"
+                );
+            }
+            t_open = t0.elapsed();
+            while let Some(chunk) = self.next_chunk(&mut body).await? {
+                got += chunk.len() as u64;
+                if got > size {
+                    return Err(PullError::Length { got, want: size });
+                }
+                chunks += 1;
+                received += chunk.len() as u64;
+                replica.write(chunk).await?;
+            }
         }
         if got != size {
             return Err(PullError::Length { got, want: size });
@@ -107,7 +139,8 @@ impl Grid {
         tracing::debug!(
             sop_instance_uid,
             from = %src.name,
-            bytes = got,
+            bytes = received,
+            resumed_from = got - received,
             chunks,
             open_ms = t_open.as_secs_f64() * 1e3,
             body_ms = (t0.elapsed() - t_open).as_secs_f64() * 1e3,
