@@ -242,7 +242,10 @@ impl S3BlobStore {
         let i = &self.inner;
         let listed = i.store.list_with_delimiter(Some(&i.prefix)).await;
         if let Err(e) = listed {
-            return Err(self.remote(format!("cannot list {}", explain(&e)), e));
+            return Err(self.remote(
+                format!("cannot list {:?} ({})", i.prefix.as_ref(), explain(&e)),
+                e,
+            ));
         }
         let nonce = format!(
             "pacsgrid-probe-{}-{}",
