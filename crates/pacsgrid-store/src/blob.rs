@@ -41,14 +41,16 @@ pub enum BlobError {
         actual: String,
     },
     /// An object store (S3) refused or failed a request; `what` names the bucket, object and
-    /// endpoint, so the message alone tells an operator where to look.
-    #[error("{what}: {source}")]
+    /// endpoint and `cause` the service's answer in one line, so the message alone tells an
+    /// operator where to look (the client's own error nests the same text several times).
+    #[error("{what}: {cause}")]
     Remote {
         /// The operation, bucket, key and endpoint.
         what: String,
-        /// The object store client's error.
-        #[source]
-        source: object_store::Error,
+        /// The innermost reason, with the service's error code when it sent one.
+        cause: String,
+        /// The object store client's error, for callers that match on its kind.
+        error: Box<object_store::Error>,
     },
     /// A backend's settings cannot work (an unreadable secret file, an invalid prefix).
     #[error("blob store configuration: {0}")]

@@ -242,10 +242,7 @@ impl S3BlobStore {
         let i = &self.inner;
         let listed = i.store.list_with_delimiter(Some(&i.prefix)).await;
         if let Err(e) = listed {
-            return Err(self.remote(
-                format!("cannot list {:?} ({})", i.prefix.as_ref(), explain(&e)),
-                e,
-            ));
+            return Err(self.remote(format!("cannot list {:?}", i.prefix.as_ref()), e));
         }
         let nonce = format!(
             "pacsgrid-probe-{}-{}",
@@ -258,7 +255,7 @@ impl S3BlobStore {
         let key = i.prefix.clone().join(nonce.as_str());
         let body = Bytes::from(nonce.clone().into_bytes());
         if let Err(e) = i.store.put(&key, PutPayload::from(body.clone())).await {
-            return Err(self.remote(format!("cannot write {key} ({})", explain(&e)), e));
+            return Err(self.remote(format!("cannot write {key}"), e));
         }
         let read = match i.store.get(&key).await {
             Ok(r) => r.bytes().await,
@@ -276,7 +273,7 @@ impl S3BlobStore {
             Err(e) => return Err(self.remote(format!("cannot read back {key}"), e)),
         }
         if let Err(e) = deleted {
-            return Err(self.remote(format!("cannot delete {key} ({})", explain(&e)), e));
+            return Err(self.remote(format!("cannot delete {key}"), e));
         }
         Ok(format!(
             "{}: listed prefix {:?}, wrote, read back and deleted {key}",
@@ -296,7 +293,8 @@ impl S3BlobStore {
     fn remote(&self, what: String, source: object_store::Error) -> BlobError {
         BlobError::Remote {
             what: format!("{}: {what}", self.inner.label),
-            source,
+            cause: cause(&source),
+            error: Box::new(source),
         }
     }
 
@@ -425,13 +423,50 @@ impl S3BlobStore {
     }
 }
 
-/// A short reason for the usual failures, before the client's own (long) message.
-fn explain(e: &object_store::Error) -> &'static str {
-    match e {
-        object_store::Error::NotFound { .. } => "the bucket does not exist",
-        object_store::Error::Unauthenticated { .. } => "the credentials were refused",
-        object_store::Error::PermissionDenied { .. } => "access denied to these credentials",
-        _ => "the request failed",
+/// One line saying why a request failed: the innermost error, with the S3 error code and
+/// message pulled out of an XML answer, and what that usually means.
+fn cause(e: &object_store::Error) -> String {
+    let mut inner: &dyn std::error::Error = e;
+    while let Some(next) = inner.source() {
+        inner = next;
+    }
+    let text = inner.to_string();
+    let tag = |name: &str| {
+        let open = format!("<{name}>");
+        let start = text.find(&open)? + open.len();
+        let len = text[start..].find(&format!("</{name}>"))?;
+        Some(text[start..start + len].to_string())
+    };
+    let status = text
+        .find("status code: ")
+        .map(|i| &text[i + "status code: ".len()..])
+        .and_then(|t| t.split(':').next())
+        .map(str::trim);
+    let said = match (tag("Code"), tag("Message"), status) {
+        (Some(code), Some(msg), Some(status)) => format!("{status}, {code}: {msg}"),
+        (Some(code), None, Some(status)) => format!("{status}, {code}"),
+        (Some(code), Some(msg), None) => format!("{code}: {msg}"),
+        _ => text.split(": <?xml").next().unwrap_or(&text).to_string(),
+    };
+    let hint = match tag("Code").as_deref() {
+        Some("NoSuchBucket") => "the bucket does not exist",
+        Some("InvalidAccessKeyId" | "SignatureDoesNotMatch" | "InvalidToken" | "ExpiredToken") => {
+            "the credentials were refused"
+        }
+        Some("AccessDenied" | "AllAccessDisabled") => "these credentials may not do this",
+        _ if text.contains("Connection refused") || text.contains("dns error") => {
+            "cannot connect to the endpoint"
+        }
+        _ => match e {
+            object_store::Error::Unauthenticated { .. } => "the credentials were refused",
+            object_store::Error::PermissionDenied { .. } => "these credentials may not do this",
+            _ => "",
+        },
+    };
+    if hint.is_empty() {
+        said
+    } else {
+        format!("{hint} ({said})")
     }
 }
 
@@ -576,6 +611,26 @@ mod tests {
         assert_eq!(store.key(&h).unwrap().as_ref(), format!("p/ab/{h}"));
         assert!(matches!(store.key("../x"), Err(BlobError::InvalidHash(_))));
         assert_eq!(store.local_path(&h), None);
+    }
+
+    #[test]
+    fn failures_are_told_in_one_line_with_what_they_mean() {
+        let xml = "Error performing list request: Server returned non-2xx status code: 404 Not \
+                   Found: <?xml version=\"1.0\"?><Error><Code>NoSuchBucket</Code><Message>The \
+                   specified bucket does not exist</Message></Error>";
+        let e = object_store::Error::Generic {
+            store: "S3",
+            source: xml.into(),
+        };
+        assert_eq!(
+            cause(&e),
+            "the bucket does not exist (404 Not Found, NoSuchBucket: The specified bucket does not exist)"
+        );
+        let e = object_store::Error::Generic {
+            store: "S3",
+            source: "tcp connect error: Connection refused (os error 111)".into(),
+        };
+        assert!(cause(&e).starts_with("cannot connect to the endpoint ("));
     }
 
     #[test]
