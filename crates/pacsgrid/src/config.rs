@@ -437,6 +437,17 @@ impl Config {
         }
         self.validate_dicom_ports()?;
         self.storage.validate()?;
+        if self.storage.blobs == BlobsKind::S3
+            && self.grid.as_ref().is_some_and(|g| g.cache_retrieved)
+        {
+            // The archive hands out a kept copy by opening its local file, which an object
+            // store does not have: the retrieve would fail after the upload.
+            return Err(ConfigError::Invalid(
+                "grid.cache_retrieved = true is not supported with storage.blobs = \"s3\" yet: \
+                 set it to false (retrieved bytes are then served without keeping a copy)"
+                    .into(),
+            ));
+        }
         if self.dicom.max_associations == 0 {
             return Err(ConfigError::Invalid(
                 "dicom.max_associations must be at least 1".into(),
