@@ -656,6 +656,12 @@ mod tests {
             let err = cfg.validate().unwrap_err().to_string();
             assert!(err.contains(needle), "{text}: {err}");
         }
+        let grid = "[node]\nsite = \"a\"\n[grid]\nlisten = \"x:1\"\nurl = \"https://x:1\"\n\
+                    ca_cert = \"c\"\ncert = \"c\"\nkey = \"k\"\ncopies = 1\ncache_retrieved = true\n\
+                    [storage]\nblobs = \"s3\"\n[storage.s3]\nbucket = \"scans\"\n";
+        let cfg: Config = toml::from_str(grid).unwrap();
+        let err = cfg.validate().unwrap_err().to_string();
+        assert!(err.contains("cache_retrieved"), "{err}");
         for bad in [
             "[storage]\nblobs = \"nfs\"\n",
             "[storage]\nblobs = \"s3\"\n[storage.s3]\nbucket = \"b\"\nsecret_access_key = \"x\"\n",
