@@ -3,7 +3,8 @@
 #   apt:  dcmtk (storescu, findscu, getscu, movescu, storescp, echoscu, dcmcjpeg), dicom3tools,
 #         openssl (the CLI: test_dicom_tls.py makes its CA and certificates with it),
 #         orthanc + orthanc-dicomweb (test_orthanc_peer.py; the benchmarks compare with it)
-#   PyPI: tests/requirements.txt (pytest, pydicom, pynetdicom, codecs for gen_dataset.py)
+#   PyPI: tests/requirements.txt (pytest, pydicom, pynetdicom, codecs for gen_dataset.py,
+#         moto[server] with boto3: an S3-compatible server for the S3 blob store's tests)
 # Whatever is already present is skipped, so a second run takes about a second.
 set -euo pipefail
 
@@ -48,7 +49,7 @@ done
 # ---------------------------------------------------------------- Python packages
 if "$PY" - "$REQ" <<'PYEOF'
 import sys
-from importlib.metadata import PackageNotFoundError, version
+from importlib.metadata import PackageNotFoundError, requires, version
 try:
     from packaging.requirements import Requirement
 except ImportError:
@@ -66,6 +67,16 @@ for line in open(sys.argv[1]):
         continue
     if not req.specifier.contains(v, prereleases=True):
         bad.append(f"{req.name} {v} (want {req.specifier})")
+        continue
+    # extras (moto[server]) bring packages of their own: each must be there too
+    for extra in sorted(req.extras):
+        for dep in map(Requirement, requires(req.name) or []):
+            if dep.marker is None or not dep.marker.evaluate({"extra": extra}):
+                continue
+            try:
+                version(dep.name)
+            except PackageNotFoundError:
+                bad.append(f"{req.name}[{extra}]: {dep.name} (missing)")
 if bad:
     print("install-test-deps: to install: " + ", ".join(bad))
     sys.exit(1)
@@ -79,5 +90,12 @@ else
     pip_args+=(--break-system-packages)
   fi
   "$PY" "${pip_args[@]}"
+fi
+# the S3 tests start moto's server (tests/test_s3_blobs.py, and scripts/test.sh for the store
+# crate's conformance suite) and drive it with boto3
+if ! "$PY" -c 'import moto.server, flask, flask_cors, boto3' 2>/dev/null \
+    || ! "$PY" -m moto.server --help >/dev/null 2>&1; then
+  echo "install-test-deps: moto[server] is not usable after install" >&2
+  exit 1
 fi
 echo "install-test-deps: done"

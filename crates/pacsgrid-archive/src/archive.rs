@@ -8,9 +8,9 @@ use crate::part10;
 use crate::transcode;
 use pacsgrid_dicom::{uid, Query};
 use pacsgrid_store::{
-    AttrValues, AuditMark, BlobChunks, BlobError, BlobReader, BlobStore, Change, DeleteTarget,
-    Durability, FolderBlobStore, Index, IndexStats, InsertOutcome, PendingAudit, Provenance,
-    QuarantineEntry, Space, SqliteIndex, StagedBlob, StoredInstance,
+    AttrValues, AuditMark, BlobBackend, BlobChunks, BlobError, BlobReader, BlobStore, Change,
+    DeleteTarget, Durability, FolderBlobStore, Index, IndexStats, InsertOutcome, PendingAudit,
+    Provenance, QuarantineEntry, Space, SqliteIndex, StagedBlob, StoredInstance,
 };
 use serde::Serialize;
 use std::collections::HashSet;
@@ -30,6 +30,9 @@ pub struct ArchiveConfig {
     pub site: String,
     /// The issuer recorded for patients whose sender gave no IssuerOfPatientID.
     pub default_issuer: String,
+    /// Where blob bytes rest: the data directory's folder, or an S3 bucket (checked at open,
+    /// so a node that could not keep what it acknowledges does not start).
+    pub blobs: BlobBackend,
 }
 
 /// What a consistency check found (see [`Archive::check`]).
@@ -125,7 +128,12 @@ impl Archive {
                 cfg.data_dir.display()
             ))));
         }
-        let blobs = Arc::new(FolderBlobStore::open(&cfg.data_dir)?);
+        let blobs: Arc<dyn BlobStore> = match &cfg.blobs {
+            BlobBackend::Folder => Arc::new(FolderBlobStore::open(&cfg.data_dir)?),
+            BlobBackend::S3(s3) => Arc::new(
+                pacsgrid_store::S3BlobStore::open(s3, &cfg.data_dir.join("staging")).await?,
+            ),
+        };
         // The index need not wait for the disk on each commit: the blob is fsynced before
         // the row is written, and after an unclean stop (power loss included, since the run
         // marker is then still there) every blob without a row is re-indexed. This saves one
@@ -725,8 +733,16 @@ impl Archive {
                 removed += 1;
                 continue;
             }
-            let Some(path) = self.blobs.local_path(&hash) else {
-                continue;
+            // A remote blob (S3) is downloaded to a staging file to be parsed; the guard
+            // removes that copy, the object itself stays where it is.
+            let (path, _download) = match self.blobs.local_path(&hash) {
+                Some(path) => (path, StagedPath(None)),
+                None => {
+                    let path = self.staging_file();
+                    let guard = StagedPath(Some(path.clone()));
+                    self.download(&hash, &path).await?;
+                    (path, guard)
+                }
             };
             let issuer = self.cfg.default_issuer.clone();
             let size = self.blobs.size(&hash).await?;
@@ -754,6 +770,16 @@ impl Archive {
             }
         }
         Ok((reindexed, removed))
+    }
+
+    /// Copies a blob into a local file (streamed, bounded memory), for parsing what only a
+    /// remote store holds.
+    async fn download(&self, hash: &str, to: &Path) -> Result<(), ArchiveError> {
+        let mut reader = self.blobs.open(hash, 0).await?;
+        let mut file = tokio::fs::File::create(to).await?;
+        tokio::io::copy(&mut reader, &mut file).await?;
+        file.flush().await?;
+        Ok(())
     }
 }
 

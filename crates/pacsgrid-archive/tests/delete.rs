@@ -46,6 +46,7 @@ async fn archive(dir: &Path) -> Arc<Archive> {
         data_dir: dir.to_path_buf(),
         site: "a".into(),
         default_issuer: "HOSP".into(),
+        blobs: Default::default(),
     })
     .await
     .unwrap()

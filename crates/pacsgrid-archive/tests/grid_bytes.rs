@@ -24,6 +24,7 @@ async fn archive(dir: &Path, site: &str) -> Arc<Archive> {
         data_dir: dir.to_path_buf(),
         site: site.into(),
         default_issuer: "HOSP".into(),
+        blobs: Default::default(),
     })
     .await
     .unwrap()

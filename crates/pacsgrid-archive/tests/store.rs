@@ -43,6 +43,7 @@ async fn archive(dir: &std::path::Path) -> Arc<Archive> {
         data_dir: dir.to_path_buf(),
         site: "a".into(),
         default_issuer: "HOSP".into(),
+        blobs: Default::default(),
     })
     .await
     .unwrap()

@@ -33,6 +33,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         data_dir: data_dir.into(),
         site: "example".into(),
         default_issuer: "EXAMPLE".into(),
+        blobs: Default::default(),
     })
     .await?;
     let cfg = DimseConfig {

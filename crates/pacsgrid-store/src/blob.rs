@@ -31,6 +31,40 @@ pub enum BlobError {
         #[source]
         source: std::io::Error,
     },
+    /// The bytes handed to `put` do not hash to the name they were to be stored under, so
+    /// they were refused: a content-addressed store must never hold an object under a wrong name.
+    #[error("refused to store blob {expected}: its bytes hash to {actual}")]
+    HashMismatch {
+        /// The hash the caller named.
+        expected: String,
+        /// The hash of the bytes actually read.
+        actual: String,
+    },
+    /// An object store (S3) refused or failed a request; `what` names the bucket, object and
+    /// endpoint and `cause` the service's answer in one line, so the message alone tells an
+    /// operator where to look (the client's own error nests the same text several times).
+    #[error("{what}: {cause}")]
+    Remote {
+        /// The operation, bucket, key and endpoint.
+        what: String,
+        /// The innermost reason, with the service's error code when it sent one.
+        cause: String,
+        /// The object store client's error, for callers that match on its kind.
+        error: Box<object_store::Error>,
+    },
+    /// A backend's settings cannot work (an unreadable secret file, an invalid prefix).
+    #[error("blob store configuration: {0}")]
+    Config(String),
+}
+
+/// Which backend keeps a node's blobs, as the `[storage]` configuration chose it.
+#[derive(Debug, Clone, Default)]
+pub enum BlobBackend {
+    /// Files under the data directory (`DATA/blobs`): one machine, no other service.
+    #[default]
+    Folder,
+    /// An S3-compatible bucket, for storage that outgrows one machine's disks.
+    S3(crate::s3::S3Config),
 }
 
 /// Capacity of the file system (or bucket) a blob store writes to.

@@ -271,11 +271,35 @@ macro_rules! blob_store_suite {
         $(
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn $test() {
-                let (store, _guard) = $fixture().await;
+                // A fixture gives `None` when its service is not configured (the test is
+                // skipped, or fails when the service is required: see `s3_store`).
+                let Some((store, _guard)) = $crate::conformance::Fixture::get($fixture().await)
+                else {
+                    return;
+                };
                 $crate::conformance::blob_tests::$test(store).await;
             }
         )*
     };
+}
+
+/// What a blob store fixture gives: a store, or for a backend that needs an outside
+/// service, `None` when that service is not there.
+pub(crate) trait Fixture<B> {
+    /// The store and what keeps it alive, if any.
+    fn get(self) -> Option<(Arc<B>, Guard)>;
+}
+
+impl<B> Fixture<B> for (Arc<B>, Guard) {
+    fn get(self) -> Option<(Arc<B>, Guard)> {
+        Some(self)
+    }
+}
+
+impl<B> Fixture<B> for Option<(Arc<B>, Guard)> {
+    fn get(self) -> Option<(Arc<B>, Guard)> {
+        self
+    }
 }
 
 // ---------------------------------------------------------------------------------------
@@ -1969,5 +1993,105 @@ async fn sqlite_index() -> (Arc<SqliteIndex>, Guard) {
     (Arc::new(index), Box::new(dir))
 }
 
+/// An S3 store under a fresh prefix of the test bucket, when `PACSGRID_S3_TEST_ENDPOINT`
+/// names an S3-compatible server (`scripts/test.sh` starts moto and sets it, with
+/// `PACSGRID_S3_TEST_BUCKET`, which must exist, and AWS_* credentials). Without it the S3
+/// tests are skipped, unless `PACSGRID_S3_TEST_REQUIRED=1`, which makes them fail.
+pub(crate) async fn s3_store() -> Option<(Arc<S3BlobStore>, Guard)> {
+    let Ok(endpoint) = std::env::var("PACSGRID_S3_TEST_ENDPOINT") else {
+        assert!(
+            std::env::var("PACSGRID_S3_TEST_REQUIRED").as_deref() != Ok("1"),
+            "PACSGRID_S3_TEST_REQUIRED=1 but PACSGRID_S3_TEST_ENDPOINT is not set"
+        );
+        eprintln!("skipped: PACSGRID_S3_TEST_ENDPOINT is not set");
+        return None;
+    };
+    let bucket =
+        std::env::var("PACSGRID_S3_TEST_BUCKET").unwrap_or_else(|_| "pacsgrid-test".into());
+    let n = STAGED.fetch_add(1, Ordering::SeqCst);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    let dir = tempfile::tempdir().unwrap();
+    let secret = dir.path().join("secret");
+    std::fs::write(
+        &secret,
+        std::env::var("AWS_SECRET_ACCESS_KEY").unwrap_or_else(|_| "test".into()),
+    )
+    .unwrap();
+    let cfg = S3Config {
+        bucket,
+        prefix: format!("conformance/{}-{n}-{nanos}", std::process::id()),
+        endpoint: Some(endpoint.clone()),
+        region: Some("us-east-1".into()),
+        allow_http: endpoint.starts_with("http://"),
+        virtual_hosted_style: false,
+        access_key_id: Some(std::env::var("AWS_ACCESS_KEY_ID").unwrap_or_else(|_| "test".into())),
+        secret_access_key_file: Some(secret),
+    };
+    let store = S3BlobStore::open(&cfg, &dir.path().join("staging"))
+        .await
+        .unwrap_or_else(|e| panic!("the S3 test server at {endpoint}: {e}"));
+    Some((Arc::new(store), Box::new(dir)))
+}
+
 blob_store_suite!(folder_blob_store, crate::conformance::folder_store);
+blob_store_suite!(s3_blob_store, crate::conformance::s3_store);
+
+/// What the S3 store does beyond the shared suite: large objects and refused bytes.
+mod s3_only {
+    use super::*;
+    use futures::TryStreamExt;
+
+    /// 20 MiB of bytes that differ along the object, so a misplaced part shows.
+    fn big() -> Vec<u8> {
+        (0..20u32 << 20)
+            .map(|i| (i.wrapping_mul(2_654_435_761) >> 24) as u8)
+            .collect()
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn large_objects_go_up_in_parts_and_come_back_in_chunks() {
+        let Some((store, _guard)) = s3_store().await else {
+            return;
+        };
+        let bytes = big();
+        let staged = stage(&*store, &bytes).await;
+        let hash = staged.hash.clone();
+        store.put(staged).await.unwrap();
+        assert_eq!(store.size(&hash).await.unwrap(), bytes.len() as u64);
+        let offset = 7_340_033usize;
+        let parts: Vec<bytes::Bytes> = store
+            .chunks(&hash, offset as u64, 1 << 20)
+            .await
+            .unwrap()
+            .try_collect()
+            .await
+            .unwrap();
+        assert!(parts.iter().all(|p| !p.is_empty() && p.len() <= 1 << 20));
+        assert!(parts.concat() == bytes[offset..], "ranged read differs");
+        assert!(read_all(store.open(&hash, 0).await.unwrap()).await == bytes);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn bytes_that_do_not_match_their_hash_are_refused() {
+        let Some((store, _guard)) = s3_store().await else {
+            return;
+        };
+        for bytes in [b"small object".to_vec(), big()] {
+            let mut staged = stage(&*store, &bytes).await;
+            staged.hash = hash_of("something else");
+            let (hash, path) = (staged.hash.clone(), staged.path.clone());
+            let err = store.put(staged).await.unwrap_err();
+            assert!(matches!(err, BlobError::HashMismatch { .. }), "{err}");
+            assert!(!store.exists(&hash).await.unwrap(), "nothing stored");
+            assert!(
+                path.exists(),
+                "a refused put leaves the staged file to its owner"
+            );
+        }
+        assert!(store.list().await.unwrap().is_empty());
+    }
+}
 index_suite!(sqlite_index, crate::conformance::sqlite_index);

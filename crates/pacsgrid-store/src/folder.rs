@@ -24,7 +24,7 @@ struct Inner {
     staging: PathBuf,
 }
 
-fn io_err(path: &Path, source: std::io::Error) -> BlobError {
+pub(crate) fn io_err(path: &Path, source: std::io::Error) -> BlobError {
     BlobError::Io {
         path: path.to_path_buf(),
         source,
@@ -36,6 +36,32 @@ fn fsync_dir(dir: &Path) -> Result<(), BlobError> {
     std::fs::File::open(dir)
         .and_then(|d| d.sync_all())
         .map_err(|e| io_err(dir, e))
+}
+
+/// Removes whatever a crash left in a staging area: those files were never acknowledged to a
+/// sender. Every backend stages locally, so each empties its staging area when opened.
+pub(crate) fn empty_staging(staging: &Path) -> Result<usize, BlobError> {
+    let entries = std::fs::read_dir(staging).map_err(|e| io_err(staging, e))?;
+    let mut removed = 0usize;
+    for entry in entries {
+        let entry = entry.map_err(|e| io_err(staging, e))?;
+        let path = entry.path();
+        let is_dir = entry.file_type().map_err(|e| io_err(&path, e))?.is_dir();
+        let res = if is_dir {
+            std::fs::remove_dir_all(&path)
+        } else {
+            std::fs::remove_file(&path)
+        };
+        match res {
+            Ok(()) => removed += 1,
+            Err(e) if e.kind() == ErrorKind::NotFound => {}
+            Err(e) => return Err(io_err(&path, e)),
+        }
+    }
+    if removed > 0 {
+        tracing::info!(removed, dir = %staging.display(), "removed unacknowledged staged files left by a previous run");
+    }
+    Ok(removed)
 }
 
 impl FolderBlobStore {
@@ -61,26 +87,7 @@ impl FolderBlobStore {
         if created {
             fsync_dir(&blobs)?;
         }
-        let entries = std::fs::read_dir(&staging).map_err(|e| io_err(&staging, e))?;
-        let mut removed = 0usize;
-        for entry in entries {
-            let entry = entry.map_err(|e| io_err(&staging, e))?;
-            let path = entry.path();
-            let is_dir = entry.file_type().map_err(|e| io_err(&path, e))?.is_dir();
-            let res = if is_dir {
-                std::fs::remove_dir_all(&path)
-            } else {
-                std::fs::remove_file(&path)
-            };
-            match res {
-                Ok(()) => removed += 1,
-                Err(e) if e.kind() == ErrorKind::NotFound => {}
-                Err(e) => return Err(io_err(&path, e)),
-            }
-        }
-        if removed > 0 {
-            tracing::info!(removed, dir = %staging.display(), "removed unacknowledged staged files left by a previous run");
-        }
+        empty_staging(&staging)?;
         Ok(FolderBlobStore {
             inner: Arc::new(Inner { blobs, staging }),
         })

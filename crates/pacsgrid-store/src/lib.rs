@@ -2,8 +2,8 @@
 //!
 //! [`BlobStore`] keeps immutable objects addressed by their content hash; [`Index`] keeps the
 //! patient / study / series / instance attributes, holders, quarantine and the change feed.
-//! Each trait has an embedded backend (a local folder, SQLite) and one conformance suite
-//! that every backend must pass.
+//! Each trait has an embedded backend (a local folder, SQLite), blobs also an S3-compatible
+//! one, and one conformance suite that every backend must pass.
 
 pub mod blob;
 #[cfg(test)]
@@ -12,9 +12,10 @@ pub mod folder;
 pub mod grid_index;
 pub mod index;
 pub mod model;
+pub mod s3;
 pub mod sqlite;
 
-pub use blob::{BlobChunks, BlobError, BlobReader, BlobStore, Space, StagedBlob};
+pub use blob::{BlobBackend, BlobChunks, BlobError, BlobReader, BlobStore, Space, StagedBlob};
 pub use folder::FolderBlobStore;
 pub use grid_index::{
     FeedEntry, GridConflict, GridIndex, Holder, HolderChange, Holdings, PeerChange, PeerCursor,
@@ -22,4 +23,5 @@ pub use grid_index::{
 };
 pub use index::{Index, IndexError, InsertOutcome};
 pub use model::*;
+pub use s3::{S3BlobStore, S3Config};
 pub use sqlite::{Durability, SqliteIndex};

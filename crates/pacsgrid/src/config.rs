@@ -33,6 +33,58 @@ pub struct Config {
     /// The de-identified view researchers are served.
     #[serde(default)]
     pub deid: DeidSection,
+    /// Where blob bytes rest (the data directory, or an S3 bucket).
+    #[serde(default)]
+    pub storage: StorageSection,
+}
+
+/// `[storage]`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StorageSection {
+    /// `"folder"` keeps blobs under the data directory; `"s3"` in the `[storage.s3]` bucket.
+    #[serde(default)]
+    pub blobs: BlobsKind,
+    /// The bucket, when `blobs = "s3"`.
+    pub s3: Option<pacsgrid_store::S3Config>,
+}
+
+/// `storage.blobs`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BlobsKind {
+    /// `DATA/blobs`, one file per object.
+    #[default]
+    Folder,
+    /// An S3-compatible object store (`[storage.s3]`).
+    S3,
+}
+
+impl StorageSection {
+    /// The blob backend the archive opens; `validate` has checked that they fit together.
+    pub fn backend(&self) -> pacsgrid_store::BlobBackend {
+        match (self.blobs, &self.s3) {
+            (BlobsKind::S3, Some(s3)) => pacsgrid_store::BlobBackend::S3(s3.clone()),
+            _ => pacsgrid_store::BlobBackend::Folder,
+        }
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        match (self.blobs, &self.s3) {
+            (BlobsKind::S3, None) => Err(ConfigError::Invalid(
+                "storage.blobs = \"s3\" needs a [storage.s3] section with at least `bucket`".into(),
+            )),
+            (BlobsKind::Folder, Some(_)) => Err(ConfigError::Invalid(
+                "[storage.s3] is set but storage.blobs is \"folder\": set storage.blobs = \"s3\" \
+                 to keep blobs in the bucket, or remove [storage.s3]"
+                    .into(),
+            )),
+            (BlobsKind::S3, Some(s3)) => s3
+                .validate()
+                .map_err(|e| ConfigError::Invalid(e.to_string())),
+            (BlobsKind::Folder, None) => Ok(()),
+        }
+    }
 }
 
 /// `[deid]`.
@@ -332,6 +384,16 @@ impl Config {
                 *f = base.join(&*f);
             }
         }
+        if let Some(f) = cfg
+            .storage
+            .s3
+            .as_mut()
+            .and_then(|s3| s3.secret_access_key_file.as_mut())
+        {
+            if f.is_relative() {
+                *f = base.join(&*f);
+            }
+        }
         for r in &mut cfg.remote_ae {
             if let Some(ca) = &mut r.tls_ca {
                 if ca.is_relative() {
@@ -374,6 +436,18 @@ impl Config {
                 .map_err(|e| ConfigError::Invalid(e.to_string()))?;
         }
         self.validate_dicom_ports()?;
+        self.storage.validate()?;
+        if self.storage.blobs == BlobsKind::S3
+            && self.grid.as_ref().is_some_and(|g| g.cache_retrieved)
+        {
+            // The archive hands out a kept copy by opening its local file, which an object
+            // store does not have: the retrieve would fail after the upload.
+            return Err(ConfigError::Invalid(
+                "grid.cache_retrieved = true is not supported with storage.blobs = \"s3\" yet: \
+                 set it to false (retrieved bytes are then served without keeping a copy)"
+                    .into(),
+            ));
+        }
         if self.dicom.max_associations == 0 {
             return Err(ConfigError::Invalid(
                 "dicom.max_associations must be at least 1".into(),
@@ -420,6 +494,23 @@ mod tests {
         let grid = cfg.grid.unwrap();
         assert_eq!(grid.copies, 2);
         assert_eq!(grid.peers.len(), 1);
+    }
+
+    #[test]
+    fn example_storage_s3_section_parses_when_uncommented() {
+        let text = include_str!("../../../pacsgrid.example.toml");
+        let start = text.find("# [storage.s3]").unwrap();
+        let section: String = text[start..]
+            .lines()
+            .take_while(|l| l.starts_with('#'))
+            .map(|l| l.strip_prefix("# ").unwrap_or(l))
+            .collect::<Vec<_>>()
+            .join("\n");
+        let cfg: Config = toml::from_str(&format!("[storage]\nblobs = \"s3\"\n{section}")).unwrap();
+        cfg.validate().unwrap();
+        let s3 = cfg.storage.s3.unwrap();
+        assert_eq!(s3.bucket, "pacsgrid-site-a");
+        assert_eq!(s3.prefix, "blobs");
     }
 
     #[test]
@@ -524,6 +615,59 @@ mod tests {
         let err = toml::from_str::<Config>("[dicom.tls]\ncert = \"c\"\nkey = \"k\"\nca = 1\n")
             .unwrap_err();
         assert!(err.to_string().contains("ca"), "{err}");
+    }
+
+    #[test]
+    fn storage_section_chooses_the_blob_backend() {
+        let cfg: Config = toml::from_str("").unwrap();
+        assert!(matches!(
+            cfg.storage.backend(),
+            pacsgrid_store::BlobBackend::Folder
+        ));
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("n.toml");
+        std::fs::write(
+            &path,
+            "[storage]\nblobs = \"s3\"\n[storage.s3]\nbucket = \"scans\"\n\
+             endpoint = \"http://127.0.0.1:9000\"\nallow_http = true\naccess_key_id = \"AK\"\n\
+             secret_access_key_file = \"keys/s3.secret\"\n",
+        )
+        .unwrap();
+        let cfg = Config::load(&path).unwrap();
+        cfg.validate().unwrap();
+        let pacsgrid_store::BlobBackend::S3(s3) = cfg.storage.backend() else {
+            panic!("not s3");
+        };
+        assert_eq!(s3.bucket, "scans");
+        assert_eq!(s3.prefix, "blobs");
+        assert_eq!(
+            s3.secret_access_key_file,
+            Some(dir.path().join("keys/s3.secret"))
+        );
+        for (text, needle) in [
+            ("[storage]\nblobs = \"s3\"\n", "[storage.s3]"),
+            ("[storage.s3]\nbucket = \"scans\"\n", "storage.blobs"),
+            (
+                "[storage]\nblobs = \"s3\"\n[storage.s3]\nbucket = \"x\"\n",
+                "bucket",
+            ),
+        ] {
+            let cfg: Config = toml::from_str(text).unwrap();
+            let err = cfg.validate().unwrap_err().to_string();
+            assert!(err.contains(needle), "{text}: {err}");
+        }
+        let grid = "[node]\nsite = \"a\"\n[grid]\nlisten = \"x:1\"\nurl = \"https://x:1\"\n\
+                    ca_cert = \"c\"\ncert = \"c\"\nkey = \"k\"\ncopies = 1\ncache_retrieved = true\n\
+                    [storage]\nblobs = \"s3\"\n[storage.s3]\nbucket = \"scans\"\n";
+        let cfg: Config = toml::from_str(grid).unwrap();
+        let err = cfg.validate().unwrap_err().to_string();
+        assert!(err.contains("cache_retrieved"), "{err}");
+        for bad in [
+            "[storage]\nblobs = \"nfs\"\n",
+            "[storage]\nblobs = \"s3\"\n[storage.s3]\nbucket = \"b\"\nsecret_access_key = \"x\"\n",
+        ] {
+            assert!(toml::from_str::<Config>(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

@@ -165,6 +165,8 @@ async fn import_local(
         Some(path) => crate::config::Config::load(path)?,
         None => crate::config::Config::default(),
     };
+    // the node's own checks: above all, blobs go where the node keeps them
+    cfg.validate()?;
     let node = cfg.node.clone();
     let data = args
         .data
@@ -175,6 +177,7 @@ async fn import_local(
         data_dir: data.clone(),
         site: args.site.clone().unwrap_or(node.site),
         default_issuer: args.default_issuer.clone().unwrap_or(node.default_issuer),
+        blobs: cfg.storage.backend(),
     })
     .await
     .with_context(|| format!("opening {} (is a node running on it?)", data.display()))?;

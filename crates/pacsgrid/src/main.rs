@@ -46,11 +46,15 @@ enum Command {
         #[command(subcommand)]
         command: access_cli::AccessCommand,
     },
-    /// Checks that a data directory's index and blob store agree (stop the node first).
+    /// Checks that a data directory's index and blob store agree (stop the node first); with
+    /// --config, first validates the configuration and checks its blob store (S3 bucket).
     Check {
-        /// Data directory.
-        #[arg(long, env = "PACSGRID_DATA", default_value = "./pacsgrid-data")]
-        data: PathBuf,
+        /// Data directory. Default: the config's node.data_dir, else ./pacsgrid-data.
+        #[arg(long, env = "PACSGRID_DATA")]
+        data: Option<PathBuf>,
+        /// TOML configuration file to validate; its storage settings choose the blob store.
+        #[arg(long)]
+        config: Option<PathBuf>,
         /// Skip re-reading every blob to verify its hash.
         #[arg(long)]
         quick: bool,
@@ -92,7 +96,11 @@ fn main() -> std::process::ExitCode {
         match cli.command {
             Command::Serve(args) => serve::run(args).await,
             Command::Import(args) => import::run(args).await,
-            Command::Check { data, quick } => check::run(&data, !quick).await,
+            Command::Check {
+                data,
+                config,
+                quick,
+            } => check::run(config.as_deref(), data.as_deref(), !quick).await,
             Command::Grid {
                 command: grid_setup::GridCommand::Status(args),
             } => grid_admin::status(args).await,

@@ -155,9 +155,17 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         data_dir: data_dir.clone(),
         site: cfg.node.site.clone(),
         default_issuer: cfg.node.default_issuer.clone(),
+        blobs: cfg.storage.backend(),
     })
     .await
-    .with_context(|| format!("opening data directory {}", data_dir.display()))?;
+    .with_context(|| match &cfg.storage.s3 {
+        Some(s3) if cfg.storage.blobs == crate::config::BlobsKind::S3 => format!(
+            "opening data directory {} with blobs in {}",
+            data_dir.display(),
+            s3.location()
+        ),
+        _ => format!("opening data directory {}", data_dir.display()),
+    })?;
     let access = crate::access::open(&cfg, &data_dir)?;
     let deid_secret = crate::deid_secret::load_or_create(
         &cfg.deid

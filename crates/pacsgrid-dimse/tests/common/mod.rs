@@ -59,6 +59,7 @@ impl Node {
             data_dir: dir.path().join("data"),
             site: "test".into(),
             default_issuer: "TEST".into(),
+            blobs: Default::default(),
         })
         .await
         .unwrap();

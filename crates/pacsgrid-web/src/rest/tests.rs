@@ -50,6 +50,7 @@ async fn fixture() -> Fixture {
         data_dir: data.path().to_path_buf(),
         site: "site-x".into(),
         default_issuer: "HOSP".into(),
+        blobs: Default::default(),
     })
     .await
     .unwrap();

@@ -56,6 +56,7 @@ pub(crate) async fn loaded(dir: &std::path::Path) -> HttpState {
         data_dir: dir.to_path_buf(),
         site: "test".into(),
         default_issuer: "ISS".into(),
+        blobs: Default::default(),
     })
     .await
     .unwrap();

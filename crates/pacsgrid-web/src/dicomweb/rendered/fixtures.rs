@@ -107,6 +107,7 @@ pub(crate) async fn state(dir: &std::path::Path, max_upload_bytes: u64) -> HttpS
         data_dir: dir.to_path_buf(),
         site: "test".into(),
         default_issuer: "TESTISSUER".into(),
+        blobs: Default::default(),
     })
     .await
     .expect("archive opens");
