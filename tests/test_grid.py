@@ -16,6 +16,7 @@ import time
 import urllib.request
 from pathlib import Path
 
+import pydicom
 import pytest
 
 from harness import (SUCCESS, Corpus, Node, RemoteAE, StoreSCP, assert_identical, c_get, c_move,
@@ -375,6 +376,60 @@ def test_anti_entropy_finds_what_a_feed_missed(grid_factory, corpus, tmp_path):
     got = getscu_study(g["c"], tmp_path / "missed", missed_uid)
     assert_identical(expected(missed), got, "getscu at C of the study its feeds missed")
     _holders_are_k_and_verified(g, corpus, 2, ["a", "b", "c"])
+
+
+def _big_instance(path: Path, frames: int) -> Path:
+    """An uncompressed multi-frame MR of 8 MiB per frame, random pixels, written with pydicom."""
+    import numpy as np
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage, generate_uid
+    ds = Dataset()
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.MediaStorageSOPClassUID = MRImageStorage
+    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID = generate_uid()
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.SOPClassUID = MRImageStorage
+    ds.PatientID, ds.PatientName, ds.Modality = "BIG1", "Big^Transfer", "MR"
+    ds.StudyInstanceUID, ds.SeriesInstanceUID = generate_uid(), generate_uid()
+    ds.Rows = ds.Columns = 2048
+    ds.NumberOfFrames = frames
+    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
+    rng = np.random.default_rng(7)
+    ds.PixelData = rng.integers(0, 4096, size=frames * 2048 * 2048, dtype=np.uint16).tobytes()
+    ds.save_as(path, enforce_file_format=True)
+    return path
+
+
+def test_a_copy_cut_off_by_a_kill_goes_on_where_it_stopped(grid_factory, tmp_path):
+    """B is killed while it receives a 40 MB instance from A (pulls capped at 8 MB/s); after
+    its restart it asks A only for the bytes it did not have, and its copy verifies."""
+    big = _big_instance(tmp_path / "big.dcm", frames=5)
+    g = grid_factory(sites="a,b", copies=2, extra={"transfer_max_mbps": "8"}).start()
+    store_ok(g["a"], [big])
+    partial_dir = g["b"].data_dir / "partial"
+
+    def partial_bytes() -> int:
+        return sum(f.stat().st_size for f in partial_dir.glob("*")) if partial_dir.exists() else 0
+
+    wait_for("B has received part of the copy", lambda: partial_bytes() >= 6 << 20, timeout=30)
+    g["b"].kill9()
+    kept = partial_bytes()
+    size = big.stat().st_size
+    assert (6 << 20) <= kept < size, f"{kept} of {size} bytes kept"
+
+    g["b"].start()
+    g.settle(1)
+    log = g["b"].log_text()
+    resumed = [int(m) for m in re.findall(r"offset=(\d+).*resuming a copy cut off before", log)
+               + re.findall(r"resuming a copy cut off before.*?offset=(\d+)", log)]
+    assert resumed and resumed[0] == kept, (resumed, kept, g["b"].log_tail(40))
+    assert not any(partial_dir.glob("*")), "the partial copy became the blob"
+    sop = str(pydicom.dcmread(big, stop_before_pixels=True).SOPInstanceUID)
+    assert g.holders("b", sop) == ["a", "b"]
+    h = next(p.name for p in (g["a"].data_dir / "blobs").rglob("*") if p.is_file()
+             and p.stat().st_size > 30 << 20)
+    assert g.blob_path("b", h).read_bytes() == g.blob_path("a", h).read_bytes()
 
 
 def test_scrub_replaces_a_corrupt_copy(grid_factory, corpus):

@@ -248,10 +248,12 @@ impl PeerClient {
                 .and_then(crate::protocol::parse_content_range);
             match range {
                 Some((start, _)) if start == offset => start,
-                _ => return Err(GridNetError::Decode(format!(
+                _ => {
+                    return Err(GridNetError::Decode(format!(
                     "asked for bytes from {offset}, got a partial answer with Content-Range {:?}",
                     resp.headers().get(reqwest::header::CONTENT_RANGE)
-                ))),
+                )))
+                }
             }
         } else {
             0
