@@ -523,23 +523,19 @@ impl Archive {
             hash: inst.hash.clone(),
             size: inst.size,
         };
+        // The retrieve reads the copy through a handle opened before the put: the folder
+        // store renames the same file into place, an object store uploads it and removes
+        // it, and the open handle reads the verified bytes either way.
         let kept = async {
-            tokio::fs::File::open(&dest).await?.sync_all().await?;
+            let file = tokio::fs::File::open(&dest).await?;
+            file.sync_all().await?;
             let _gc = self.blob_gc.read().await;
             self.blobs.put(staged).await?;
-            Ok::<_, ArchiveError>(())
+            Ok::<_, ArchiveError>(file)
         }
         .await;
         match kept {
-            Ok(()) => {
-                let file = tokio::fs::File::from_std(
-                    self.blobs
-                        .local_path(&inst.hash)
-                        .map(std::fs::File::open)
-                        .ok_or_else(|| unavailable("cache is not local".into()))??,
-                );
-                Ok(Fetched::File(file))
-            }
+            Ok(file) => Ok(Fetched::File(file)),
             Err(e) => {
                 tracing::warn!(hash = %inst.hash, error = %e, "could not keep a cached copy");
                 Got::Staged(Arc::new(dest)).open().await

@@ -401,3 +401,51 @@ async fn a_read_ahead_of_bytes_held_here_leaves_them_read_here() {
     }
     assert_eq!(remote.calls.load(Ordering::SeqCst), 0);
 }
+
+/// [`FromA`] for a site that keeps what it fetches for a retrieve as a cached copy.
+struct KeepingFromA(FromA);
+
+#[async_trait]
+impl RemoteFetch for KeepingFromA {
+    async fn fetch(&self, sop: &str, hash: &str, size: u64, dest: &Path) -> Result<(), String> {
+        self.0.fetch(sop, hash, size, dest).await
+    }
+
+    fn keep_fetched(&self) -> bool {
+        true
+    }
+}
+
+#[tokio::test]
+async fn a_kept_copy_is_served_by_the_retrieve_that_fetched_it_and_the_next_one() {
+    let (ad, bd, fd) = (
+        tempfile::tempdir().unwrap(),
+        tempfile::tempdir().unwrap(),
+        tempfile::tempdir().unwrap(),
+    );
+    let (a, b, bytes) = two_sites(ad.path(), bd.path(), fd.path()).await;
+    let remote = Arc::new(KeepingFromA(FromA {
+        a,
+        memory: false,
+        calls: AtomicUsize::new(0),
+    }));
+    b.attach_grid(remote.clone(), Arc::new(NoControl));
+    let inst = b.instance(SOP).await.unwrap().unwrap();
+    for round in 0..2 {
+        let mut got = Vec::new();
+        b.open_file(&inst)
+            .await
+            .unwrap()
+            .read_to_end(&mut got)
+            .await
+            .unwrap();
+        assert_eq!(got, bytes, "round {round}");
+    }
+    assert_eq!(
+        remote.0.calls.load(Ordering::SeqCst),
+        1,
+        "fetched once, then cached"
+    );
+    assert!(b.verify_blob(&inst.hash).await.unwrap());
+    assert_eq!(staging_files(bd.path()), 0);
+}

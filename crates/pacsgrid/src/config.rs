@@ -437,17 +437,6 @@ impl Config {
         }
         self.validate_dicom_ports()?;
         self.storage.validate()?;
-        if self.storage.blobs == BlobsKind::S3
-            && self.grid.as_ref().is_some_and(|g| g.cache_retrieved)
-        {
-            // The archive hands out a kept copy by opening its local file, which an object
-            // store does not have: the retrieve would fail after the upload.
-            return Err(ConfigError::Invalid(
-                "grid.cache_retrieved = true is not supported with storage.blobs = \"s3\" yet: \
-                 set it to false (retrieved bytes are then served without keeping a copy)"
-                    .into(),
-            ));
-        }
         if self.dicom.max_associations == 0 {
             return Err(ConfigError::Invalid(
                 "dicom.max_associations must be at least 1".into(),
@@ -656,12 +645,6 @@ mod tests {
             let err = cfg.validate().unwrap_err().to_string();
             assert!(err.contains(needle), "{text}: {err}");
         }
-        let grid = "[node]\nsite = \"a\"\n[grid]\nlisten = \"x:1\"\nurl = \"https://x:1\"\n\
-                    ca_cert = \"c\"\ncert = \"c\"\nkey = \"k\"\ncopies = 1\ncache_retrieved = true\n\
-                    [storage]\nblobs = \"s3\"\n[storage.s3]\nbucket = \"scans\"\n";
-        let cfg: Config = toml::from_str(grid).unwrap();
-        let err = cfg.validate().unwrap_err().to_string();
-        assert!(err.contains("cache_retrieved"), "{err}");
         for bad in [
             "[storage]\nblobs = \"nfs\"\n",
             "[storage]\nblobs = \"s3\"\n[storage.s3]\nbucket = \"b\"\nsecret_access_key = \"x\"\n",
