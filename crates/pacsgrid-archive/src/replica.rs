@@ -26,7 +26,7 @@ const PARTIAL_DIR: &str = "partial";
 
 /// A cut-off copy with fewer bytes than this is removed rather than kept: receiving them
 /// again costs less than a file left behind for every small instance.
-pub const KEEP_PARTIAL_MIN: u64 = 1 << 20;
+pub(crate) const KEEP_PARTIAL_MIN: u64 = 1 << 20;
 
 /// Partial copies untouched for this long are removed at start: their instance may have
 /// been deleted or placed elsewhere since.
@@ -136,9 +136,10 @@ pub(crate) fn prepare_partials(data_dir: &Path) -> std::io::Result<usize> {
             .and_then(|t| SystemTime::now().duration_since(t).ok())
             .is_some_and(|age| age > PARTIAL_MAX_AGE);
         let ours = name.to_str().is_some_and(is_valid_hash);
-        if stale || !ours || entry.file_type()?.is_dir() {
+        let is_dir = entry.file_type()?.is_dir();
+        if stale || !ours || is_dir {
             tracing::info!(file = %entry.path().display(), "removing a stale partial copy");
-            let res = if entry.file_type()?.is_dir() {
+            let res = if is_dir {
                 std::fs::remove_dir_all(entry.path())
             } else {
                 std::fs::remove_file(entry.path())
@@ -167,10 +168,8 @@ impl Archive {
         let partial = (size >= KEEP_PARTIAL_MIN && is_valid_hash(hash))
             .then(|| self.cfg.data_dir.join(PARTIAL_DIR).join(hash));
         let opened = match partial {
+            // the folder was made when the archive opened (`prepare_partials`)
             Some(path) => tokio::task::spawn_blocking(move || {
-                if let Some(dir) = path.parent() {
-                    std::fs::create_dir_all(dir)?;
-                }
                 open_partial(&path).map(|o| o.map(|o| (o, path)))
             })
             .await

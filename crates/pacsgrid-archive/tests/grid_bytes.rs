@@ -93,6 +93,15 @@ async fn two_sites_sized(
     (a, b, bytes)
 }
 
+/// Data directories for sites a and b, and a folder for the files stored at a.
+fn three_dirs() -> (tempfile::TempDir, tempfile::TempDir, tempfile::TempDir) {
+    (
+        tempfile::tempdir().unwrap(),
+        tempfile::tempdir().unwrap(),
+        tempfile::tempdir().unwrap(),
+    )
+}
+
 fn staging_files(dir: &Path) -> usize {
     walk(dir)
         .into_iter()
@@ -115,11 +124,7 @@ fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
 
 #[tokio::test]
 async fn a_replica_counts_only_with_the_right_hash() {
-    let (ad, bd, fd) = (
-        tempfile::tempdir().unwrap(),
-        tempfile::tempdir().unwrap(),
-        tempfile::tempdir().unwrap(),
-    );
+    let (ad, bd, fd) = three_dirs();
     let (_a, b, bytes) = two_sites(ad.path(), bd.path(), fd.path()).await;
     let inst = b.instance(SOP).await.unwrap().unwrap();
     assert!(!b.has_blob(&inst.hash).await.unwrap());
@@ -168,11 +173,7 @@ fn partial_files(dir: &Path) -> Vec<std::path::PathBuf> {
 
 #[tokio::test]
 async fn a_cut_off_replica_goes_on_from_its_partial_copy() {
-    let (ad, bd, fd) = (
-        tempfile::tempdir().unwrap(),
-        tempfile::tempdir().unwrap(),
-        tempfile::tempdir().unwrap(),
-    );
+    let (ad, bd, fd) = three_dirs();
     let (_a, b, bytes) = two_sites_sized(ad.path(), bd.path(), fd.path(), 5_000_000).await;
     let inst = b.instance(SOP).await.unwrap().unwrap();
     let all = Bytes::from(bytes);
@@ -202,11 +203,7 @@ async fn a_cut_off_replica_goes_on_from_its_partial_copy() {
 
 #[tokio::test]
 async fn a_partial_copy_with_wrong_bytes_is_dropped_and_a_restart_starts_clean() {
-    let (ad, bd, fd) = (
-        tempfile::tempdir().unwrap(),
-        tempfile::tempdir().unwrap(),
-        tempfile::tempdir().unwrap(),
-    );
+    let (ad, bd, fd) = three_dirs();
     let (_a, b, bytes) = two_sites_sized(ad.path(), bd.path(), fd.path(), 3_000_000).await;
     let inst = b.instance(SOP).await.unwrap().unwrap();
     let dir = bd.path().join("partial");
@@ -310,11 +307,7 @@ impl GridControl for NoControl {
 #[tokio::test]
 async fn bytes_held_elsewhere_come_back_whole_from_memory_or_file() {
     for memory in [true, false] {
-        let (ad, bd, fd) = (
-            tempfile::tempdir().unwrap(),
-            tempfile::tempdir().unwrap(),
-            tempfile::tempdir().unwrap(),
-        );
+        let (ad, bd, fd) = three_dirs();
         let (a, b, bytes) = two_sites(ad.path(), bd.path(), fd.path()).await;
         let remote = Arc::new(FromA {
             a,
@@ -372,11 +365,7 @@ async fn bytes_held_elsewhere_come_back_whole_from_memory_or_file() {
 
 #[tokio::test]
 async fn a_read_ahead_of_bytes_held_here_leaves_them_read_here() {
-    let (ad, bd, fd) = (
-        tempfile::tempdir().unwrap(),
-        tempfile::tempdir().unwrap(),
-        tempfile::tempdir().unwrap(),
-    );
+    let (ad, bd, fd) = three_dirs();
     let (a, _b, bytes) = two_sites(ad.path(), bd.path(), fd.path()).await;
     // Site a in a grid, asked to read ahead an instance it holds itself (a retrieve does so
     // for every instance it is about to send): the read-ahead finds the bytes here, and the
@@ -418,11 +407,7 @@ impl RemoteFetch for KeepingFromA {
 
 #[tokio::test]
 async fn a_kept_copy_is_served_by_the_retrieve_that_fetched_it_and_the_next_one() {
-    let (ad, bd, fd) = (
-        tempfile::tempdir().unwrap(),
-        tempfile::tempdir().unwrap(),
-        tempfile::tempdir().unwrap(),
-    );
+    let (ad, bd, fd) = three_dirs();
     let (a, b, bytes) = two_sites(ad.path(), bd.path(), fd.path()).await;
     let remote = Arc::new(KeepingFromA(FromA {
         a,

@@ -61,13 +61,20 @@ pub(crate) enum PullError {
 }
 
 impl Grid {
-    /// Opens the blob `hash` at `source` for reading with [`Grid::next_chunk`].
-    async fn open_blob(&self, source: &PeerState, hash: &str) -> Result<PeerByteStream, PullError> {
-        let (_, body) = self
+    /// Opens the blob `hash` at `source` from byte `offset` for reading with
+    /// [`Grid::next_chunk`]; returns the byte the body really starts at (0 when the source
+    /// sent the whole blob, which it may).
+    async fn open_blob(
+        &self,
+        source: &PeerState,
+        hash: &str,
+        offset: u64,
+    ) -> Result<(u64, PeerByteStream), PullError> {
+        let (start, _, body) = self
             .client
-            .get_stream(&source.url, &format!("/grid/v1/blobs/{hash}"))
+            .get_stream_from(&source.url, &format!("/grid/v1/blobs/{hash}"), offset)
             .await?;
-        Ok(body)
+        Ok((start, body))
     }
 
     /// The next chunk of a blob being received, paced by the site's bandwidth cap.
@@ -105,10 +112,7 @@ impl Grid {
         let mut received = 0u64;
         let mut t_open = t0.elapsed();
         if from < size || size == 0 {
-            let (start, _, mut body) = self
-                .client
-                .get_stream_from(&src.url, &format!("/grid/v1/blobs/{hash}"), from)
-                .await?;
+            let (start, mut body) = self.open_blob(src, hash, from).await?;
             if start != from {
                 // the peer sent the whole blob: what was kept is not needed
                 replica.restart().await?;
@@ -244,7 +248,7 @@ impl Grid {
             None => FetchSink::Memory(Vec::new()),
         };
         let mut hasher = blake3::Hasher::new();
-        let mut body = self.open_blob(src, hash).await?;
+        let (_, mut body) = self.open_blob(src, hash, 0).await?;
         let mut got = 0u64;
         while let Some(chunk) = self.next_chunk(&mut body).await? {
             got += chunk.len() as u64;

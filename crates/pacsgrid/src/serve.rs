@@ -151,20 +151,23 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         .data_dir
         .clone()
         .unwrap_or_else(|| PathBuf::from("./pacsgrid-data"));
+    let blobs = cfg.storage.backend();
     let archive = Archive::open(ArchiveConfig {
         data_dir: data_dir.clone(),
         site: cfg.node.site.clone(),
         default_issuer: cfg.node.default_issuer.clone(),
-        blobs: cfg.storage.backend(),
+        blobs: blobs.clone(),
     })
     .await
-    .with_context(|| match &cfg.storage.s3 {
-        Some(s3) if cfg.storage.blobs == crate::config::BlobsKind::S3 => format!(
+    .with_context(|| match &blobs {
+        pacsgrid_store::BlobBackend::S3(s3) => format!(
             "opening data directory {} with blobs in {}",
             data_dir.display(),
             s3.location()
         ),
-        _ => format!("opening data directory {}", data_dir.display()),
+        pacsgrid_store::BlobBackend::Folder => {
+            format!("opening data directory {}", data_dir.display())
+        }
     })?;
     let access = crate::access::open(&cfg, &data_dir)?;
     let deid_secret = crate::deid_secret::load_or_create(
