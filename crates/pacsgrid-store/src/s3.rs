@@ -605,7 +605,15 @@ mod tests {
     #[test]
     fn keys_fan_out_like_the_folder_store() {
         let dir = tempfile::tempdir().unwrap();
-        let c = cfg("bucket = \"scans\"\nprefix = \"p\"\naccess_key_id = \"a\"\n").unwrap();
+        // a secret of its own, so the test does not depend on AWS_* in the environment
+        let secret = dir.path().join("secret");
+        std::fs::write(&secret, "s").unwrap();
+        let c = cfg(&format!(
+            "bucket = \"scans\"\nprefix = \"p\"\naccess_key_id = \"a\"\n\
+             secret_access_key_file = {:?}\n",
+            secret.display().to_string()
+        ))
+        .unwrap();
         let store = S3BlobStore::connect(&c, &dir.path().join("staging")).unwrap();
         let h = "ab".repeat(32);
         assert_eq!(store.key(&h).unwrap().as_ref(), format!("p/ab/{h}"));

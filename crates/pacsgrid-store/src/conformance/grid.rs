@@ -229,3 +229,233 @@ pub async fn cursors_and_conflicts_persist<I: Index>(index: Arc<I>) {
     assert!(!index.record_conflict(&g).await.unwrap());
     assert_eq!(index.conflicts().await.unwrap(), vec![g]);
 }
+
+// ---------------------------------------------------------------------------------------
+// peer pages
+
+fn held(rec: &InstanceRecord, h: Holder, holds: bool) -> PeerChange {
+    PeerChange::Holder {
+        sop_instance_uid: rec.instance.sop_instance_uid.clone(),
+        hash: rec.hash.clone(),
+        holder: h,
+        holds,
+    }
+}
+
+fn tombstone(rec: &InstanceRecord, at_ms: i64) -> Tombstone {
+    Tombstone {
+        sop_instance_uid: rec.instance.sop_instance_uid.clone(),
+        study_uid: rec.study.study_uid.clone(),
+        series_uid: rec.series.series_uid.clone(),
+        hash: rec.hash.clone(),
+        at_ms,
+        site: "b".into(),
+    }
+}
+
+/// A page with every kind of change, including ones that change nothing.
+fn mixed_page() -> Vec<PeerChange> {
+    let (r1, r2, r3) = (record(1, 1, 1, 1), record(1, 1, 1, 2), record(1, 2, 1, 1));
+    let mut other = r1.clone();
+    other.hash = "cd".repeat(32);
+    let mut unseen = record(9, 1, 1, 1);
+    unseen.hash = "ab".repeat(32);
+    vec![
+        PeerChange::Record(Box::new(r1.clone())),
+        held(&r1, holder("b", "ib"), true),
+        PeerChange::Record(Box::new(r2.clone())),
+        held(&r2, holder("b", "ib"), true),
+        held(&r2, holder("c", "ic"), true),
+        PeerChange::Record(Box::new(r3.clone())),
+        held(&r3, holder("c", "ic"), true),
+        // the same UID with other bytes: a conflict, nothing merged
+        PeerChange::Record(Box::new(other.clone())),
+        held(&other, holder("c", "ic"), true),
+        // released by c; then again (already so), and by an old incarnation of b
+        held(&r2, holder("c", "ic"), false),
+        held(&r2, holder("c", "ic"), false),
+        held(&r1, holder("b", "old"), false),
+        // b is wiped: its new incarnation replaces the old copy
+        held(&r1, holder("b", "ib2"), true),
+        PeerChange::Tombstone(tombstone(&r3, r3.received_at_ms + 5)),
+        PeerChange::Tombstone(tombstone(&unseen, 7)),
+        // a late record of the deleted instance stays deleted
+        PeerChange::Record(Box::new(r3.clone())),
+        held(&r3, holder("b", "ib"), true),
+        PeerChange::Record(Box::new(r1.clone())),
+    ]
+}
+
+fn cursor(n: i64) -> PeerCursor {
+    PeerCursor {
+        site: "b".into(),
+        incarnation: "ib".into(),
+        cursor: n,
+    }
+}
+
+/// Everything a peer or a query could see of the grid part of an index; feed times of
+/// holder entries (the moment of applying) left out.
+async fn state<I: Index>(index: &I) -> impl PartialEq + std::fmt::Debug {
+    let mut feed = index.feed(0, 0).await.unwrap();
+    for e in &mut feed {
+        if matches!(e.kind, ChangeKind::Held | ChangeKind::Released) {
+            e.at_ms = 0;
+        }
+    }
+    let mut records = Vec::new();
+    for h in index.holdings(0, 0).await.unwrap() {
+        records.push(index.record(&h.sop_instance_uid).await.unwrap());
+    }
+    (
+        feed,
+        index.holdings(0, 0).await.unwrap(),
+        records,
+        index.stats().await.unwrap(),
+        index.removable().await.unwrap(),
+    )
+}
+
+async fn one_by_one<I: Index>(index: &I, changes: &[PeerChange]) -> Vec<PeerOutcome> {
+    let mut out = Vec::new();
+    for c in changes {
+        out.push(match c {
+            PeerChange::Record(r) => PeerOutcome::Record(index.insert_remote(r).await.unwrap()),
+            PeerChange::Holder {
+                sop_instance_uid,
+                hash,
+                holder,
+                holds,
+            } => PeerOutcome::Holder(
+                index
+                    .set_holder(sop_instance_uid, hash, holder, *holds)
+                    .await
+                    .unwrap(),
+            ),
+            PeerChange::Tombstone(t) => {
+                PeerOutcome::Tombstone(index.apply_tombstone(t).await.unwrap())
+            }
+        });
+    }
+    out
+}
+
+/// Needs two empty indexes of the backend: one takes the page, the other its changes.
+pub async fn a_page_applies_like_its_changes_one_by_one<I: Index>(paged: Arc<I>, single: Arc<I>) {
+    let page = mixed_page();
+    let a = paged
+        .apply_peer_page(page.clone(), &cursor(18))
+        .await
+        .unwrap();
+    let b = one_by_one(&*single, &page).await;
+    assert_eq!(a, b, "the same outcomes, sequence numbers included");
+    assert!(matches!(
+        a[7],
+        PeerOutcome::Record(InsertOutcome::Conflict { .. })
+    ));
+    assert_eq!(a[8], PeerOutcome::Holder(HolderChange::Unknown));
+    assert_eq!(a[15], PeerOutcome::Record(InsertOutcome::Duplicate));
+    assert_eq!(state(&*paged).await, state(&*single).await);
+    assert_eq!(paged.peer_cursors().await.unwrap(), vec![cursor(18)]);
+}
+
+/// A page as one peer's feed could hold it: the mixed page without the copy released
+/// and the new incarnation, which, read twice in a row, flip a holder and back (as the
+/// same entries applied one by one would; each entry is idempotent, a sequence with
+/// both a fact and its reversal is not).
+fn replayable_page() -> Vec<PeerChange> {
+    mixed_page()
+        .into_iter()
+        .enumerate()
+        .filter(|(i, _)| ![9, 10, 12].contains(i))
+        .map(|(_, c)| c)
+        .collect()
+}
+
+pub async fn a_page_applied_twice_changes_nothing<I: Index>(index: Arc<I>) {
+    let page = replayable_page();
+    index
+        .apply_peer_page(page.clone(), &cursor(18))
+        .await
+        .unwrap();
+    let before = state(&*index).await;
+    let again = index.apply_peer_page(page, &cursor(18)).await.unwrap();
+    assert_eq!(state(&*index).await, before, "no new feed entry, no change");
+    for out in again {
+        assert!(
+            matches!(
+                out,
+                PeerOutcome::Record(InsertOutcome::Duplicate | InsertOutcome::Conflict { .. })
+                    | PeerOutcome::Holder(HolderChange::Unchanged | HolderChange::Unknown)
+                    | PeerOutcome::Tombstone(TombstoneOutcome::Known)
+            ),
+            "{out:?}"
+        );
+    }
+}
+
+pub async fn an_empty_page_still_saves_the_cursor<I: Index>(index: Arc<I>) {
+    let out = index.apply_peer_page(Vec::new(), &cursor(5)).await.unwrap();
+    assert!(out.is_empty());
+    assert_eq!(index.peer_cursors().await.unwrap(), vec![cursor(5)]);
+    assert_eq!(index.feed_head().await.unwrap(), 0);
+}
+
+pub async fn concurrent_holder_changes_are_each_committed_once<I: Index>(index: Arc<I>) {
+    let recs: Vec<_> = (0..40).map(|i| record(2, 1, 1, i)).collect();
+    for r in &recs {
+        index.insert_remote(r).await.unwrap();
+    }
+    let head = index.feed_head().await.unwrap();
+    let tasks: Vec<_> = recs
+        .iter()
+        .cloned()
+        .map(|r| {
+            let index = Arc::clone(&index);
+            tokio::spawn(async move {
+                index
+                    .set_holder(
+                        &r.instance.sop_instance_uid,
+                        &r.hash,
+                        &holder("a", "ia"),
+                        true,
+                    )
+                    .await
+                    .unwrap()
+            })
+        })
+        .collect();
+    let mut seqs = Vec::new();
+    for t in tasks {
+        match t.await.unwrap() {
+            HolderChange::Changed { seq } => seqs.push(seq),
+            other => panic!("{other:?}"),
+        }
+    }
+    seqs.sort();
+    seqs.dedup();
+    assert_eq!(seqs.len(), 40);
+    assert_eq!(index.feed_head().await.unwrap(), head + 40);
+    assert!(index
+        .holdings(0, 0)
+        .await
+        .unwrap()
+        .iter()
+        .all(|h| h.holders == vec![holder("a", "ia")]));
+    // and again: nothing changes
+    for r in &recs {
+        assert_eq!(
+            index
+                .set_holder(
+                    &r.instance.sop_instance_uid,
+                    &r.hash,
+                    &holder("a", "ia"),
+                    true
+                )
+                .await
+                .unwrap(),
+            HolderChange::Unchanged
+        );
+    }
+    assert_eq!(index.feed_head().await.unwrap(), head + 40);
+}
