@@ -44,7 +44,7 @@ pub struct PostgresConfig {
     /// File whose content (trimmed) is the password, kept out of the config file; absent:
     /// the URL's password or `PGPASSWORD`.
     pub password_file: Option<PathBuf>,
-    /// Most connections the node opens (one writer, the rest answer queries).
+    /// Most connections the node opens: one writes, the others answer queries.
     #[serde(default = "default_max_connections")]
     pub max_connections: u32,
 }
@@ -298,7 +298,10 @@ pub struct PostgresIndex {
 }
 
 pub(crate) struct Inner {
+    /// Connections answering reads.
     pool: PgPool,
+    /// The one connection that writes (writes are serialised anyway).
+    write_pool: PgPool,
     schema: String,
     /// Key of the advisory lock every write transaction takes (see the module docs).
     lock_key: i64,
@@ -391,11 +394,17 @@ impl PostgresIndex {
             .close()
             .await
             .map_err(unreachable)?;
-        let pool = PgPoolOptions::new()
-            .max_connections(cfg.max_connections)
-            .min_connections(1)
-            .acquire_timeout(Duration::from_secs(30))
-            .connect_with(opts)
+        // The writer has a connection of its own, so that a burst of queries cannot hold
+        // every connection while a store waits to commit.
+        let pools = |n: u32| {
+            PgPoolOptions::new()
+                .max_connections(n)
+                .min_connections(1)
+                .acquire_timeout(Duration::from_secs(30))
+                .connect_with(opts.clone())
+        };
+        let write_pool = pools(1).await.map_err(unreachable)?;
+        let pool = pools(cfg.max_connections - 1)
             .await
             .map_err(unreachable)?;
         let lock_key = advisory_key(&cfg.schema);
@@ -405,6 +414,7 @@ impl PostgresIndex {
         Ok(PostgresIndex {
             inner: Arc::new(Inner {
                 pool,
+                write_pool,
                 schema: cfg.schema.clone(),
                 lock_key,
                 writer: tokio::sync::Mutex::new(()),
@@ -489,7 +499,7 @@ impl PostgresIndex {
 
 /// Begins a transaction holding the schema's advisory write lock.
 async fn begin_write(inner: &Inner) -> Result<Transaction<'static, Postgres>, IndexError> {
-    let mut tx = inner.pool.begin().await?;
+    let mut tx = inner.write_pool.begin().await?;
     sqlx::query("SELECT pg_advisory_xact_lock($1)")
         .bind(inner.lock_key)
         .execute(&mut *tx)
