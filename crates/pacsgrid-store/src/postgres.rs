@@ -1,11 +1,11 @@
 //! The scale-out index: a PostgreSQL database, for archives whose index outgrows one file
 //! or must live on a database server that is backed up and replicated on its own.
 //!
-//! The tables are those of the SQLite index, in a schema of their own per node (several
-//! nodes may share one database). Writes are serialised in-process, as with SQLite: the
-//! change feed must be gap-free in commit order, because peers read it by sequence number
-//! and never look back; a write transaction also takes a transaction-level advisory lock,
-//! so a second process pointed at the same schema waits instead of interleaving numbers.
+//! The tables are those of the SQLite index, in a schema of their own per site (several
+//! sites may share one database). Writes are serialised: the change feed must be numbered
+//! in commit order, because peers read it by sequence number and never look back. In one
+//! process a mutex does it; every write transaction also takes the schema's advisory lock,
+//! so that several node processes of one site (DESIGN.md, "Scale") can share the schema.
 //! Text columns use the "C" collation so that range matching and ordering are by code
 //! point, as in SQLite and in the reference semantics, whatever the database's locale.
 
@@ -38,7 +38,8 @@ pub struct PostgresConfig {
     /// and the other URL parameters apply). A password in the URL works but is better kept
     /// in `password_file`.
     pub url: String,
-    /// Schema holding this node's tables, created if missing; each node needs its own.
+    /// Schema holding this site's tables, created if missing. Each site needs its own; the
+    /// node processes of one site may share it.
     #[serde(default = "default_schema")]
     pub schema: String,
     /// File whose content (trimmed) is the password, kept out of the config file; absent:
@@ -404,9 +405,7 @@ impl PostgresIndex {
                 .connect_with(opts.clone())
         };
         let write_pool = pools(1).await.map_err(unreachable)?;
-        let pool = pools(cfg.max_connections - 1)
-            .await
-            .map_err(unreachable)?;
+        let pool = pools(cfg.max_connections - 1).await.map_err(unreachable)?;
         let lock_key = advisory_key(&cfg.schema);
         migrate(&pool, &cfg.schema, lock_key).await?;
         let incarnation = grid::ensure_incarnation(&pool, &where_).await?;
@@ -1697,6 +1696,49 @@ mod tests {
             b.incarnation().await.unwrap()
         );
         assert_ne!(a.inner.lock_key, b.inner.lock_key);
+    }
+
+    /// Several node processes of one site may share its schema (DESIGN.md, "Scale"): the
+    /// advisory lock keeps their writes in one order, so the feed they share is numbered in
+    /// commit order, each instance recorded once, whichever process stored it.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn processes_sharing_a_schema_write_one_feed() {
+        let Some(cfg) = test_config("shared") else {
+            return;
+        };
+        let a = Arc::new(PostgresIndex::open(&cfg).await.unwrap());
+        let b = Arc::new(PostgresIndex::open(&cfg).await.unwrap());
+        assert_eq!(
+            a.incarnation().await.unwrap(),
+            b.incarnation().await.unwrap(),
+            "one site, one incarnation"
+        );
+        let mut tasks = Vec::new();
+        for n in 0..60u32 {
+            // both processes receive every instance: one records it, the other finds it there
+            for index in [&a, &b] {
+                let index = Arc::clone(index);
+                let rec = crate::conformance::record(n / 20, n / 5 % 4, n % 5, n);
+                tasks.push(tokio::spawn(async move { index.insert(&rec, "A").await }));
+            }
+        }
+        let mut inserted = Vec::new();
+        for t in tasks {
+            match t.await.unwrap().unwrap() {
+                InsertOutcome::Inserted { seq } => inserted.push(seq),
+                InsertOutcome::Duplicate => {}
+                other => panic!("{other:?}"),
+            }
+        }
+        assert_eq!(inserted.len(), 60, "each instance recorded once");
+        let feed = a.changes(0, 0).await.unwrap();
+        let seqs: Vec<i64> = feed.iter().map(|c| c.seq).collect();
+        inserted.sort();
+        assert_eq!(
+            seqs, inserted,
+            "the feed holds exactly the inserts, in order"
+        );
+        assert_eq!(b.stats().await.unwrap().instances, 60);
     }
 
     /// An acknowledged insert must survive a crash of the database server: commits wait
