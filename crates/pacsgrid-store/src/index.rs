@@ -14,6 +14,23 @@ pub enum IndexError {
     /// A blocking task running the database work panicked or was cancelled.
     #[error("index task failed: {0}")]
     Task(String),
+    /// The index is configured wrongly (a key's value); the message names the key.
+    #[error("index configuration: {0}")]
+    Config(String),
+    /// The index database cannot be reached (PostgreSQL down, refused login); the message
+    /// says where and why.
+    #[error("index database unreachable: {0}")]
+    Unreachable(String),
+}
+
+/// Which engine keeps a node's index.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum IndexBackend {
+    /// A SQLite file in the data directory (`DATA/index.sqlite`): nothing else to run.
+    #[default]
+    Sqlite,
+    /// Tables in a PostgreSQL schema, for an index that outgrows one machine's file.
+    Postgres(crate::postgres::PostgresConfig),
 }
 
 /// What [`Index::insert`] did.

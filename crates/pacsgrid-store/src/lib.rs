@@ -2,8 +2,8 @@
 //!
 //! [`BlobStore`] keeps immutable objects addressed by their content hash; [`Index`] keeps the
 //! patient / study / series / instance attributes, holders, quarantine and the change feed.
-//! Each trait has an embedded backend (a local folder, SQLite), blobs also an S3-compatible
-//! one, and one conformance suite that every backend must pass.
+//! Each trait has an embedded backend (a local folder, SQLite) and a scale-out one (an
+//! S3-compatible bucket, PostgreSQL), and one conformance suite that every backend must pass.
 
 pub mod blob;
 #[cfg(test)]
@@ -12,6 +12,7 @@ pub mod folder;
 pub mod grid_index;
 pub mod index;
 pub mod model;
+pub mod postgres;
 pub mod s3;
 pub mod sqlite;
 
@@ -21,7 +22,8 @@ pub use grid_index::{
     FeedEntry, GridConflict, GridIndex, Holder, HolderChange, Holdings, PeerChange, PeerCursor,
     PeerOutcome, Tombstone, TombstoneOutcome,
 };
-pub use index::{Index, IndexError, InsertOutcome};
+pub use index::{Index, IndexBackend, IndexError, InsertOutcome};
 pub use model::*;
+pub use postgres::{PostgresConfig, PostgresIndex};
 pub use s3::{S3BlobStore, S3Config};
 pub use sqlite::{Durability, SqliteIndex};
