@@ -2,7 +2,9 @@
 # Install what the end-to-end suite (tests/) needs on a Debian machine, idempotently:
 #   apt:  dcmtk (storescu, findscu, getscu, movescu, storescp, echoscu, dcmcjpeg), dicom3tools,
 #         openssl (the CLI: test_dicom_tls.py makes its CA and certificates with it),
-#         orthanc + orthanc-dicomweb (test_orthanc_peer.py; the benchmarks compare with it)
+#         orthanc + orthanc-dicomweb (test_orthanc_peer.py; the benchmarks compare with it),
+#         postgresql (server and psql: scripts/pg-test-server.sh makes throwaway servers for
+#         the PostgreSQL index's tests; the packaged service itself is not used)
 #   PyPI: tests/requirements.txt (pytest, pydicom, pynetdicom, codecs for gen_dataset.py,
 #         moto[server] with boto3: an S3-compatible server for the S3 blob store's tests)
 # Whatever is already present is skipped, so a second run takes about a second.
@@ -24,7 +26,7 @@ if [ "$(id -u)" != 0 ]; then SUDO="sudo"; fi
 export DEBIAN_FRONTEND=noninteractive
 
 # ---------------------------------------------------------------- Debian packages
-apt_pkgs=(dcmtk dicom3tools openssl orthanc orthanc-dicomweb)
+apt_pkgs=(dcmtk dicom3tools openssl orthanc orthanc-dicomweb postgresql)
 missing=()
 for p in "${apt_pkgs[@]}"; do
   if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed"; then
@@ -43,8 +45,17 @@ for tool in /usr/bin/{echoscu,storescu,findscu,getscu,movescu,storescp,dcmdump,d
     /usr/sbin/Orthanc /usr/share/orthanc/plugins/libOrthancDicomWeb.so; do
   [ -e "$tool" ] || { echo "install-test-deps: $tool missing after install" >&2; exit 1; }
 done
-# On a machine with systemd, installing orthanc starts the system service on 4242/8042; the
-# tests start their own Orthanc on free ports and leave that one alone.
+# The PostgreSQL server binaries live in a versioned directory; pg-test-server.sh finds the
+# newest one, and the tests run psql from it.
+if ! pg_bin="$("$ROOT/scripts/pg-test-server.sh" bindir)"; then
+  echo "install-test-deps: no PostgreSQL server binaries after installing postgresql" >&2
+  exit 1
+fi
+for tool in "$pg_bin"/{initdb,pg_ctl,pg_isready,postgres,psql}; do
+  [ -x "$tool" ] || { echo "install-test-deps: $tool missing after install" >&2; exit 1; }
+done
+# On a machine with systemd, installing orthanc starts the system service on 4242/8042 (and
+# postgresql its cluster on 5432); the tests start their own on free ports and leave those alone.
 
 # ---------------------------------------------------------------- Python packages
 if "$PY" - "$REQ" <<'PYEOF'

@@ -18,12 +18,20 @@ cargo fmt --all --check
 step "cargo clippy"
 cargo clippy --workspace --all-targets -- -D warnings
 
-step "cargo test (with an S3 server for the S3 blob store's conformance suite)"
-# moto's S3 server on a free loopback port, stopped when this script exits however it exits;
-# with PACSGRID_S3_TEST_REQUIRED=1 the S3 suite fails rather than skips if it is not reachable
+step "cargo test (with an S3 server and a PostgreSQL server for the conformance suites)"
+# moto's S3 server on a free loopback port, and a throwaway PostgreSQL cluster
+# (scripts/pg-test-server.sh), both stopped when this script exits however it exits; with
+# PACSGRID_S3_TEST_REQUIRED=1 / PACSGRID_PG_TEST_REQUIRED=1 their suites fail rather than skip
+# if they are not reachable. PostgreSQL stays up for the end-to-end suite too.
 MOTO_PID=""
+PG_DIR=""
 stop_moto() { if [ -n "$MOTO_PID" ]; then kill "$MOTO_PID" 2>/dev/null || true; wait "$MOTO_PID" 2>/dev/null || true; MOTO_PID=""; fi; }
-trap stop_moto EXIT
+stop_pg() { if [ -n "$PG_DIR" ]; then scripts/pg-test-server.sh stop "$PG_DIR" || true; PG_DIR=""; fi; }
+cleanup() { stop_moto; stop_pg; }
+trap cleanup EXIT
+# a signal ends the script through `exit`, so that the EXIT trap runs
+trap 'exit 130' INT
+trap 'exit 143' TERM
 MOTO_PORT="$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')"
 python3 -m moto.server -H 127.0.0.1 -p "$MOTO_PORT" >"${TMPDIR:-/tmp}/pacsgrid-moto-$$.log" 2>&1 &
 MOTO_PID=$!
@@ -47,6 +55,12 @@ while True:
         time.sleep(0.2)
 print(f"S3 test server: {endpoint}")
 PYEOF
+# the output is read first, so that a failed start stops the script (set -e) before any eval
+pg_env="$(scripts/pg-test-server.sh start)"
+eval "$pg_env"
+PG_DIR="$PACSGRID_PG_TEST_DIR"
+export PACSGRID_PG_TEST_REQUIRED=1
+echo "PostgreSQL test server: $PACSGRID_PG_TEST_URL"
 AWS_ACCESS_KEY_ID=test AWS_SECRET_ACCESS_KEY=test cargo test --workspace
 stop_moto
 

@@ -9,8 +9,9 @@ use crate::transcode;
 use pacsgrid_dicom::{uid, Query};
 use pacsgrid_store::{
     AttrValues, AuditMark, BlobBackend, BlobChunks, BlobError, BlobReader, BlobStore, Change,
-    DeleteTarget, Durability, FolderBlobStore, Index, IndexStats, InsertOutcome, PendingAudit,
-    Provenance, QuarantineEntry, Space, SqliteIndex, StagedBlob, StoredInstance,
+    DeleteTarget, Durability, FolderBlobStore, Index, IndexBackend, IndexStats, InsertOutcome,
+    PendingAudit, PostgresIndex, Provenance, QuarantineEntry, Space, SqliteIndex, StagedBlob,
+    StoredInstance,
 };
 use serde::Serialize;
 use std::collections::HashSet;
@@ -24,7 +25,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt, BufWriter};
 /// How an archive is set up.
 #[derive(Debug, Clone)]
 pub struct ArchiveConfig {
-    /// The data directory: index database, blobs, staging area.
+    /// The data directory: staging area, partial copies, and (by default) index and blobs.
     pub data_dir: PathBuf,
     /// This node's site name, recorded as origin and holder of what it receives.
     pub site: String,
@@ -33,6 +34,9 @@ pub struct ArchiveConfig {
     /// Where blob bytes rest: the data directory's folder, or an S3 bucket (checked at open,
     /// so a node that could not keep what it acknowledges does not start).
     pub blobs: BlobBackend,
+    /// Which engine keeps the index: SQLite in the data directory, or a PostgreSQL schema
+    /// (connected at open, so a node that could not record what it acknowledges does not start).
+    pub index: IndexBackend,
 }
 
 /// What a consistency check found (see [`Archive::check`]).
@@ -106,14 +110,14 @@ fn now_ms() -> i64 {
 }
 
 impl Archive {
-    /// Opens the embedded archive in `cfg.data_dir` (SQLite index, folder blob store),
-    /// creating it if needed. After an unclean stop (a crash, `kill -9`) it first re-indexes
+    /// Opens the archive in `cfg.data_dir` with the index and blob store `cfg` names (by
+    /// default the embedded ones: SQLite, a folder), creating it if needed. After an unclean stop (a crash, `kill -9`) it first re-indexes
     /// or removes blobs the index does not know, so the two agree again.
     pub async fn open(cfg: ArchiveConfig) -> Result<Arc<Archive>, ArchiveError> {
         Archive::open_with(cfg, true).await
     }
 
-    /// Opens the embedded archive for inspection: no reconciliation, and the run marker is
+    /// Opens the archive for inspection: no reconciliation, and the run marker is
     /// left as found (so `pacsgrid check` reports what a crash left, without repairing it).
     pub async fn open_for_check(cfg: ArchiveConfig) -> Result<Arc<Archive>, ArchiveError> {
         Archive::open_with(cfg, false).await
@@ -134,14 +138,28 @@ impl Archive {
                 pacsgrid_store::S3BlobStore::open(s3, &cfg.data_dir.join("staging")).await?,
             ),
         };
-        // The index need not wait for the disk on each commit: the blob is fsynced before
-        // the row is written, and after an unclean stop (power loss included, since the run
-        // marker is then still there) every blob without a row is re-indexed. This saves one
-        // fsync per stored instance without risking an acknowledged one.
-        let index = Arc::new(SqliteIndex::open_with(
-            &cfg.data_dir.join("index.sqlite"),
-            Durability::Rebuildable,
-        )?);
+        let index: Arc<dyn Index> = match &cfg.index {
+            IndexBackend::Sqlite => {
+                let path = cfg.data_dir.join("index.sqlite");
+                tracing::info!(index = "sqlite", path = %path.display(), "opening the index");
+                // The index need not wait for the disk on each commit: the blob is fsynced
+                // before the row is written, and after an unclean stop (power loss included,
+                // since the run marker is then still there) every blob without a row is
+                // re-indexed. This saves one fsync per stored instance without risking an
+                // acknowledged one.
+                Arc::new(SqliteIndex::open_with(&path, Durability::Rebuildable)?)
+            }
+            IndexBackend::Postgres(pg) => {
+                // only the redacted URL may reach a log: operators paste logs into tickets
+                tracing::info!(
+                    index = "postgres",
+                    url = %pacsgrid_store::postgres::redact(&pg.url),
+                    schema = %pg.schema,
+                    "opening the index"
+                );
+                Arc::new(PostgresIndex::open(pg).await?)
+            }
+        };
         let mut archive = Archive::with_backends(cfg, blobs, index);
         archive._lock = Some(lock);
         let marker = archive.cfg.data_dir.join(RUNNING_MARKER);

@@ -47,6 +47,7 @@ async fn archive(dir: &Path) -> Arc<Archive> {
         site: "a".into(),
         default_issuer: "HOSP".into(),
         blobs: Default::default(),
+        index: Default::default(),
     })
     .await
     .unwrap()

@@ -25,6 +25,7 @@ async fn archive(dir: &Path, site: &str) -> Arc<Archive> {
         site: site.into(),
         default_issuer: "HOSP".into(),
         blobs: Default::default(),
+        index: Default::default(),
     })
     .await
     .unwrap()

@@ -44,6 +44,7 @@ async fn archive(dir: &std::path::Path) -> Arc<Archive> {
         site: "a".into(),
         default_issuer: "HOSP".into(),
         blobs: Default::default(),
+        index: Default::default(),
     })
     .await
     .unwrap()

@@ -34,6 +34,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         site: "example".into(),
         default_issuer: "EXAMPLE".into(),
         blobs: Default::default(),
+        index: Default::default(),
     })
     .await?;
     let cfg = DimseConfig {

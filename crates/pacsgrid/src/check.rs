@@ -3,13 +3,15 @@
 use crate::config::Config;
 use anyhow::Context;
 use pacsgrid_archive::{Archive, ArchiveConfig};
-use pacsgrid_store::{BlobBackend, S3BlobStore};
+use pacsgrid_store::postgres::redact;
+use pacsgrid_store::{BlobBackend, IndexBackend, PostgresIndex, S3BlobStore};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-/// With `config`, validates it and checks its blob store first (for S3: the bucket is
-/// listed, written, read and cleaned), printing each check; then, when the data directory
-/// holds an index, prints the consistency report as JSON. Exits 0 only when all is well.
+/// With `config`, validates it and checks its blob store (for S3: the bucket is listed,
+/// written, read and cleaned) and its index database (PostgreSQL: connected, schema ready),
+/// printing each check; then, when the data directory holds an index, prints the
+/// consistency report as JSON. Exits 0 only when all is well.
 pub async fn run(
     config: Option<&Path>,
     data: Option<&Path>,
@@ -17,7 +19,7 @@ pub async fn run(
 ) -> anyhow::Result<ExitCode> {
     let Some(path) = config else {
         let data = data.unwrap_or(Path::new("./pacsgrid-data"));
-        return consistency(data, BlobBackend::Folder, rehash).await;
+        return consistency(data, BlobBackend::Folder, IndexBackend::Sqlite, rehash).await;
     };
     let cfg = Config::load(path)?;
     cfg.validate()?;
@@ -41,19 +43,42 @@ pub async fn run(
             println!("ok: blobs in {}: {checked}", s3.location());
         }
     }
-    if !data.join("index.sqlite").exists() {
+    let index = cfg.storage.index_backend();
+    let compare = match &index {
+        IndexBackend::Sqlite => data.join("index.sqlite").exists(),
+        IndexBackend::Postgres(pg) => {
+            let where_ = format!("PostgreSQL at {} (schema {})", redact(&pg.url), pg.schema);
+            // the same open as the node's start: it connects, logs in and creates or
+            // migrates the schema, so "ok" here means the node can start on it
+            let index = PostgresIndex::open(pg)
+                .await
+                .with_context(|| format!("storage.postgres: cannot use the index in {where_}"))?;
+            // its connections are closed before the consistency check opens its own
+            drop(index);
+            println!("ok: index in {where_}: connected, schema ready");
+            // The rows are in the database, the blobs maybe in a bucket: only a data
+            // directory a node has run on (it holds the LOCK file) has something to compare.
+            data.join("LOCK").exists()
+        }
+    };
+    if !compare {
         println!(
             "ok: no index in {} yet, nothing to compare with the blob store",
             data.display()
         );
         return Ok(ExitCode::SUCCESS);
     }
-    consistency(&data, backend, rehash).await
+    consistency(&data, backend, index, rehash).await
 }
 
 /// Prints a JSON report; exits 0 only when nothing is orphaned, missing or corrupt.
-async fn consistency(data: &Path, blobs: BlobBackend, rehash: bool) -> anyhow::Result<ExitCode> {
-    if !data.join("index.sqlite").exists() {
+async fn consistency(
+    data: &Path,
+    blobs: BlobBackend,
+    index: IndexBackend,
+    rehash: bool,
+) -> anyhow::Result<ExitCode> {
+    if index == IndexBackend::Sqlite && !data.join("index.sqlite").exists() {
         anyhow::bail!("{} holds no pacsgrid index", data.display());
     }
     let archive = Archive::open_for_check(ArchiveConfig {
@@ -61,6 +86,7 @@ async fn consistency(data: &Path, blobs: BlobBackend, rehash: bool) -> anyhow::R
         site: "local".into(),
         default_issuer: "PACSGRID".into(),
         blobs,
+        index,
     })
     .await
     .with_context(|| format!("opening {}", data.display()))?;

@@ -33,7 +33,8 @@ pub struct Config {
     /// The de-identified view researchers are served.
     #[serde(default)]
     pub deid: DeidSection,
-    /// Where blob bytes rest (the data directory, or an S3 bucket).
+    /// Where blob bytes rest (the data directory, or an S3 bucket) and which engine keeps the
+    /// index (SQLite in the data directory, or PostgreSQL).
     #[serde(default)]
     pub storage: StorageSection,
 }
@@ -47,6 +48,12 @@ pub struct StorageSection {
     pub blobs: BlobsKind,
     /// The bucket, when `blobs = "s3"`.
     pub s3: Option<pacsgrid_store::S3Config>,
+    /// `"sqlite"` keeps the index in `DATA/index.sqlite`; `"postgres"` in the
+    /// `[storage.postgres]` database.
+    #[serde(default)]
+    pub index: IndexKind,
+    /// The database, when `index = "postgres"`.
+    pub postgres: Option<pacsgrid_store::PostgresConfig>,
 }
 
 /// `storage.blobs`.
@@ -60,7 +67,26 @@ pub enum BlobsKind {
     S3,
 }
 
+/// `storage.index`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum IndexKind {
+    /// `DATA/index.sqlite`, embedded.
+    #[default]
+    Sqlite,
+    /// A PostgreSQL database (`[storage.postgres]`).
+    Postgres,
+}
+
 impl StorageSection {
+    /// The index backend the archive opens; `validate` has checked that they fit together.
+    pub fn index_backend(&self) -> pacsgrid_store::IndexBackend {
+        match (self.index, &self.postgres) {
+            (IndexKind::Postgres, Some(pg)) => pacsgrid_store::IndexBackend::Postgres(pg.clone()),
+            _ => pacsgrid_store::IndexBackend::Sqlite,
+        }
+    }
+
     /// The blob backend the archive opens; `validate` has checked that they fit together.
     pub fn backend(&self) -> pacsgrid_store::BlobBackend {
         match (self.blobs, &self.s3) {
@@ -70,6 +96,29 @@ impl StorageSection {
     }
 
     fn validate(&self) -> Result<(), ConfigError> {
+        self.validate_blobs()?;
+        self.validate_index()
+    }
+
+    fn validate_index(&self) -> Result<(), ConfigError> {
+        match (self.index, &self.postgres) {
+            (IndexKind::Postgres, None) => Err(ConfigError::Invalid(
+                "storage.index = \"postgres\" needs a [storage.postgres] section with at least `url`"
+                    .into(),
+            )),
+            (IndexKind::Sqlite, Some(_)) => Err(ConfigError::Invalid(
+                "[storage.postgres] is set but storage.index is \"sqlite\": set storage.index = \
+                 \"postgres\" to keep the index in that database, or remove [storage.postgres]"
+                    .into(),
+            )),
+            (IndexKind::Postgres, Some(pg)) => pg
+                .validate()
+                .map_err(|e| ConfigError::Invalid(e.to_string())),
+            (IndexKind::Sqlite, None) => Ok(()),
+        }
+    }
+
+    fn validate_blobs(&self) -> Result<(), ConfigError> {
         match (self.blobs, &self.s3) {
             (BlobsKind::S3, None) => Err(ConfigError::Invalid(
                 "storage.blobs = \"s3\" needs a [storage.s3] section with at least `bucket`".into(),
@@ -85,6 +134,23 @@ impl StorageSection {
             (BlobsKind::Folder, None) => Ok(()),
         }
     }
+}
+
+/// Where a node keeps its data, for messages: the data directory, and the bucket and the
+/// database when those are used (the database's URL without its password).
+pub fn describe_storage(data_dir: &Path, storage: &StorageSection) -> String {
+    let mut out = format!("data directory {}", data_dir.display());
+    if let pacsgrid_store::BlobBackend::S3(s3) = storage.backend() {
+        out.push_str(&format!(" with blobs in {}", s3.location()));
+    }
+    if let pacsgrid_store::IndexBackend::Postgres(pg) = storage.index_backend() {
+        out.push_str(&format!(
+            " with the index in PostgreSQL at {} (schema {})",
+            pacsgrid_store::postgres::redact(&pg.url),
+            pg.schema
+        ));
+    }
+    out
 }
 
 /// `[deid]`.
@@ -394,6 +460,16 @@ impl Config {
                 *f = base.join(&*f);
             }
         }
+        if let Some(f) = cfg
+            .storage
+            .postgres
+            .as_mut()
+            .and_then(|pg| pg.password_file.as_mut())
+        {
+            if f.is_relative() {
+                *f = base.join(&*f);
+            }
+        }
         for r in &mut cfg.remote_ae {
             if let Some(ca) = &mut r.tls_ca {
                 if ca.is_relative() {
@@ -500,6 +576,26 @@ mod tests {
         let s3 = cfg.storage.s3.unwrap();
         assert_eq!(s3.bucket, "pacsgrid-site-a");
         assert_eq!(s3.prefix, "blobs");
+    }
+
+    #[test]
+    fn example_storage_postgres_section_parses_when_uncommented() {
+        let text = include_str!("../../../pacsgrid.example.toml");
+        let start = text.find("# [storage.postgres]").unwrap();
+        let section: String = text[start..]
+            .lines()
+            .take_while(|l| l.starts_with('#'))
+            .map(|l| l.strip_prefix("# ").unwrap_or(l))
+            .collect::<Vec<_>>()
+            .join("\n");
+        let cfg: Config =
+            toml::from_str(&format!("[storage]\nindex = \"postgres\"\n{section}")).unwrap();
+        cfg.validate().unwrap();
+        let pacsgrid_store::IndexBackend::Postgres(pg) = cfg.storage.index_backend() else {
+            panic!("not postgres");
+        };
+        assert_eq!(pg.schema, "site_a");
+        assert_eq!(pg.password_file, Some(PathBuf::from("pg.secret")));
     }
 
     #[test]
@@ -651,6 +747,116 @@ mod tests {
         ] {
             assert!(toml::from_str::<Config>(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn storage_section_chooses_the_index_backend() {
+        let cfg: Config = toml::from_str("").unwrap();
+        assert_eq!(
+            cfg.storage.index_backend(),
+            pacsgrid_store::IndexBackend::Sqlite
+        );
+        let cfg: Config = toml::from_str("[storage]\nindex = \"sqlite\"\n").unwrap();
+        cfg.validate().unwrap();
+        assert_eq!(
+            cfg.storage.index_backend(),
+            pacsgrid_store::IndexBackend::Sqlite
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("n.toml");
+        std::fs::write(
+            &path,
+            "[storage]\nindex = \"postgres\"\n[storage.postgres]\n\
+             url = \"postgres://pacsgrid@db.example.org:5432/pacs\"\nschema = \"site_a\"\n\
+             password_file = \"keys/pg.secret\"\nmax_connections = 4\n",
+        )
+        .unwrap();
+        let cfg = Config::load(&path).unwrap();
+        cfg.validate().unwrap();
+        let pacsgrid_store::IndexBackend::Postgres(pg) = cfg.storage.index_backend() else {
+            panic!("not postgres");
+        };
+        assert_eq!(pg.url, "postgres://pacsgrid@db.example.org:5432/pacs");
+        assert_eq!(pg.schema, "site_a");
+        assert_eq!(pg.max_connections, 4);
+        assert_eq!(pg.password_file, Some(dir.path().join("keys/pg.secret")));
+        // the blob backend is chosen on its own
+        assert!(matches!(
+            cfg.storage.backend(),
+            pacsgrid_store::BlobBackend::Folder
+        ));
+        let cfg: Config = toml::from_str(
+            "[storage]\nindex = \"postgres\"\n[storage.postgres]\nurl = \"postgres://h/d\"\n",
+        )
+        .unwrap();
+        cfg.validate().unwrap();
+        let pacsgrid_store::IndexBackend::Postgres(pg) = cfg.storage.index_backend() else {
+            panic!("not postgres");
+        };
+        assert_eq!(pg, pacsgrid_store::PostgresConfig::new("postgres://h/d"));
+    }
+
+    #[test]
+    fn index_settings_that_do_not_fit_are_refused_with_the_key() {
+        for (text, needle) in [
+            ("[storage]\nindex = \"postgres\"\n", "[storage.postgres]"),
+            (
+                "[storage.postgres]\nurl = \"postgres://h/d\"\n",
+                "storage.index",
+            ),
+            (
+                "[storage]\nindex = \"postgres\"\n[storage.postgres]\nurl = \"mysql://h/d\"\n",
+                "storage.postgres.url",
+            ),
+            (
+                "[storage]\nindex = \"postgres\"\n[storage.postgres]\nurl = \"postgres://h/d\"\n\
+                 schema = \"Site-A\"\n",
+                "storage.postgres.schema",
+            ),
+            (
+                "[storage]\nindex = \"postgres\"\n[storage.postgres]\nurl = \"postgres://h/d\"\n\
+                 max_connections = 1\n",
+                "storage.postgres.max_connections",
+            ),
+        ] {
+            let cfg: Config = toml::from_str(text).unwrap();
+            let err = cfg.validate().unwrap_err().to_string();
+            assert!(err.contains(needle), "{text}: {err}");
+        }
+        // a password in a refused URL is not echoed back
+        let cfg: Config = toml::from_str(
+            "[storage]\nindex = \"postgres\"\n[storage.postgres]\nurl = \"pg://u:hunter2@h/d\"\n",
+        )
+        .unwrap();
+        let err = cfg.validate().unwrap_err().to_string();
+        assert!(!err.contains("hunter2"), "{err}");
+        for bad in [
+            "[storage]\nindex = \"mysql\"\n",
+            "[storage]\nindex = \"postgres\"\n[storage.postgres]\nurl = \"postgres://h/d\"\n\
+             password = \"x\"\n",
+            "[storage]\nindex = \"postgres\"\n[storage.postgres]\nschema = \"a\"\n",
+        ] {
+            assert!(toml::from_str::<Config>(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn storage_is_described_without_the_password() {
+        let cfg: Config = toml::from_str(
+            "[storage]\nindex = \"postgres\"\n[storage.postgres]\n\
+             url = \"postgres://pacs:hunter2@db:5432/pacs\"\nschema = \"site_a\"\n",
+        )
+        .unwrap();
+        let text = describe_storage(Path::new("/srv/pacs"), &cfg.storage);
+        assert!(!text.contains("hunter2"), "{text}");
+        assert!(text.contains("/srv/pacs"), "{text}");
+        assert!(text.contains("postgres://pacs:***@db:5432/pacs"), "{text}");
+        assert!(text.contains("site_a"), "{text}");
+        let cfg: Config = toml::from_str("").unwrap();
+        assert_eq!(
+            describe_storage(Path::new("d"), &cfg.storage),
+            "data directory d"
+        );
     }
 
     #[test]

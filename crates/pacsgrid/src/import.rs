@@ -178,9 +178,15 @@ async fn import_local(
         site: args.site.clone().unwrap_or(node.site),
         default_issuer: args.default_issuer.clone().unwrap_or(node.default_issuer),
         blobs: cfg.storage.backend(),
+        index: cfg.storage.index_backend(),
     })
     .await
-    .with_context(|| format!("opening {} (is a node running on it?)", data.display()))?;
+    .with_context(|| {
+        format!(
+            "opening {} (is a node running on it?)",
+            crate::config::describe_storage(&data, &cfg.storage)
+        )
+    })?;
     let access = crate::access::open(&cfg, &data)?;
     let mut imported = pacsgrid_access::StudyTally::new();
     let mut summary = Summary::default();

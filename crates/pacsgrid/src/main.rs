@@ -47,12 +47,14 @@ enum Command {
         command: access_cli::AccessCommand,
     },
     /// Checks that a data directory's index and blob store agree (stop the node first); with
-    /// --config, first validates the configuration and checks its blob store (S3 bucket).
+    /// --config, first validates the configuration and checks its blob store (S3 bucket) and
+    /// index database (PostgreSQL).
     Check {
         /// Data directory. Default: the config's node.data_dir, else ./pacsgrid-data.
         #[arg(long, env = "PACSGRID_DATA")]
         data: Option<PathBuf>,
-        /// TOML configuration file to validate; its storage settings choose the blob store.
+        /// TOML configuration file to validate; its storage settings choose the blob store and
+        /// the index.
         #[arg(long)]
         config: Option<PathBuf>,
         /// Skip re-reading every blob to verify its hash.

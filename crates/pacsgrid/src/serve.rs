@@ -151,23 +151,19 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         .data_dir
         .clone()
         .unwrap_or_else(|| PathBuf::from("./pacsgrid-data"));
-    let blobs = cfg.storage.backend();
     let archive = Archive::open(ArchiveConfig {
         data_dir: data_dir.clone(),
         site: cfg.node.site.clone(),
         default_issuer: cfg.node.default_issuer.clone(),
-        blobs: blobs.clone(),
+        blobs: cfg.storage.backend(),
+        index: cfg.storage.index_backend(),
     })
     .await
-    .with_context(|| match &blobs {
-        pacsgrid_store::BlobBackend::S3(s3) => format!(
-            "opening data directory {} with blobs in {}",
-            data_dir.display(),
-            s3.location()
-        ),
-        pacsgrid_store::BlobBackend::Folder => {
-            format!("opening data directory {}", data_dir.display())
-        }
+    .with_context(|| {
+        format!(
+            "opening {}",
+            crate::config::describe_storage(&data_dir, &cfg.storage)
+        )
     })?;
     let access = crate::access::open(&cfg, &data_dir)?;
     let deid_secret = crate::deid_secret::load_or_create(

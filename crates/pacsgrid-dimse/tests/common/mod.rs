@@ -60,6 +60,7 @@ impl Node {
             site: "test".into(),
             default_issuer: "TEST".into(),
             blobs: Default::default(),
+            index: Default::default(),
         })
         .await
         .unwrap();

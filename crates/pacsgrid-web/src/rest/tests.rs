@@ -51,6 +51,7 @@ async fn fixture() -> Fixture {
         site: "site-x".into(),
         default_issuer: "HOSP".into(),
         blobs: Default::default(),
+        index: Default::default(),
     })
     .await
     .unwrap();

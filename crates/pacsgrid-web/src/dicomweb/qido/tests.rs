@@ -57,6 +57,7 @@ pub(crate) async fn loaded(dir: &std::path::Path) -> HttpState {
         site: "test".into(),
         default_issuer: "ISS".into(),
         blobs: Default::default(),
+        index: Default::default(),
     })
     .await
     .unwrap();

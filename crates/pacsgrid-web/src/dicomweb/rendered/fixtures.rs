@@ -108,6 +108,7 @@ pub(crate) async fn state(dir: &std::path::Path, max_upload_bytes: u64) -> HttpS
         site: "test".into(),
         default_issuer: "TESTISSUER".into(),
         blobs: Default::default(),
+        index: Default::default(),
     })
     .await
     .expect("archive opens");
