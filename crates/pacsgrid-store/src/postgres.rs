@@ -385,7 +385,12 @@ impl PostgresIndex {
         }
         // Every statement names tables without a schema; the search path picks this node's.
         opts = opts
-            .options([("search_path", cfg.schema.as_str())])
+            // An acknowledged store must outlive a crash of the database server, whatever
+            // the server's default: each commit waits for its WAL flush.
+            .options([
+                ("search_path", cfg.schema.as_str()),
+                ("synchronous_commit", "on"),
+            ])
             .application_name("pacsgrid");
         // One connection first: the pool retries until its timeout, while a start-up with a
         // wrong address or password should fail at once with the server's own reason.
@@ -1742,13 +1747,31 @@ mod tests {
     }
 
     /// An acknowledged insert must survive a crash of the database server: commits wait
-    /// for the server's WAL flush.
+    /// for the server's WAL flush even where the server's default says otherwise.
     #[tokio::test]
     async fn commits_wait_for_the_servers_disk() {
         let Some(cfg) = test_config("durable") else {
             return;
         };
+        // a database whose default would acknowledge before the flush
+        let admin = PostgresIndex::open(&cfg).await.unwrap();
+        let db: String = sqlx::query_scalar("SELECT current_database()")
+            .fetch_one(&admin.inner.pool)
+            .await
+            .unwrap();
+        sqlx::query(&format!(
+            "ALTER ROLE CURRENT_USER IN DATABASE {db} SET synchronous_commit = off"
+        ))
+        .execute(&admin.inner.pool)
+        .await
+        .unwrap();
         let index = PostgresIndex::open(&cfg).await.unwrap();
+        sqlx::query(&format!(
+            "ALTER ROLE CURRENT_USER IN DATABASE {db} RESET synchronous_commit"
+        ))
+        .execute(&admin.inner.pool)
+        .await
+        .unwrap();
         let mode: String = sqlx::query_scalar("SHOW synchronous_commit")
             .fetch_one(&index.inner.pool)
             .await
