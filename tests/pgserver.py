@@ -72,6 +72,20 @@ class PgServer:
         self.schemas.clear()
 
 
+def start_script() -> dict[str, str]:
+    """Starts a throwaway server with scripts/pg-test-server.sh; returns what it exports."""
+    r = subprocess.run([str(SCRIPT), "start"], capture_output=True, text=True, timeout=180)
+    if r.returncode != 0:
+        pytest.fail(f"scripts/pg-test-server.sh start failed ({r.returncode}):\n{r.stderr}")
+    env = {}
+    for line in r.stdout.splitlines():
+        words = shlex.split(line)
+        if len(words) == 2 and words[0] == "export" and "=" in words[1]:
+            k, v = words[1].split("=", 1)
+            env[k] = v
+    return env
+
+
 @contextlib.contextmanager
 def server():
     """The test server: PACSGRID_PG_TEST_URL's, else a throwaway one started here."""
@@ -93,15 +107,7 @@ def server():
         if required():
             pytest.fail(msg + ", but PACSGRID_PG_TEST_REQUIRED is set")
         pytest.skip(msg)
-    r = subprocess.run([str(SCRIPT), "start"], capture_output=True, text=True, timeout=180)
-    if r.returncode != 0:
-        pytest.fail(f"scripts/pg-test-server.sh start failed ({r.returncode}):\n{r.stderr}")
-    env = {}
-    for line in r.stdout.splitlines():
-        words = shlex.split(line)
-        if len(words) == 2 and words[0] == "export" and "=" in words[1]:
-            k, v = words[1].split("=", 1)
-            env[k] = v
+    env = start_script()
     try:
         pg = PgServer(env["PACSGRID_PG_TEST_URL"], psql_path())
         yield pg
@@ -109,3 +115,47 @@ def server():
         if "PACSGRID_PG_TEST_DIR" in env:
             subprocess.run([str(SCRIPT), "stop", env["PACSGRID_PG_TEST_DIR"]],
                            capture_output=True, timeout=120)
+
+
+@dataclass
+class PrivateServer(PgServer):
+    """A server of one test's own, which the test may crash and start again."""
+    dir: Path = Path()
+    port: int = 0
+
+    def _pg_ctl(self, *args: str) -> None:
+        bin_ = bindir()
+        assert bin_ is not None
+        cmd = [str(bin_ / "pg_ctl"), "-D", str(self.dir / "data"), *args]
+        if os.geteuid() == 0:
+            cmd = ["runuser", "-u", "postgres", "--", *cmd]
+        r = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+        assert r.returncode == 0, f"pg_ctl {' '.join(args)} failed: {r.stdout}{r.stderr}"
+
+    def crash(self) -> None:
+        """Stops the server as a crash would (immediate: no checkpoint, sessions cut)."""
+        self._pg_ctl("-m", "immediate", "-w", "stop")
+
+    def start(self) -> None:
+        """Starts the crashed server again, on the same port, as the script did."""
+        self._pg_ctl("-l", str(self.dir / "postgres.log"), "-w", "-t", "60", "-o",
+                     f"-p {self.port} -k {self.dir} -c listen_addresses=127.0.0.1 "
+                     "-c max_connections=300 -c fsync=on", "start")
+
+
+@contextlib.contextmanager
+def private_server():
+    """A throwaway server started here for one test, whatever PACSGRID_PG_TEST_URL says."""
+    if bindir() is None:
+        msg = "no PostgreSQL binaries (apt: postgresql; scripts/install-test-deps.sh installs them)"
+        if required():
+            pytest.fail(msg + ", but PACSGRID_PG_TEST_REQUIRED is set")
+        pytest.skip(msg)
+    env = start_script()
+    url = env["PACSGRID_PG_TEST_URL"]
+    port = int(url.rsplit(":", 1)[1].split("/", 1)[0])
+    try:
+        yield PrivateServer(url, psql_path(), dir=Path(env["PACSGRID_PG_TEST_DIR"]), port=port)
+    finally:
+        subprocess.run([str(SCRIPT), "stop", env["PACSGRID_PG_TEST_DIR"]],
+                       capture_output=True, timeout=120)

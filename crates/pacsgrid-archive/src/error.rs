@@ -60,7 +60,11 @@ impl From<BlobError> for StoreError {
 
 impl From<IndexError> for StoreError {
     fn from(e: IndexError) -> Self {
-        StoreError::Internal(e.to_string())
+        match e {
+            // A database server that is away comes back: tell the sender to try again.
+            IndexError::Unreachable(_) => StoreError::OutOfResources(e.to_string()),
+            other => StoreError::Internal(other.to_string()),
+        }
     }
 }
 

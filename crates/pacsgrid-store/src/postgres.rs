@@ -326,7 +326,13 @@ impl std::fmt::Debug for PostgresIndex {
 
 impl From<sqlx::Error> for IndexError {
     fn from(e: sqlx::Error) -> Self {
-        IndexError::Database(e.to_string())
+        match e {
+            // The server is gone or not answering: the store can be tried again later.
+            sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut | sqlx::Error::Tls(_) => {
+                IndexError::Unreachable(e.to_string())
+            }
+            other => IndexError::Database(other.to_string()),
+        }
     }
 }
 
@@ -406,7 +412,9 @@ impl PostgresIndex {
             PgPoolOptions::new()
                 .max_connections(n)
                 .min_connections(1)
-                .acquire_timeout(Duration::from_secs(30))
+                // a store waits this long for a connection while the server is away, then
+                // is refused (out of resources) and may be sent again
+                .acquire_timeout(Duration::from_secs(10))
                 .connect_with(opts.clone())
         };
         let write_pool = pools(1).await.map_err(unreachable)?;
@@ -583,14 +591,20 @@ pub(crate) trait QueuedWrite: Send + Sync + 'static {
 /// Runs every job in one transaction, each in its own savepoint so it is all-or-nothing
 /// on its own, and reports every outcome only after the commit that makes it durable.
 async fn group_commit<J: QueuedWrite>(inner: &Inner, jobs: Vec<J>) {
-    let fail = |jobs: Vec<J>, what: String| {
+    // Each job gets the error, of the same kind: an unreachable server stays "unreachable",
+    // so that the store is refused as one to try again.
+    let fail = |jobs: Vec<J>, step: &str, e: IndexError| {
         for job in jobs {
-            let _ = job.reply().send(Err(IndexError::Database(what.clone())));
+            let err = match &e {
+                IndexError::Unreachable(m) => IndexError::Unreachable(format!("{step}: {m}")),
+                other => IndexError::Database(format!("{step}: {other}")),
+            };
+            let _ = job.reply().send(Err(err));
         }
     };
     let mut tx = match begin_write(inner).await {
         Ok(tx) => tx,
-        Err(e) => return fail(jobs, format!("begin: {e}")),
+        Err(e) => return fail(jobs, "begin", e),
     };
     let mut outcomes = Vec::with_capacity(jobs.len());
     for job in &jobs {
@@ -610,7 +624,7 @@ async fn group_commit<J: QueuedWrite>(inner: &Inner, jobs: Vec<J>) {
                 let _ = job.reply().send(out);
             }
         }
-        Err(e) => fail(jobs, format!("commit: {e}")),
+        Err(e) => fail(jobs, "commit", e.into()),
     }
 }
 
