@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # pacsgrid ingest / query / retrieve benchmark against dcmtk storescp (raw sink) and Orthanc
 # (with its DICOMweb plugin): DIMSE ingest, C-FIND, C-GET, WADO-RS study retrieval, QIDO-RS search.
+# Target pacsgrid-pg is the same node with its index in PostgreSQL (a throwaway local server from
+# scripts/pg-test-server.sh) instead of SQLite.
 #
 #   bench/ingest.sh [--instances N] [--keep] [--targets LIST] [--no-build] [--no-install]
 #                   [--find-repeats N] [--get-repeats N] [--web-repeats N]
@@ -42,7 +44,7 @@ done
 case "$INSTANCES" in ''|*[!0-9]*) echo "ingest.sh: --instances needs a positive integer" >&2; exit 2 ;; esac
 [ "$INSTANCES" -ge 1 ] || { echo "ingest.sh: --instances must be >= 1" >&2; exit 2; }
 for t in ${TARGETS//,/ }; do
-    case "$t" in storescp|orthanc|pacsgrid) ;; *) echo "ingest.sh: unknown target: $t" >&2; exit 2 ;; esac
+    case "$t" in storescp|orthanc|pacsgrid|pacsgrid-pg) ;; *) echo "ingest.sh: unknown target: $t" >&2; exit 2 ;; esac
 done
 want() { case ",$TARGETS," in *",$1,"*) return 0 ;; *) return 1 ;; esac; }
 
@@ -276,27 +278,48 @@ EOF
     [ "$KEEP" = 1 ] || rm -rf "$dir"
 }
 
-run_pacsgrid() {
-    local dport hport dir pid
+# run_pacsgrid_as NAME [serve args...]: one pacsgrid node through the whole benchmark.
+run_pacsgrid_as() {
+    local name="$1" dport hport dir pid
+    shift
     [ -x "$PACSGRID" ] || die "$PACSGRID not built"
     dport=$(free_port); hport=$(free_port)
-    dir="$WORK/pacsgrid-data"
-    local cmd=("$PACSGRID" serve --data "$dir" --dicom-port "$dport" --http-port "$hport")
-    R[pacsgrid.cmd_serve]="TCP_NODELAY=1 $(qcmd "${cmd[@]}")"
-    log "pacsgrid: starting (DICOM $dport, HTTP $hport)"
-    NO_COLOR=1 "${cmd[@]}" >"$LOGS/pacsgrid.log" 2>&1 &
+    dir="$WORK/$name-data"
+    local cmd=("$PACSGRID" serve --data "$dir" --dicom-port "$dport" --http-port "$hport" "$@")
+    R[$name.cmd_serve]="TCP_NODELAY=1 $(qcmd "${cmd[@]}")"
+    log "$name: starting (DICOM $dport, HTTP $hport)"
+    NO_COLOR=1 "${cmd[@]}" >"$LOGS/$name.log" 2>&1 &
     pid=$!; PIDS+=("$pid")
-    wait_http "http://$HOST:$hport/healthz" "$pid" pacsgrid
-    wait_dicom PACSGRID "$dport" "$pid" pacsgrid
-    R[pacsgrid.version]=$("$PACSGRID" --version 2>/dev/null | awk '{ print $2 }' || echo "?")
-    ingest pacsgrid PACSGRID "$dport" "$pid"
-    R[pacsgrid.files]=$(find "$dir" -type f -path '*blobs*' | wc -l)
-    query pacsgrid PACSGRID "$dport"
-    dicomweb pacsgrid "http://$HOST:$hport/dicom-web"
-    curl -fsS "http://$HOST:$hport/metrics" >"$LOGS/pacsgrid.metrics.txt" 2>/dev/null || true
-    finish_server pacsgrid "$pid"
-    R[pacsgrid.data_bytes]=$(du -sb "$dir" 2>/dev/null | cut -f1 || echo "?")
+    wait_http "http://$HOST:$hport/healthz" "$pid" "$name"
+    wait_dicom PACSGRID "$dport" "$pid" "$name"
+    R[$name.version]=$("$PACSGRID" --version 2>/dev/null | awk '{ print $2 }' || echo "?")
+    ingest "$name" PACSGRID "$dport" "$pid"
+    R[$name.files]=$(find "$dir" -type f -path '*blobs*' | wc -l)
+    query "$name" PACSGRID "$dport"
+    dicomweb "$name" "http://$HOST:$hport/dicom-web"
+    curl -fsS "http://$HOST:$hport/metrics" >"$LOGS/$name.metrics.txt" 2>/dev/null || true
+    finish_server "$name" "$pid"
+    R[$name.data_bytes]=$(du -sb "$dir" 2>/dev/null | cut -f1 || echo "?")
     [ "$KEEP" = 1 ] || rm -rf "$dir"
+}
+
+run_pacsgrid() { run_pacsgrid_as pacsgrid; }
+
+# The index in a PostgreSQL server of its own on loopback (fsync on, default settings), made by
+# the project's test script and removed afterwards.
+run_pacsgrid_pg() {
+    local env
+    env="$("$REPO/scripts/pg-test-server.sh" start 2>>"$LOGS/postgres.log")" \
+        || die "could not start PostgreSQL (log: $LOGS/postgres.log)"
+    eval "$env"
+    PG_DIR="$PACSGRID_PG_TEST_DIR"
+    R[pacsgrid-pg.postgres]=$("$("$REPO/scripts/pg-test-server.sh" bindir)/postgres" --version | awk '{ print $3 }')
+    printf '[storage]\nindex = "postgres"\n\n[storage.postgres]\nurl = "%s"\nschema = "bench"\n' \
+        "$PACSGRID_PG_TEST_URL" >"$WORK/pacsgrid-pg.toml"
+    cp "$WORK/pacsgrid-pg.toml" "$LOGS/pacsgrid-pg.toml"
+    run_pacsgrid_as pacsgrid-pg --config "$WORK/pacsgrid-pg.toml"
+    "$REPO/scripts/pg-test-server.sh" stop "$PG_DIR" 2>>"$LOGS/postgres.log" || true
+    PG_DIR=""
 }
 
 # ---------------------------------------------------------------------------------------------
@@ -320,7 +343,7 @@ report() {
         echo
         echo "| target | ingest s | inst/s | MB/s | stored OK | idle RSS MB | peak RSS MB (ingest) | C-FIND ms (new assoc.) | C-FIND ms (same assoc.) | C-GET study s (mean / best) |"
         echo "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
-        for t in storescp orthanc pacsgrid; do
+        for t in storescp orthanc pacsgrid pacsgrid-pg; do
             want "$t" || continue
             local find="n/a" finda="n/a" get="n/a"
             if [ "$t" != storescp ]; then
@@ -334,7 +357,7 @@ report() {
         echo
         echo "| target | WADO-RS study s (mean / best) | WADO-RS MB/s | parts | QIDO-RS ms/query | studies found |"
         echo "|---|---:|---:|---:|---:|---:|"
-        for t in orthanc pacsgrid; do
+        for t in orthanc pacsgrid pacsgrid-pg; do
             want "$t" || continue
             echo "| $t | $(v $t.wado_s) / $(v $t.wado_best_s) | $(v $t.wado_mbps) | $(v $t.wado_parts)/$Q_STUDY_INSTANCES | $(v $t.qido_ms) | $(v $t.qido_matches)/$Q_PATIENT_STUDIES |"
         done
@@ -351,19 +374,25 @@ report() {
         echo "| WADO-RS study throughput: pacsgrid / Orthanc | $(fdiv "$(v orthanc.wado_s)" "$(v pacsgrid.wado_s)") | target >= 2 |"
         echo "| QIDO-RS study search: Orthanc time / pacsgrid time | $(fdiv "$(v orthanc.qido_ms)" "$(v pacsgrid.qido_ms)") | target >= 1 |"
         echo "| peak RSS: pacsgrid / Orthanc | $(fdiv "$(v pacsgrid.rss_peak_kb)" "$(v orthanc.rss_peak_kb)") | < 1: pacsgrid smaller |"
+        if want pacsgrid-pg; then
+            echo "| ingest time: index in PostgreSQL / in SQLite | $(fdiv "$(v pacsgrid-pg.ingest_s)" "$(v pacsgrid.ingest_s)") | > 1: PostgreSQL slower (PostgreSQL $(v pacsgrid-pg.postgres), local, fsync on) |"
+            echo "| C-FIND, same association: PostgreSQL / SQLite | $(fdiv "$(v pacsgrid-pg.find_assoc_ms)" "$(v pacsgrid.find_assoc_ms)") | > 1: PostgreSQL slower |"
+            echo "| QIDO-RS study search: PostgreSQL / SQLite | $(fdiv "$(v pacsgrid-pg.qido_ms)" "$(v pacsgrid.qido_ms)") | > 1: PostgreSQL slower |"
+            echo "| C-GET study: PostgreSQL / SQLite | $(fdiv "$(v pacsgrid-pg.get_s)" "$(v pacsgrid.get_s)") | > 1: PostgreSQL slower |"
+        fi
         echo
         echo "## Checks"
         echo
-        for t in storescp orthanc pacsgrid; do
+        for t in storescp orthanc pacsgrid pacsgrid-pg; do
             want "$t" || continue
             echo "- $t: $(v $t.stored_ok)/$INSTANCES C-STORE successes; objects on the server: $(v $t.files)"
             [ "$t" = storescp ] && continue
             echo "  - C-FIND all studies: $(v $t.studies_found)/$N_STUDIES; C-FIND PatientID=$Q_PATIENT: $(v $t.find_matches)/$Q_PATIENT_STUDIES studies;" \
                  "C-GET: $(v $t.get_received)/$Q_STUDY_INSTANCES files"
-            if [ "$t" = pacsgrid ]; then
-                echo "  - log: $(v pacsgrid.warnings) WARN/ERROR lines (first 50 in bench/out/logs/pacsgrid.warnings.log)"
-                if [ -n "${R[pacsgrid.store_ms]:-}" ]; then echo "  - server-side C-STORE time from its log: ${R[pacsgrid.store_ms]}"; fi
-                if [ -n "${R[pacsgrid.commit_ms]:-}" ]; then echo "  - of which commit (from its log): ${R[pacsgrid.commit_ms]}"; fi
+            if [ "$t" = pacsgrid ] || [ "$t" = pacsgrid-pg ]; then
+                echo "  - log: $(v $t.warnings) WARN/ERROR lines (first 50 in bench/out/logs/$t.warnings.log)"
+                if [ -n "${R[$t.store_ms]:-}" ]; then echo "  - server-side C-STORE time from its log: ${R[$t.store_ms]}"; fi
+                if [ -n "${R[$t.commit_ms]:-}" ]; then echo "  - of which commit (from its log): ${R[$t.commit_ms]}"; fi
             fi
         done
         echo
@@ -371,7 +400,7 @@ report() {
         echo
         echo '```'
         qcmd "$PY" "$GEN" "${GEN_ARGS[@]}"
-        for t in storescp orthanc pacsgrid; do
+        for t in storescp orthanc pacsgrid pacsgrid-pg; do
             want "$t" || continue
             echo "# $t"
             echo "$(v $t.cmd_serve) &"
@@ -405,7 +434,7 @@ GIT_REV="$(git -C "$REPO" rev-parse --short HEAD 2>/dev/null || echo '?')"
 git -C "$REPO" diff --quiet HEAD -- crates 2>/dev/null || GIT_REV="$GIT_REV+dirty"
 DCMTK_VERSION="$(dpkg-query -W -f='${Version}' dcmtk 2>/dev/null || echo '?')"
 
-if want pacsgrid && [ "$BUILD" = 1 ]; then
+if { want pacsgrid || want pacsgrid-pg; } && [ "$BUILD" = 1 ]; then
     command -v cargo >/dev/null 2>&1 || die "cargo not found: install a Rust toolchain (rustup), or use --targets storescp,orthanc"
     log "building pacsgrid (cargo build --release -p pacsgrid)"
     t0=$(now)
@@ -422,21 +451,23 @@ log "corpus: $INSTANCES instances, $CORPUS_MB MB; query patient $Q_PATIENT, stud
 want storescp && run_storescp
 want orthanc && run_orthanc
 want pacsgrid && run_pacsgrid
-if want pacsgrid && [ -s "$LOGS/pacsgrid.log" ]; then
-    grep -E ' (WARN|ERROR) ' "$LOGS/pacsgrid.log" | head -50 >"$LOGS/pacsgrid.warnings.log" || true
-    if [ -s "$LOGS/pacsgrid.warnings.log" ]; then
-        log "pacsgrid logged $(grep -cE ' (WARN|ERROR) ' "$LOGS/pacsgrid.log") warnings/errors: $LOGS/pacsgrid.warnings.log"
+want pacsgrid-pg && run_pacsgrid_pg
+# Server-side time per C-STORE, if pacsgrid logs it: "C-STORE ... stored ... ms=N [commit_ms=M]".
+log_stats() {  # log_stats NAME FIELD: distribution of FIELD=N over NAME's stored C-STOREs
+    grep -E 'C-STORE.*stored' "$LOGS/$1.log" | grep -oE " $2=[0-9]+" | sed 's/.*=//' | sort -n | awk -v f="$2" '
+        { a[NR] = $1; s += $1 }
+        END { if (NR == 0) exit
+              p50 = a[int((NR + 1) * 0.50)]; p99 = a[int(NR * 0.99) > 0 ? int(NR * 0.99) : 1]
+              printf "%s over %d C-STOREs: mean %.1f ms, p50 %d, p99 %d, max %d", f, NR, s / NR, p50, p99, a[NR] }' || true
+}
+for t in pacsgrid pacsgrid-pg; do
+    want "$t" && [ -s "$LOGS/$t.log" ] || continue
+    grep -E ' (WARN|ERROR) ' "$LOGS/$t.log" | head -50 >"$LOGS/$t.warnings.log" || true
+    if [ -s "$LOGS/$t.warnings.log" ]; then
+        log "$t logged $(grep -cE ' (WARN|ERROR) ' "$LOGS/$t.log") warnings/errors: $LOGS/$t.warnings.log"
     fi
-    # Server-side time per C-STORE, if pacsgrid logs it: "C-STORE ... stored ... ms=N [commit_ms=M]".
-    log_stats() {  # log_stats FIELD: distribution of FIELD=N over the stored C-STOREs
-        grep -E 'C-STORE.*stored' "$LOGS/pacsgrid.log" | grep -oE " $1=[0-9]+" | sed 's/.*=//' | sort -n | awk -v f="$1" '
-            { a[NR] = $1; s += $1 }
-            END { if (NR == 0) exit
-                  p50 = a[int((NR + 1) * 0.50)]; p99 = a[int(NR * 0.99) > 0 ? int(NR * 0.99) : 1]
-                  printf "%s over %d C-STOREs: mean %.1f ms, p50 %d, p99 %d, max %d", f, NR, s / NR, p50, p99, a[NR] }' || true
-    }
-    R[pacsgrid.store_ms]=$(log_stats ms)
-    R[pacsgrid.commit_ms]=$(log_stats commit_ms)
-    R[pacsgrid.warnings]=$(grep -cE ' (WARN|ERROR) ' "$LOGS/pacsgrid.log" || true)
-fi
+    R[$t.store_ms]=$(log_stats "$t" ms)
+    R[$t.commit_ms]=$(log_stats "$t" commit_ms)
+    R[$t.warnings]=$(grep -cE ' (WARN|ERROR) ' "$LOGS/$t.log" || true)
+done
 report

@@ -47,6 +47,7 @@ fmul() { awk -v a="$1" -v b="$2" -v d="${3:-3}" 'BEGIN { printf "%.*f\n", d, a *
 # ---------------------------------------------------------------------------------------------
 PIDS=()
 WORK=""
+PG_DIR=""
 stop_pid() {
     local pid="$1" i
     kill -0 "$pid" 2>/dev/null || return 0
@@ -65,6 +66,8 @@ cleanup() {
     local rc=$? pid
     trap - EXIT INT TERM
     for pid in "${PIDS[@]}"; do stop_pid "$pid"; done
+    # a PostgreSQL server started for the run (ingest.sh's pacsgrid-pg target)
+    if [ -n "${PG_DIR:-}" ]; then "$REPO/scripts/pg-test-server.sh" stop "$PG_DIR" >/dev/null 2>&1 || true; fi
     if [ -n "$WORK" ] && [ -d "$WORK" ]; then
         if [ "$KEEP" = 1 ]; then
             log "kept temp dir $WORK"
