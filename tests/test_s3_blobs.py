@@ -224,3 +224,48 @@ def test_grid_replicas_land_in_the_bucket(tmp_path, moto):
         assert_identical(expected(corpus), received, "C-GET at b from its bucket")
     finally:
         grid.close()
+
+
+@pytest.mark.parametrize("blobs", ["folder", "s3"])
+def test_a_cached_retrieve_is_kept_in_the_store_and_serves_once_the_holder_is_gone(
+        tmp_path, moto, blobs):
+    """With `cache_retrieved = true` at b, a C-GET at b of instances held only at a fetches
+    them on the fly and keeps the verified bytes in b's blob store (its folder or its bucket)
+    as a cache, not as a policy copy: b is not announced as a holder, and once a is stopped
+    b still answers C-GET and WADO-RS byte-identical from that cache."""
+    from test_grid import Grid
+    corpus = gen_dataset(tmp_path / "corpus", "--patients", "1", "--studies", "1",
+                         "--series", "2", "--instances", "2", "--modality-mix", "MR=1",
+                         "--ts-mix", "explicit=1", "--pid-prefix", "S3C", "--seed", "64")
+    grid = Grid(tmp_path, sites="a,b", copies=1, extra={"cache_retrieved": "true"})
+    try:
+        b = grid["b"]
+        cfg = b.config_path.read_text()
+        if blobs == "s3":
+            s3(moto).create_bucket(Bucket="cache-b")
+            cfg += storage_section(moto, "cache-b", "b", b.dir / "s3.secret")
+        b.config_path.write_text(cfg)
+        grid.start()
+        store_ok(grid["a"], corpus.instances)
+        grid.settle(len(corpus.instances))
+        for inst in corpus.instances:
+            assert grid.holders("b", inst.sop_uid) == ["a"], "K = 1: only a holds the bytes"
+
+        assert_identical(expected(corpus), get_all(b, corpus), "on-the-fly C-GET at b")
+        hashes = {json.loads(requests.get(
+            f"http://127.0.0.1:{b.http_port}/api/v1/instances/{i.sop_uid}",
+            timeout=30).text)["hash"] for i in corpus.instances}
+        if blobs == "s3":
+            kept = {k.rsplit("/", 1)[1] for k in objects(moto, "cache-b", "b")}
+        else:
+            kept = {h for h in hashes if grid.blob_path("b", h).exists()}
+        assert kept == hashes, "the fetched bytes were not kept in b's blob store"
+        for inst in corpus.instances:
+            assert grid.holders("b", inst.sop_uid) == ["a"], "a cached copy is not a policy copy"
+
+        grid["a"].stop()
+        assert_identical(expected(corpus), get_all(b, corpus), "C-GET at b from its cache")
+        wado = {i.sop_uid: dataset_bytes(wado_instance(b, i)) for i in corpus.instances}
+        assert_identical(expected(corpus), wado, "WADO-RS at b from its cache")
+    finally:
+        grid.close()

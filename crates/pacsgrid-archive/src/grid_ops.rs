@@ -426,7 +426,15 @@ impl Archive {
                 if archive.blobs.exists(&inst2.hash).await.unwrap_or(false) {
                     return Err("held here".to_string());
                 }
-                archive.fetch_uncached(remote.as_ref(), &inst2).await
+                if remote.keep_fetched() {
+                    // into a file, which the retrieve that takes it keeps as the cached copy
+                    archive
+                        .fetch_to_staging(remote.as_ref(), &inst2)
+                        .await
+                        .map(|path| Got::Staged(Arc::new(path)))
+                } else {
+                    archive.fetch_uncached(remote.as_ref(), &inst2).await
+                }
             });
             let pending = async move { task.await.map_err(|e| e.to_string())? }
                 .boxed()
@@ -446,7 +454,12 @@ impl Archive {
             .remove(&inst.hash)
             .map(|(_, pending)| pending)?;
         let t0 = std::time::Instant::now();
-        let fetched = pending.await.ok()?.open().await.ok()?;
+        let fetched = match pending.await.ok()? {
+            Got::Staged(path) if self.remote.get().is_some_and(|r| r.keep_fetched()) => {
+                self.keep_staged(inst, path.to_path_buf()).await.ok()?
+            }
+            got => got.open().await.ok()?,
+        };
         tracing::debug!(
             sop_instance_uid = %inst.sop_instance_uid,
             waited_ms = t0.elapsed().as_secs_f64() * 1e3,
@@ -470,12 +483,22 @@ impl Archive {
                 return got.map(|parts| Got::Memory(parts.into()));
             }
         }
+        let path = self.fetch_to_staging(remote, inst).await?;
+        Ok(Got::Staged(Arc::new(path)))
+    }
+
+    /// Fetches bytes for a retrieve into a staging file of their own.
+    async fn fetch_to_staging(
+        &self,
+        remote: &dyn RemoteFetch,
+        inst: &StoredInstance,
+    ) -> Result<PathBuf, String> {
         let dest = self.staging_file();
         match remote
             .fetch(&inst.sop_instance_uid, &inst.hash, inst.size, &dest)
             .await
         {
-            Ok(()) => Ok(Got::Staged(Arc::new(dest))),
+            Ok(()) => Ok(dest),
             Err(e) => {
                 let _ = tokio::fs::remove_file(&dest).await;
                 Err(e)
@@ -510,14 +533,20 @@ impl Archive {
                 .open()
                 .await;
         }
-        let dest = self.staging_file();
-        if let Err(why) = remote
-            .fetch(&inst.sop_instance_uid, &inst.hash, inst.size, &dest)
+        let dest = self
+            .fetch_to_staging(remote.as_ref(), inst)
             .await
-        {
-            let _ = tokio::fs::remove_file(&dest).await;
-            return Err(unavailable(why));
-        }
+            .map_err(unavailable)?;
+        self.keep_staged(inst, dest).await
+    }
+
+    /// Keeps verified bytes fetched into `dest` as the blob store's cached copy and opens
+    /// them for the retrieve; if they cannot be kept, the retrieve reads them all the same.
+    async fn keep_staged(
+        &self,
+        inst: &StoredInstance,
+        dest: PathBuf,
+    ) -> Result<Fetched, ArchiveError> {
         let staged = StagedBlob {
             path: dest.clone(),
             hash: inst.hash.clone(),

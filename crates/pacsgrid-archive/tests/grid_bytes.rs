@@ -435,3 +435,38 @@ async fn a_kept_copy_is_served_by_the_retrieve_that_fetched_it_and_the_next_one(
     assert!(b.verify_blob(&inst.hash).await.unwrap());
     assert_eq!(staging_files(bd.path()), 0);
 }
+
+/// A retrieve's read-ahead at a site that keeps what it fetches: the bytes fetched ahead are
+/// kept too, not only those of the instance the retrieve opened first (a C-GET of a study
+/// reads ahead every instance after the first).
+#[tokio::test]
+async fn bytes_read_ahead_are_kept_like_those_fetched_on_demand() {
+    let (ad, bd, fd) = three_dirs();
+    let (a, b, bytes) = two_sites(ad.path(), bd.path(), fd.path()).await;
+    let remote = Arc::new(KeepingFromA(FromA {
+        a,
+        memory: true,
+        calls: AtomicUsize::new(0),
+    }));
+    b.attach_grid(remote.clone(), Arc::new(NoControl));
+    let inst = b.instance(SOP).await.unwrap().unwrap();
+    b.read_ahead(std::slice::from_ref(&inst));
+    for round in 0..2 {
+        let mut got = Vec::new();
+        b.open_file(&inst)
+            .await
+            .unwrap()
+            .read_to_end(&mut got)
+            .await
+            .unwrap();
+        assert_eq!(got, bytes, "round {round}");
+    }
+    assert_eq!(
+        remote.0.calls.load(Ordering::SeqCst),
+        1,
+        "fetched once, ahead, then read from the kept copy"
+    );
+    assert!(b.has_blob(&inst.hash).await.unwrap());
+    assert!(b.verify_blob(&inst.hash).await.unwrap());
+    assert_eq!(staging_files(bd.path()), 0);
+}
