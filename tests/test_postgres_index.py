@@ -17,6 +17,7 @@ import pydicom
 import pytest
 
 import pgserver
+from test_s3_blobs import KEY as S3_KEY, SECRET as S3_SECRET, moto, objects, s3  # noqa: F401
 from harness import (HOST, SUCCESS, Corpus, Node, NodeDied, assert_identical, association, c_get,
                      dataset_bytes, dcmtk, echo, find, free_ports, gen_dataset, hexs,
                      run_pacsgrid, store, store_contexts, toml_str, wait_for)
@@ -368,3 +369,41 @@ def test_a_database_outage_refuses_stores_and_the_node_carries_on(node_factory, 
             assert_identical(expected(insts), res, f"getscu of {study_uid} after the outage")
         assert rows(pg, schema) == {i.sop_uid for i in both}
         node.stop()
+
+
+def test_node_processes_of_one_site_share_postgres_and_s3(node_factory, pg, moto, corpus,
+                                                          tmp_path):
+    """DESIGN.md, "Scale": several node processes of one site share one PostgreSQL schema and
+    one bucket prefix. What either stores, both find and retrieve identical; a third process
+    started on an empty data directory serves all of it, nothing read from local disk."""
+    schema = pg.schema("scale")
+    s3(moto).create_bucket(Bucket="scale-out")
+
+    def process() -> Node:
+        node = node_factory(start=False)
+        secret = node.dir / "s3.secret"
+        secret.write_text(S3_SECRET + "\n")
+        node.config_path.write_text(node.config_path.read_text() + "\n".join([
+            "", "[storage]", 'index = "postgres"', 'blobs = "s3"', "",
+            "[storage.postgres]", f"url = {toml_str(pg.url)}", f"schema = {toml_str(schema)}",
+            "", "[storage.s3]", 'bucket = "scale-out"', 'prefix = "site"',
+            f"endpoint = {toml_str(moto)}", 'region = "us-east-1"', "allow_http = true",
+            f"access_key_id = {toml_str(S3_KEY)}", f"secret_access_key_file = {toml_str(secret)}",
+            ""]))
+        return node
+
+    one, two = process().start(), process().start()
+    studies = list(corpus.studies().values())
+    half = len(studies) // 2
+    storescu(one, [i.path for s in studies[:half] for i in s])
+    storescu(two, [i.path for s in studies[half:] for i in s])
+    assert_answers(one, corpus, tmp_path / "one", "at the first process")
+    assert_answers(two, corpus, tmp_path / "two", "at the second process")
+    assert rows(pg, schema) == set(corpus.by_uid)
+    assert len(objects(moto, "scale-out", "site")) == len(corpus.instances)
+
+    one.stop()
+    two.stop()
+    fresh = process().start()
+    assert not list((fresh.data_dir / "blobs").glob("**/*")), "the new process has local blobs"
+    assert_answers(fresh, corpus, tmp_path / "fresh", "at a process on an empty data dir")
