@@ -407,3 +407,32 @@ def test_node_processes_of_one_site_share_postgres_and_s3(node_factory, pg, moto
     fresh = process().start()
     assert not list((fresh.data_dir / "blobs").glob("**/*")), "the new process has local blobs"
     assert_answers(fresh, corpus, tmp_path / "fresh", "at a process on an empty data dir")
+
+
+def test_a_sqlite_node_moves_its_index_to_postgres_with_check_reindex(node_factory, pg, corpus,
+                                                                      tmp_path):
+    """A site outgrowing SQLite: stop the node, point its config at PostgreSQL, run
+    `pacsgrid check --config FILE --reindex`, start it again. Every instance is indexed again
+    from its own bytes and answers C-FIND and C-GET as before."""
+    node = node_factory()
+    storescu(node, corpus.paths)
+    node.stop()
+
+    schema = pg.schema("moved")
+    node.config_path.write_text(node.config_path.read_text() + storage_section(pg.url, schema))
+    r = run_pacsgrid(["check", "--config", node.config_path, "--data", node.data_dir,
+                      "--reindex"])
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert f"ok: {len(corpus.instances)} blobs the index did not know are indexed" in r.stdout, \
+        r.stdout
+    report = json.loads(r.stdout.strip().splitlines()[-1])
+    assert report["instances"] == report["blobs"] == len(corpus.instances), report
+    assert rows(pg, schema) == set(corpus.by_uid)
+
+    node.start()
+    assert_answers(node, corpus, tmp_path, "after moving the index to PostgreSQL")
+    # a second run finds nothing more to index
+    node.stop()
+    r = run_pacsgrid(["check", "--config", node.config_path, "--data", node.data_dir,
+                      "--reindex", "--quick"])
+    assert r.returncode == 0 and "ok: 0 blobs" in r.stdout, r.stdout + r.stderr

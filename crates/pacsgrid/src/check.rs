@@ -11,15 +11,25 @@ use std::process::ExitCode;
 /// With `config`, validates it and checks its blob store (for S3: the bucket is listed,
 /// written, read and cleaned) and its index database (PostgreSQL: connected, schema ready),
 /// printing each check; then, when the data directory holds an index, prints the
-/// consistency report as JSON. Exits 0 only when all is well.
+/// consistency report as JSON. With `reindex`, blobs the index does not know are indexed
+/// first. Exits 0 only when all is well.
 pub async fn run(
     config: Option<&Path>,
     data: Option<&Path>,
     rehash: bool,
+    reindex: bool,
 ) -> anyhow::Result<ExitCode> {
     let Some(path) = config else {
         let data = data.unwrap_or(Path::new("./pacsgrid-data"));
-        return consistency(data, BlobBackend::Folder, IndexBackend::Sqlite, rehash).await;
+        let defaults = crate::config::NodeSection::default();
+        let cfg = ArchiveConfig {
+            data_dir: data.to_path_buf(),
+            site: defaults.site,
+            default_issuer: defaults.default_issuer,
+            blobs: BlobBackend::Folder,
+            index: IndexBackend::Sqlite,
+        };
+        return consistency(cfg, rehash, reindex).await;
     };
     let cfg = Config::load(path)?;
     cfg.validate()?;
@@ -61,35 +71,42 @@ pub async fn run(
             data.join("LOCK").exists()
         }
     };
-    if !compare {
+    if !compare && !reindex {
         println!(
             "ok: no index in {} yet, nothing to compare with the blob store",
             data.display()
         );
         return Ok(ExitCode::SUCCESS);
     }
-    consistency(&data, backend, index, rehash).await
+    let cfg = ArchiveConfig {
+        data_dir: data,
+        site: cfg.node.site.clone(),
+        default_issuer: cfg.node.default_issuer.clone(),
+        blobs: backend,
+        index,
+    };
+    consistency(cfg, rehash, reindex).await
 }
 
-/// Prints a JSON report; exits 0 only when nothing is orphaned, missing or corrupt.
-async fn consistency(
-    data: &Path,
-    blobs: BlobBackend,
-    index: IndexBackend,
-    rehash: bool,
-) -> anyhow::Result<ExitCode> {
-    if index == IndexBackend::Sqlite && !data.join("index.sqlite").exists() {
+/// Prints a JSON report (after indexing unknown blobs, with `reindex`); exits 0 only when
+/// nothing is orphaned, missing or corrupt.
+async fn consistency(cfg: ArchiveConfig, rehash: bool, reindex: bool) -> anyhow::Result<ExitCode> {
+    let data = cfg.data_dir.clone();
+    if !reindex && cfg.index == IndexBackend::Sqlite && !data.join("index.sqlite").exists() {
         anyhow::bail!("{} holds no pacsgrid index", data.display());
     }
-    let archive = Archive::open_for_check(ArchiveConfig {
-        data_dir: data.to_path_buf(),
-        site: "local".into(),
-        default_issuer: "PACSGRID".into(),
-        blobs,
-        index,
-    })
-    .await
-    .with_context(|| format!("opening {}", data.display()))?;
+    let archive = Archive::open_for_check(cfg)
+        .await
+        .with_context(|| format!("opening {} (is a node running on it?)", data.display()))?;
+    if reindex {
+        // What crash recovery does at a start after an unclean stop: each blob the index
+        // does not know is parsed and recorded (origin: this site, source "recovery").
+        let (reindexed, removed) = archive.recover().await?;
+        println!(
+            "ok: {reindexed} blobs the index did not know are indexed; {removed} that were \
+             not DICOM or were deleted are removed"
+        );
+    }
     let report = archive.check(rehash).await?;
     println!("{}", serde_json::to_string(&report)?);
     Ok(if report.is_clean() {

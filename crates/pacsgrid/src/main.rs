@@ -60,6 +60,11 @@ enum Command {
         /// Skip re-reading every blob to verify its hash.
         #[arg(long)]
         quick: bool,
+        /// First index every blob the index does not know, from its own bytes, as crash
+        /// recovery does: after moving to another index engine (SQLite to PostgreSQL) or
+        /// restoring blobs from a backup. The node must be stopped.
+        #[arg(long)]
+        reindex: bool,
     },
     /// Asks a running node of a grid to pull a patient's studies to its site now.
     Prefetch(grid_admin::PrefetchArgs),
@@ -102,7 +107,8 @@ fn main() -> std::process::ExitCode {
                 data,
                 config,
                 quick,
-            } => check::run(config.as_deref(), data.as_deref(), !quick).await,
+                reindex,
+            } => check::run(config.as_deref(), data.as_deref(), !quick, reindex).await,
             Command::Grid {
                 command: grid_setup::GridCommand::Status(args),
             } => grid_admin::status(args).await,
