@@ -111,8 +111,9 @@ fn now_ms() -> i64 {
 
 impl Archive {
     /// Opens the archive in `cfg.data_dir` with the index and blob store `cfg` names (by
-    /// default the embedded ones: SQLite, a folder), creating it if needed. After an unclean stop (a crash, `kill -9`) it first re-indexes
-    /// or removes blobs the index does not know, so the two agree again.
+    /// default the embedded ones: SQLite, a folder), creating it if needed. After an unclean
+    /// stop (a crash, `kill -9`) it first re-indexes or removes blobs the index does not
+    /// know, so the two agree again.
     pub async fn open(cfg: ArchiveConfig) -> Result<Arc<Archive>, ArchiveError> {
         Archive::open_with(cfg, true).await
     }
