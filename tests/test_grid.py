@@ -67,13 +67,14 @@ class Grid:
     """A grid made by `pacsgrid grid init`, one harness Node per site."""
 
     def __init__(self, workdir: Path, sites: str = "a,b,c", copies: int = 2,
-                 extra: dict[str, str] | None = None, remote_aes: list[RemoteAE] = ()):
+                 extra: dict[str, str] | None = None, remote_aes: list[RemoteAE] = (),
+                 init_args: list[str] = ()):
         self.dir = workdir / "grid"
         names = sites.split(",")
         base = free_block(len(names))
         r = run_pacsgrid(["grid", "init", "--sites", sites, "--out", str(self.dir),
                           "--base-port", str(base), "--copies", str(copies),
-                          "--lost-after", str(LOST_AFTER)])
+                          "--lost-after", str(LOST_AFTER), *init_args])
         assert r.returncode == 0, r.stderr
         self.info = json.loads((self.dir / "grid.json").read_text())
         self.nodes: dict[str, Node] = {}

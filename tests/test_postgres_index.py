@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import threading
 import time
+import uuid
 from pathlib import Path
 
 import pydicom
@@ -436,3 +437,42 @@ def test_a_sqlite_node_moves_its_index_to_postgres_with_check_reindex(node_facto
     r = run_pacsgrid(["check", "--config", node.config_path, "--data", node.data_dir,
                       "--reindex", "--quick"])
     assert r.returncode == 0 and "ok: 0 blobs" in r.stdout, r.stdout + r.stderr
+
+
+def test_grid_init_postgres_puts_every_site_index_in_its_own_schema(tmp_path, pg):
+    """`pacsgrid grid init --postgres URL`: every site's config keeps its index in that
+    database, in schema site_<name>; the grid works as with SQLite (stored at a, found and
+    retrieved identical at b and c) and each site's rows are in its own schema."""
+    from test_grid import Grid
+    db = f"grid_{uuid.uuid4().hex[:10]}"
+    pg.query(f"CREATE DATABASE {db}")
+    url = pg.url.rsplit("/", 1)[0] + "/" + db
+    corpus = gen_dataset(tmp_path / "c", "--patients", "1", "--studies", "2", "--series", "1",
+                         "--instances", "3", "--modality-mix", "MR=1", "--ts-mix", "explicit=1",
+                         "--latin1-fraction", "0", "--pid-prefix", "PGG", "--seed", "75")
+    grid = Grid(tmp_path, sites="a,b,c", copies=2, init_args=["--postgres", url])
+    try:
+        for site in ("a", "b", "c"):
+            text = grid[site].config_path.read_text()
+            assert 'index = "postgres"' in text and f'schema = "site_{site}"' in text, text
+        grid.start()
+        storescu(grid["a"], corpus.paths)
+        grid.settle(len(corpus))
+        for site in ("b", "c"):
+            got = find(grid[site], "STUDY", {"StudyInstanceUID": ""}).uids("StudyInstanceUID")
+            assert got == set(corpus.studies()), f"C-FIND at {site}: {got}"
+            for study_uid, insts in corpus.studies().items():
+                res = getscu_study(grid[site], tmp_path / site / study_uid, study_uid)
+                assert_identical(expected(insts), res, f"getscu at {site} of {study_uid}")
+        in_db = pg_at(pg, url)
+        for site in ("a", "b", "c"):
+            assert rows(in_db, f"site_{site}") == set(corpus.by_uid), site
+            assert_no_sqlite(grid[site])
+    finally:
+        grid.close()
+        pg.query(f"DROP DATABASE IF EXISTS {db} WITH (FORCE)")
+
+
+def pg_at(pg, url: str) -> pgserver.PgServer:
+    """The same server as `pg`, speaking to another database."""
+    return pgserver.PgServer(url, pg.psql)

@@ -5,6 +5,7 @@ use crate::config::Config;
 use anyhow::{bail, Context};
 use clap::{Args, Subcommand};
 use pacsgrid_grid::{validate_site_name, GridCa, GridConfig, GridPeer};
+use pacsgrid_store::PostgresConfig;
 use serde::{Deserialize, Serialize};
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
@@ -49,6 +50,11 @@ pub struct InitArgs {
     /// Extra host names or IP addresses to put in every site certificate (repeatable).
     #[arg(long = "host")]
     pub hosts: Vec<String>,
+    /// Keep every site's index in this PostgreSQL database (`postgres://user@host/db`), each
+    /// site in a schema of its own (`site_<name>`); default: SQLite in each data directory.
+    /// Keep a password out of the URL: set `password_file` in the configs, or PGPASSWORD.
+    #[arg(long, value_name = "URL")]
+    pub postgres: Option<String>,
 }
 
 /// Flags of `grid add-site`.
@@ -70,6 +76,9 @@ struct GridSummary {
     copies: usize,
     lost_after_secs: u64,
     ca_cert: PathBuf,
+    /// The PostgreSQL database of the sites' indexes, when `--postgres` was given.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    postgres: Option<String>,
     sites: Vec<SiteSummary>,
 }
 
@@ -125,6 +134,12 @@ fn init(args: InitArgs) -> anyhow::Result<()> {
             names.len()
         );
     }
+    if let Some(url) = &args.postgres {
+        // before anything is written, so that a mistyped URL leaves no half-made grid
+        PostgresConfig::new(url)
+            .validate()
+            .map_err(|e| anyhow::anyhow!("--postgres: {e}"))?;
+    }
     let ca_key = args.out.join(pacsgrid_grid::pki::CA_KEY_FILE);
     if ca_key.exists() {
         bail!(
@@ -153,6 +168,7 @@ fn init(args: InitArgs) -> anyhow::Result<()> {
         copies: args.copies,
         lost_after_secs: args.lost_after,
         ca_cert: dir.join(pacsgrid_grid::pki::CA_CERT_FILE),
+        postgres: args.postgres.clone(),
         sites,
     };
     for site in &summary.sites {
@@ -289,8 +305,29 @@ struct SiteFile<'a> {
     node: NodeOut<'a>,
     dicom: ListenOut<'a>,
     http: ListenOut<'a>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    storage: Option<StorageOut>,
     remote_ae: Vec<RemoteAeOut<'a>>,
     grid: &'a GridConfig,
+}
+
+/// `[storage]` of a site whose index is in PostgreSQL.
+#[derive(Serialize)]
+struct StorageOut {
+    index: &'static str,
+    postgres: PostgresOut,
+}
+
+#[derive(Serialize)]
+struct PostgresOut {
+    url: String,
+    schema: String,
+}
+
+/// The schema of a site's index: site names may hold '-' and start with a digit, schema
+/// names may not.
+fn site_schema(name: &str) -> String {
+    format!("site_{}", name.replace('-', "_"))
 }
 
 #[derive(Serialize)]
@@ -360,6 +397,13 @@ fn write_site(
             port: site.http_port,
             bind: LOOPBACK,
         },
+        storage: summary.postgres.as_ref().map(|url| StorageOut {
+            index: "postgres",
+            postgres: PostgresOut {
+                url: url.clone(),
+                schema: site_schema(&site.name),
+            },
+        }),
         remote_ae: peers
             .iter()
             .map(|p| RemoteAeOut {
@@ -424,6 +468,7 @@ mod tests {
             copies: 2,
             lost_after: 5,
             hosts: vec!["localhost".into()],
+            postgres: None,
         })
         .unwrap();
         let cfg = Config::load(&out.join("b.toml")).unwrap();
@@ -447,6 +492,7 @@ mod tests {
             copies: 2,
             lost_after: 5,
             hosts: vec![],
+            postgres: None,
         })
         .unwrap_err();
         assert!(err.to_string().contains("already exists"), "{err}");
@@ -472,6 +518,58 @@ mod tests {
         .is_err());
     }
 
+    /// With --postgres every site's config keeps its index in the database, each site in a
+    /// schema of its own that a schema name may hold, and a site added later does too.
+    #[test]
+    fn postgres_sites_get_a_schema_each() {
+        let tmp = tempfile::tempdir().unwrap();
+        let out = tmp.path().join("grid");
+        let url = "postgres://pacs@db.example.org:5432/grid";
+        init(InitArgs {
+            sites: vec!["north-1".into(), "2nd".into()],
+            out: out.clone(),
+            base_port: 5100,
+            copies: 2,
+            lost_after: 5,
+            hosts: vec![],
+            postgres: Some(url.into()),
+        })
+        .unwrap();
+        add_site(AddSiteArgs {
+            name: "south".into(),
+            dir: out.clone(),
+            hosts: vec![],
+        })
+        .unwrap();
+        for (site, schema) in [
+            ("north-1", "site_north_1"),
+            ("2nd", "site_2nd"),
+            ("south", "site_south"),
+        ] {
+            let cfg = Config::load(&out.join(format!("{site}.toml"))).unwrap();
+            cfg.validate().unwrap();
+            let pacsgrid_store::IndexBackend::Postgres(pg) = cfg.storage.index_backend() else {
+                panic!("{site}: index not in PostgreSQL");
+            };
+            assert_eq!((pg.url.as_str(), pg.schema.as_str()), (url, schema));
+        }
+        let err = init(InitArgs {
+            sites: vec!["a".into(), "b".into()],
+            out: tmp.path().join("other"),
+            base_port: 5200,
+            copies: 2,
+            lost_after: 5,
+            hosts: vec![],
+            postgres: Some("mysql://x@y/z".into()),
+        })
+        .unwrap_err();
+        assert!(err.to_string().contains("--postgres"), "{err}");
+        assert!(
+            !tmp.path().join("other").exists(),
+            "a refused init wrote something"
+        );
+    }
+
     #[test]
     fn bad_site_lists_are_refused() {
         let tmp = tempfile::tempdir().unwrap();
@@ -483,6 +581,7 @@ mod tests {
                 copies,
                 lost_after: 3600,
                 hosts: vec![],
+                postgres: None,
             })
             .unwrap_err()
             .to_string()
