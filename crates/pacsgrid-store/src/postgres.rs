@@ -708,11 +708,16 @@ pub(super) async fn insert_in(
     if site.is_empty() && grid::deleted_after(tx, r).await? {
         return Ok(InsertOutcome::Duplicate);
     }
-    let existing: Option<String> =
-        sqlx::query_scalar("SELECT hash FROM instances WHERE sop_instance_uid = $1")
-            .bind(&r.instance.sop_instance_uid)
-            .fetch_optional(&mut *tx)
-            .await?;
+    // The instance (if recorded) and its series (if known) in one round trip.
+    let (existing, series_id, series_study): (Option<String>, Option<i64>, Option<i64>) =
+        sqlx::query_as(
+            "SELECT (SELECT hash FROM instances WHERE sop_instance_uid = $1), se.id, se.study
+             FROM (SELECT 1) one LEFT JOIN series se ON se.series_uid = $2",
+        )
+        .bind(&r.instance.sop_instance_uid)
+        .bind(&r.series.series_uid)
+        .fetch_one(&mut *tx)
+        .await?;
     if let Some(existing_hash) = existing {
         return Ok(if existing_hash == r.hash {
             InsertOutcome::Duplicate
@@ -722,11 +727,7 @@ pub(super) async fn insert_in(
     }
 
     let (mut new_patients, mut new_studies, mut new_series) = (0i64, 0i64, 0i64);
-    let series_row: Option<(i64, i64)> =
-        sqlx::query_as("SELECT id, study FROM series WHERE series_uid = $1")
-            .bind(&r.series.series_uid)
-            .fetch_optional(&mut *tx)
-            .await?;
+    let series_row = series_id.zip(series_study);
     let (series_id, study_id, patient_row, study_uid) = match series_row {
         Some((series_id, study_id)) => {
             fill_series(tx, series_id, &r.series).await?;
@@ -865,42 +866,27 @@ pub(super) async fn insert_in(
     .bind(r.received_at_ms)
     .fetch_one(&mut *tx)
     .await?;
-    // One statement for the three counters: a round trip each would triple their cost.
+    // Counters, the study's SOP classes, the holder and the totals in one statement: a
+    // round trip each would cost more than the statement itself.
     sqlx::query(
         "WITH a AS (UPDATE series SET num_instances = num_instances + 1 WHERE id = $1),
-              b AS (UPDATE studies SET num_instances = num_instances + 1 WHERE id = $2)
-         UPDATE patients SET num_instances = num_instances + 1 WHERE id = $3",
+              b AS (UPDATE studies SET num_instances = num_instances + 1 WHERE id = $2),
+              c AS (UPDATE patients SET num_instances = num_instances + 1 WHERE id = $3),
+              d AS (INSERT INTO study_sop_classes (study, sop_class_uid)
+                    SELECT $2, $4 WHERE $4 <> '' ON CONFLICT DO NOTHING),
+              e AS (INSERT INTO instance_holders (instance, site, incarnation)
+                    SELECT $5, $6, $7 WHERE $6 <> '' ON CONFLICT DO NOTHING)
+         UPDATE totals SET patients = patients + $8, studies = studies + $9,
+             series = series + $10, instances = instances + 1, bytes = bytes + $11
+         WHERE id = 1",
     )
     .bind(series_id)
     .bind(study_id)
     .bind(patient_row)
-    .execute(&mut *tx)
-    .await?;
-    if !i.sop_class_uid.is_empty() {
-        sqlx::query(
-            "INSERT INTO study_sop_classes (study, sop_class_uid) VALUES ($1, $2)
-             ON CONFLICT DO NOTHING",
-        )
-        .bind(study_id)
-        .bind(&i.sop_class_uid)
-        .execute(&mut *tx)
-        .await?;
-    }
-    if !site.is_empty() {
-        sqlx::query(
-            "INSERT INTO instance_holders (instance, site, incarnation) VALUES ($1, $2, $3)
-             ON CONFLICT DO NOTHING",
-        )
-        .bind(instance_row)
-        .bind(site)
-        .bind(incarnation)
-        .execute(&mut *tx)
-        .await?;
-    }
-    sqlx::query(
-        "UPDATE totals SET patients = patients + $1, studies = studies + $2, series = series + $3,
-             instances = instances + 1, bytes = bytes + $4 WHERE id = 1",
-    )
+    .bind(&i.sop_class_uid)
+    .bind(instance_row)
+    .bind(site)
+    .bind(incarnation)
     .bind(new_patients)
     .bind(new_studies)
     .bind(new_series)
