@@ -418,14 +418,7 @@ async fn a_kept_copy_is_served_by_the_retrieve_that_fetched_it_and_the_next_one(
     b.attach_grid(remote.clone(), Arc::new(NoControl));
     let inst = b.instance(SOP).await.unwrap().unwrap();
     for round in 0..2 {
-        let mut got = Vec::new();
-        b.open_file(&inst)
-            .await
-            .unwrap()
-            .read_to_end(&mut got)
-            .await
-            .unwrap();
-        assert_eq!(got, bytes, "round {round}");
+        assert_eq!(read_whole(&b, &inst).await, bytes, "round {round}");
     }
     assert_eq!(
         remote.0.calls.load(Ordering::SeqCst),
@@ -452,14 +445,7 @@ async fn bytes_read_ahead_are_kept_like_those_fetched_on_demand() {
     let inst = b.instance(SOP).await.unwrap().unwrap();
     b.read_ahead(std::slice::from_ref(&inst));
     for round in 0..2 {
-        let mut got = Vec::new();
-        b.open_file(&inst)
-            .await
-            .unwrap()
-            .read_to_end(&mut got)
-            .await
-            .unwrap();
-        assert_eq!(got, bytes, "round {round}");
+        assert_eq!(read_whole(&b, &inst).await, bytes, "round {round}");
     }
     assert_eq!(
         remote.0.calls.load(Ordering::SeqCst),
@@ -469,4 +455,17 @@ async fn bytes_read_ahead_are_kept_like_those_fetched_on_demand() {
     assert!(b.has_blob(&inst.hash).await.unwrap());
     assert!(b.verify_blob(&inst.hash).await.unwrap());
     assert_eq!(staging_files(bd.path()), 0);
+}
+
+/// An instance's whole Part 10 bytes as a retrieve opens them.
+async fn read_whole(archive: &Archive, inst: &pacsgrid_store::StoredInstance) -> Vec<u8> {
+    let mut got = Vec::new();
+    archive
+        .open_file(inst)
+        .await
+        .unwrap()
+        .read_to_end(&mut got)
+        .await
+        .unwrap();
+    got
 }

@@ -2123,10 +2123,11 @@ mod s3_only {
 index_suite!(sqlite_index, crate::conformance::sqlite_index);
 index_suite!(postgres_index, crate::conformance::postgres_index);
 
-/// A PostgreSQL index in a fresh schema of the test database, when `PACSGRID_PG_TEST_URL`
-/// names one (`scripts/test.sh` starts a throwaway server and sets it). Without it the
-/// PostgreSQL tests are skipped, unless `PACSGRID_PG_TEST_REQUIRED=1`, which makes them fail.
-pub(crate) async fn postgres_index() -> Option<(Arc<PostgresIndex>, Guard)> {
+/// A config for a fresh schema (named from `prefix`) of the test database, when
+/// `PACSGRID_PG_TEST_URL` names one (`scripts/test.sh` starts a throwaway server and sets it).
+/// Without it the PostgreSQL tests are skipped, unless `PACSGRID_PG_TEST_REQUIRED=1`, which
+/// makes them fail.
+pub(crate) fn postgres_test_config(prefix: &str) -> Option<PostgresConfig> {
     let Ok(url) = std::env::var("PACSGRID_PG_TEST_URL") else {
         assert!(
             std::env::var("PACSGRID_PG_TEST_REQUIRED").as_deref() != Ok("1"),
@@ -2141,8 +2142,14 @@ pub(crate) async fn postgres_index() -> Option<(Arc<PostgresIndex>, Guard)> {
         .unwrap()
         .as_nanos();
     let mut cfg = PostgresConfig::new(&url);
-    cfg.schema = format!("conformance_{}_{n}_{nanos}", std::process::id());
+    cfg.schema = format!("{prefix}_{}_{n}_{nanos}", std::process::id());
     cfg.max_connections = 4;
+    Some(cfg)
+}
+
+/// A PostgreSQL index in a fresh schema of the test database (see [`postgres_test_config`]).
+pub(crate) async fn postgres_index() -> Option<(Arc<PostgresIndex>, Guard)> {
+    let cfg = postgres_test_config("conformance")?;
     let index = PostgresIndex::open(&cfg)
         .await
         .unwrap_or_else(|e| panic!("the PostgreSQL test server: {e}"));

@@ -446,9 +446,19 @@ impl PostgresIndex {
         )
     }
 
-    /// Begins a write transaction; the caller holds the writer lock.
-    async fn begin_write(&self) -> Result<Transaction<'static, Postgres>, IndexError> {
-        begin_write(&self.inner).await
+    /// Takes the writer lock and begins a write transaction: every write outside the group
+    /// commit goes through here, so none can forget the lock.
+    async fn write_tx(
+        &self,
+    ) -> Result<
+        (
+            tokio::sync::MutexGuard<'_, ()>,
+            Transaction<'static, Postgres>,
+        ),
+        IndexError,
+    > {
+        let writer = self.inner.writer.lock().await;
+        Ok((writer, begin_write(&self.inner).await?))
     }
 
     /// Begins a read-only transaction that sees one snapshot for all its statements.
@@ -461,17 +471,20 @@ impl PostgresIndex {
     }
 
     /// Queues an insert for the next group commit and waits until it is committed.
+    /// `site` and `incarnation` name the holder recorded with it (empty for a record learned
+    /// from a peer).
     async fn queue_insert(
         &self,
         record: &InstanceRecord,
         site: &str,
+        incarnation: &str,
         mark: Option<AuditMark>,
     ) -> Result<InsertOutcome, IndexError> {
         let (reply, outcome) = oneshot::channel();
         lock(&self.inner.pending).push(InsertJob {
             record: record.clone(),
             site: site.to_string(),
-            incarnation: self.inner.incarnation.clone(),
+            incarnation: incarnation.to_string(),
             mark,
             reply,
         });
@@ -1341,7 +1354,8 @@ impl Index for PostgresIndex {
         record: &InstanceRecord,
         site: &str,
     ) -> Result<InsertOutcome, IndexError> {
-        self.queue_insert(record, site, None).await
+        self.queue_insert(record, site, &self.inner.incarnation, None)
+            .await
     }
 
     async fn insert_marked(
@@ -1350,12 +1364,12 @@ impl Index for PostgresIndex {
         site: &str,
         mark: &AuditMark,
     ) -> Result<InsertOutcome, IndexError> {
-        self.queue_insert(record, site, Some(mark.clone())).await
+        self.queue_insert(record, site, &self.inner.incarnation, Some(mark.clone()))
+            .await
     }
 
     async fn clear_audit_marks(&self, session: &str) -> Result<u64, IndexError> {
-        let _writer = self.inner.writer.lock().await;
-        let mut tx = self.begin_write().await?;
+        let (_writer, mut tx) = self.write_tx().await?;
         let n = sqlx::query("DELETE FROM audit_marks WHERE session = $1")
             .bind(session)
             .execute(&mut *tx)
@@ -1394,8 +1408,7 @@ impl Index for PostgresIndex {
     }
 
     async fn clear_audit_marks_through(&self, id: i64) -> Result<u64, IndexError> {
-        let _writer = self.inner.writer.lock().await;
-        let mut tx = self.begin_write().await?;
+        let (_writer, mut tx) = self.write_tx().await?;
         let n = sqlx::query("DELETE FROM audit_marks WHERE id <= $1")
             .bind(id)
             .execute(&mut *tx)
@@ -1406,8 +1419,7 @@ impl Index for PostgresIndex {
     }
 
     async fn quarantine(&self, entry: &QuarantineEntry) -> Result<i64, IndexError> {
-        let _writer = self.inner.writer.lock().await;
-        let mut tx = self.begin_write().await?;
+        let (_writer, mut tx) = self.write_tx().await?;
         let id = quarantine_in(&mut tx, entry).await?;
         tx.commit().await?;
         Ok(id)
@@ -1521,8 +1533,7 @@ impl Index for PostgresIndex {
     }
 
     async fn delete(&self, target: &DeleteTarget, at_ms: i64) -> Result<Deletion, IndexError> {
-        let _writer = self.inner.writer.lock().await;
-        let mut tx = self.begin_write().await?;
+        let (_writer, mut tx) = self.write_tx().await?;
         let out = delete_in(&mut tx, target, at_ms, "").await?;
         tx.commit().await?;
         Ok(out)
@@ -1578,18 +1589,7 @@ mod tests {
     use super::*;
     use crate::GridIndex;
 
-    /// A config for a fresh schema of the test database, if one is given.
-    fn test_config(name: &str) -> Option<PostgresConfig> {
-        let url = std::env::var("PACSGRID_PG_TEST_URL").ok()?;
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_nanos();
-        let mut cfg = PostgresConfig::new(&url);
-        cfg.schema = format!("{name}_{}_{nanos}", std::process::id());
-        cfg.max_connections = 3;
-        Some(cfg)
-    }
+    use crate::conformance::postgres_test_config as test_config;
 
     #[test]
     fn passwords_never_reach_messages() {

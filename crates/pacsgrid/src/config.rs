@@ -561,16 +561,21 @@ mod tests {
         assert_eq!(grid.peers.len(), 1);
     }
 
-    #[test]
-    fn example_storage_s3_section_parses_when_uncommented() {
+    /// The commented-out section of pacsgrid.example.toml that starts at `header`, uncommented.
+    fn example_section(header: &str) -> String {
         let text = include_str!("../../../pacsgrid.example.toml");
-        let start = text.find("# [storage.s3]").unwrap();
-        let section: String = text[start..]
+        let start = text.find(header).unwrap();
+        text[start..]
             .lines()
             .take_while(|l| l.starts_with('#'))
             .map(|l| l.strip_prefix("# ").unwrap_or(l))
             .collect::<Vec<_>>()
-            .join("\n");
+            .join("\n")
+    }
+
+    #[test]
+    fn example_storage_s3_section_parses_when_uncommented() {
+        let section = example_section("# [storage.s3]");
         let cfg: Config = toml::from_str(&format!("[storage]\nblobs = \"s3\"\n{section}")).unwrap();
         cfg.validate().unwrap();
         let s3 = cfg.storage.s3.unwrap();
@@ -580,14 +585,7 @@ mod tests {
 
     #[test]
     fn example_storage_postgres_section_parses_when_uncommented() {
-        let text = include_str!("../../../pacsgrid.example.toml");
-        let start = text.find("# [storage.postgres]").unwrap();
-        let section: String = text[start..]
-            .lines()
-            .take_while(|l| l.starts_with('#'))
-            .map(|l| l.strip_prefix("# ").unwrap_or(l))
-            .collect::<Vec<_>>()
-            .join("\n");
+        let section = example_section("# [storage.postgres]");
         let cfg: Config =
             toml::from_str(&format!("[storage]\nindex = \"postgres\"\n{section}")).unwrap();
         cfg.validate().unwrap();

@@ -1,8 +1,7 @@
 //! [`GridIndex`] for PostgreSQL: peers' records, holders, tombstones, cursors and conflicts.
 
 use super::{
-    append_entry, delete_in, from_db, lock, referenced, sql_limit, Inner, PostgresIndex,
-    QueuedWrite,
+    append_entry, delete_in, from_db, lock, referenced, sql_limit, PostgresIndex, QueuedWrite,
 };
 use crate::grid_index::*;
 use crate::index::{IndexError, InsertOutcome};
@@ -386,12 +385,6 @@ async fn holdings_in(
     Ok(out)
 }
 
-impl PostgresIndex {
-    fn pending_holders(inner: &Inner) -> &std::sync::Mutex<Vec<HolderJob>> {
-        &inner.pending_holders
-    }
-}
-
 #[async_trait]
 impl GridIndex for PostgresIndex {
     async fn incarnation(&self) -> Result<String, IndexError> {
@@ -399,19 +392,8 @@ impl GridIndex for PostgresIndex {
     }
 
     async fn insert_remote(&self, record: &InstanceRecord) -> Result<InsertOutcome, IndexError> {
-        let (reply, outcome) = oneshot::channel();
         // Through the group commit like a local store, with no holder.
-        lock(&self.inner.pending).push(super::InsertJob {
-            record: record.clone(),
-            site: String::new(),
-            incarnation: String::new(),
-            mark: None,
-            reply,
-        });
-        self.commit_queued(|i| &i.pending).await?;
-        outcome.await.map_err(|_| {
-            IndexError::Task("the insert was dropped before it was committed".into())
-        })?
+        self.queue_insert(record, "", "", None).await
     }
 
     async fn set_holder(
@@ -430,7 +412,7 @@ impl GridIndex for PostgresIndex {
             reply,
         });
         // as for inserts: copies finished while a commit is under way share the next
-        self.commit_queued(PostgresIndex::pending_holders).await?;
+        self.commit_queued(|i| &i.pending_holders).await?;
         outcome.await.map_err(|_| {
             IndexError::Task("the holder change was dropped before it was committed".into())
         })?
@@ -442,8 +424,7 @@ impl GridIndex for PostgresIndex {
         cursor: &PeerCursor,
     ) -> Result<Vec<PeerOutcome>, IndexError> {
         // A peer's feed page and its cursor in one transaction: one commit a page.
-        let _writer = self.inner.writer.lock().await;
-        let mut tx = self.begin_write().await?;
+        let (_writer, mut tx) = self.write_tx().await?;
         let mut out = Vec::with_capacity(changes.len());
         for change in &changes {
             out.push(match change {
@@ -469,8 +450,7 @@ impl GridIndex for PostgresIndex {
     }
 
     async fn drop_stale_holders(&self, site: &str, incarnation: &str) -> Result<u64, IndexError> {
-        let _writer = self.inner.writer.lock().await;
-        let mut tx = self.begin_write().await?;
+        let (_writer, mut tx) = self.write_tx().await?;
         let n = sqlx::query("DELETE FROM instance_holders WHERE site = $1 AND incarnation <> $2")
             .bind(site)
             .bind(incarnation)
@@ -482,8 +462,7 @@ impl GridIndex for PostgresIndex {
     }
 
     async fn apply_tombstone(&self, t: &Tombstone) -> Result<TombstoneOutcome, IndexError> {
-        let _writer = self.inner.writer.lock().await;
-        let mut tx = self.begin_write().await?;
+        let (_writer, mut tx) = self.write_tx().await?;
         let out = apply_tombstone_in(&mut tx, t).await?;
         tx.commit().await?;
         Ok(out)
@@ -538,8 +517,7 @@ impl GridIndex for PostgresIndex {
     }
 
     async fn save_peer_cursor(&self, cursor: &PeerCursor) -> Result<(), IndexError> {
-        let _writer = self.inner.writer.lock().await;
-        let mut tx = self.begin_write().await?;
+        let (_writer, mut tx) = self.write_tx().await?;
         save_cursor_in(&mut tx, cursor).await?;
         tx.commit().await?;
         Ok(())
@@ -547,8 +525,7 @@ impl GridIndex for PostgresIndex {
 
     async fn record_conflict(&self, conflict: &GridConflict) -> Result<bool, IndexError> {
         let g = conflict;
-        let _writer = self.inner.writer.lock().await;
-        let mut tx = self.begin_write().await?;
+        let (_writer, mut tx) = self.write_tx().await?;
         let n = sqlx::query(
             "INSERT INTO grid_conflicts (sop_instance_uid, hash, local_hash, site, at_ms)
              VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING",
