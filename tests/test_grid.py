@@ -200,12 +200,15 @@ def expected(insts) -> dict[str, bytes]:
 
 
 def getscu_study(node: Node, outdir: Path, study_uid: str) -> dict[str, bytes]:
+    """dcmtk getscu of one study into `outdir` (emptied first, so it can be reused):
+    SOP Instance UID -> data set bytes as received."""
     outdir.mkdir(parents=True, exist_ok=True)
+    for old in outdir.iterdir():
+        old.unlink()
     r = dcmtk("getscu", "-S", "+xe", "+B", "-aet", "GETSCU", "-aec", node.ae_title, "-od",
               outdir, "-k", "QueryRetrieveLevel=STUDY", "-k", f"StudyInstanceUID={study_uid}",
               "127.0.0.1", node.dicom_port, timeout=180)
-    assert r.returncode == 0, r.stderr[-2000:]
-    import pydicom
+    assert r.returncode == 0, f"getscu exited {r.returncode}:\n{r.stderr[-2000:]}"
     return {str(pydicom.dcmread(p, stop_before_pixels=True).SOPInstanceUID): dataset_bytes(p)
             for p in outdir.iterdir() if p.is_file()}
 

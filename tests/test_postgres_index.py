@@ -18,9 +18,10 @@ import pydicom
 import pytest
 
 import pgserver
+from test_grid import Grid, expected, getscu_study
 from test_s3_blobs import KEY as S3_KEY, SECRET as S3_SECRET, moto, objects, s3  # noqa: F401
 from harness import (HOST, SUCCESS, Corpus, Node, NodeDied, assert_identical, association, c_get,
-                     dataset_bytes, dcmtk, echo, find, free_ports, gen_dataset, hexs,
+                     dcmtk, echo, find, free_ports, gen_dataset, hexs,
                      run_pacsgrid, store, store_contexts, toml_str, wait_for)
 
 
@@ -56,10 +57,6 @@ def pg_node(node_factory, url: str, schema: str) -> Node:
     return node
 
 
-def expected(insts) -> dict[str, bytes]:
-    return {i.sop_uid: i.data for i in insts}
-
-
 def storescu(node: Node, paths) -> None:
     r = dcmtk("storescu", "-aet", "STORESCU", "-aec", node.ae_title, HOST, node.dicom_port,
               *paths, timeout=300)
@@ -78,19 +75,6 @@ def findscu(node: Node, tmp: Path, level: str, keys: dict, want: str) -> list[st
     r = dcmtk("findscu", *args, HOST, node.dicom_port, timeout=60)
     assert r.returncode == 0, f"findscu exited {r.returncode}:\n{r.stdout}\n{r.stderr}"
     return sorted(str(pydicom.dcmread(p).get(want, "")) for p in tmp.glob("rsp*.dcm"))
-
-
-def getscu_study(node: Node, outdir: Path, study_uid: str) -> dict[str, bytes]:
-    """dcmtk getscu of one study: SOP Instance UID -> data set bytes as received."""
-    outdir.mkdir(parents=True, exist_ok=True)
-    for old in outdir.iterdir():
-        old.unlink()
-    r = dcmtk("getscu", "-S", "+xe", "+B", "-aet", "GETSCU", "-aec", node.ae_title, "-od",
-              outdir, "-k", "QueryRetrieveLevel=STUDY", "-k", f"StudyInstanceUID={study_uid}",
-              HOST, node.dicom_port, timeout=180)
-    assert r.returncode == 0, f"getscu exited {r.returncode}:\n{r.stderr[-2000:]}"
-    return {str(pydicom.dcmread(p, stop_before_pixels=True).SOPInstanceUID): dataset_bytes(p)
-            for p in outdir.iterdir() if p.is_file()}
 
 
 def assert_answers(node: Node, corpus: Corpus, tmp: Path, what: str) -> None:
@@ -304,7 +288,6 @@ def test_bad_postgres_settings_are_refused_by_name(tmp_path):
 def test_grid_with_one_site_on_postgres(tmp_path, pg):
     """Site a keeps its index in PostgreSQL, b in SQLite: what a stores is found and retrieved
     identical at b, and what b stores is found and retrieved at a."""
-    from test_grid import Grid
     at_a = gen_dataset(tmp_path / "ca", "--patients", "1", "--studies", "2", "--series", "2",
                        "--instances", "2", "--modality-mix", "MR=1", "--ts-mix", "explicit=1",
                        "--latin1-fraction", "0", "--pid-prefix", "PGA", "--seed", "73")
@@ -443,7 +426,6 @@ def test_grid_init_postgres_puts_every_site_index_in_its_own_schema(tmp_path, pg
     """`pacsgrid grid init --postgres URL`: every site's config keeps its index in that
     database, in schema site_<name>; the grid works as with SQLite (stored at a, found and
     retrieved identical at b and c) and each site's rows are in its own schema."""
-    from test_grid import Grid
     db = f"grid_{uuid.uuid4().hex[:10]}"
     pg.query(f"CREATE DATABASE {db}")
     url = pg.url.rsplit("/", 1)[0] + "/" + db
