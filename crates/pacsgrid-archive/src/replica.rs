@@ -5,14 +5,19 @@
 //! has instead of starting over. Nothing is trusted for that: the bytes already there are
 //! hashed again, and the copy counts as this node's only after [`Replica::finish`] has
 //! verified every byte against the content hash and fsynced them.
+//!
+//! Copies are written around the page cache where the blob store keeps the file as it is
+//! ([`pacsgrid_store::direct`]): nobody reads another site's copy soon, and a re-replication
+//! of a lost site should not push the studies being read out of memory.
 
 use crate::archive::Archive;
 use crate::error::ArchiveError;
 use bytes::Bytes;
 use pacsgrid_store::blob::is_valid_hash;
+use pacsgrid_store::direct::{aligned_down, DirectWriter};
 use pacsgrid_store::StagedBlob;
 use std::fs::{File, OpenOptions, TryLockError};
-use std::io::{Seek, SeekFrom, Write};
+use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -65,22 +70,27 @@ struct ReplicaSink {
     /// that arrives in one batch creating, writing, hashing and fsyncing are one hop. (A
     /// replica dropped while that hop runs may leave a staging file behind; the staging
     /// area is emptied at start, and it was never a copy.)
-    file: Option<File>,
+    file: Option<DirectWriter>,
+    /// The partial copy's handle that holds its lock, for as long as the replica lives.
+    _lock: Option<File>,
     path: PathBuf,
     hasher: blake3::Hasher,
+    /// The blob's size from the index: how large the write buffer needs to be.
+    size: u64,
+    /// Whether to write around the page cache.
+    direct: bool,
 }
 
 impl ReplicaSink {
     /// The file, created now if it is not yet.
-    fn file(&mut self) -> std::io::Result<&mut File> {
+    fn file(&mut self) -> std::io::Result<&mut DirectWriter> {
         match &mut self.file {
             Some(f) => Ok(f),
-            none => Ok(none.insert(
-                OpenOptions::new()
-                    .write(true)
-                    .create_new(true)
-                    .open(&self.path)?,
-            )),
+            none => Ok(none.insert(DirectWriter::create_new(
+                &self.path,
+                self.size,
+                self.direct,
+            )?)),
         }
     }
 
@@ -96,11 +106,23 @@ impl ReplicaSink {
         }
         Ok(())
     }
+
+    /// Writes what is left and fsyncs the file.
+    fn sync(&mut self) -> std::io::Result<()> {
+        self.file()?;
+        let file = self
+            .file
+            .take()
+            .ok_or_else(|| std::io::Error::other("replica file missing"))?;
+        file.finish()?;
+        Ok(())
+    }
 }
 
-/// Opens (creating it if needed) the partial copy at `path` for appending, locked so that no
-/// other replica writes to it, and hashes the bytes it already has. `None` when another
-/// replica holds it.
+/// Opens (creating it if needed) the partial copy at `path`, locked so that no other replica
+/// writes to it, and hashes the bytes it keeps: a whole number of blocks, so that it can be
+/// continued with direct writes (a cut-off tail of less than a block is dropped). Returns
+/// the locked handle, the bytes kept and their hash; `None` when another replica holds it.
 fn open_partial(path: &Path) -> std::io::Result<Option<(File, u64, blake3::Hasher)>> {
     let mut file = OpenOptions::new()
         .read(true)
@@ -113,11 +135,10 @@ fn open_partial(path: &Path) -> std::io::Result<Option<(File, u64, blake3::Hashe
         Err(TryLockError::WouldBlock) => return Ok(None),
         Err(TryLockError::Error(e)) => return Err(e),
     }
+    let len = aligned_down(file.metadata()?.len());
     let mut hasher = blake3::Hasher::new();
-    hasher.update_reader(&mut file)?;
-    // the reader stops at the end: the next write appends
-    let len = file.stream_position()?;
-    Ok(Some((file, len, hasher)))
+    let hashed = std::io::copy(&mut (&mut file).take(len), &mut hasher)?;
+    Ok(Some((file, hashed, hasher)))
 }
 
 /// Makes the folder of partial copies in `data_dir`, and removes the partial copies that no
@@ -167,26 +188,43 @@ impl Archive {
     ) -> Result<Replica, ArchiveError> {
         let partial = (size >= KEEP_PARTIAL_MIN && is_valid_hash(hash))
             .then(|| self.cfg.data_dir.join(PARTIAL_DIR).join(hash));
+        let direct = self.blobs.keeps_staged_file();
         let opened = match partial {
             // the folder was made when the archive opened (`prepare_partials`)
             Some(path) => tokio::task::spawn_blocking(move || {
-                open_partial(&path).map(|o| o.map(|o| (o, path)))
+                let Some((lock, len, hasher)) = open_partial(&path)? else {
+                    return Ok(None);
+                };
+                let writer = DirectWriter::append(&path, len, size, direct)?;
+                Ok::<_, std::io::Error>(Some((lock, writer, len, hasher, path)))
             })
             .await
             .map_err(|e| ArchiveError::Io(std::io::Error::other(e.to_string())))??,
             None => None,
         };
-        let (file, path, resumed_from, hasher, resumable) = match opened {
-            Some(((file, len, hasher), path)) => (Some(file), path, len, hasher, true),
-            None => (None, self.staging_file(), 0, blake3::Hasher::new(), false),
+        let (lock, file, path, resumed_from, hasher, resumable) = match opened {
+            Some((lock, writer, len, hasher, path)) => {
+                (Some(lock), Some(writer), path, len, hasher, true)
+            }
+            None => (
+                None,
+                None,
+                self.staging_file(),
+                0,
+                blake3::Hasher::new(),
+                false,
+            ),
         };
         Ok(Replica {
             archive: Arc::clone(self),
             expected: hash.to_string(),
             sink: Some(ReplicaSink {
                 file,
+                _lock: lock,
                 path: path.clone(),
                 hasher,
+                size,
+                direct,
             }),
             pending: Vec::new(),
             pending_len: 0,
@@ -214,8 +252,7 @@ impl Replica {
         self.resumed_from = 0;
         self.on_sink(|sink| {
             if let Some(f) = &mut sink.file {
-                f.set_len(0)?;
-                f.seek(SeekFrom::Start(0))?;
+                f.truncate()?;
             }
             sink.hasher = blake3::Hasher::new();
             Ok(())
@@ -276,7 +313,7 @@ impl Replica {
                 let actual = sink.hasher.finalize().to_hex().to_string();
                 let t_hash = t0.elapsed();
                 if actual == expected {
-                    sink.file()?.sync_all()?;
+                    sink.sync()?;
                     if to != sink.path {
                         std::fs::rename(&sink.path, &to)?;
                     }
@@ -354,22 +391,24 @@ mod tests {
     }
 
     #[test]
-    fn a_partial_copy_is_hashed_and_appended_to_and_locked_while_open() {
+    fn a_partial_copy_keeps_whole_blocks_is_locked_while_open_and_goes_on() {
+        use pacsgrid_store::direct::ALIGN;
         let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join(hash_of(b"x"));
-        std::fs::write(&path, b"hello ").unwrap();
-        let (mut file, len, mut hasher) = open_partial(&path).unwrap().unwrap();
-        assert_eq!(len, 6);
+        let whole: Vec<u8> = (0..3 * ALIGN + 11).map(|i| (i % 253) as u8).collect();
+        let path = dir.path().join(hash_of(&whole));
+        // cut off a few bytes into the second block: the tail of that block is dropped
+        std::fs::write(&path, &whole[..ALIGN + 6]).unwrap();
+        let (lock, len, mut hasher) = open_partial(&path).unwrap().unwrap();
+        assert_eq!(len, ALIGN as u64);
         // a second replica of the same bytes does not get the file while the first has it
         assert!(open_partial(&path).unwrap().is_none());
-        file.write_all(b"world").unwrap();
-        hasher.update(b"world");
-        assert_eq!(
-            hasher.finalize().to_hex().to_string(),
-            hash_of(b"hello world")
-        );
-        drop(file);
-        assert_eq!(std::fs::read(&path).unwrap(), b"hello world");
+        let mut w = DirectWriter::append(&path, len, whole.len() as u64, true).unwrap();
+        w.write_all(&whole[ALIGN..]).unwrap();
+        hasher.update(&whole[ALIGN..]);
+        w.finish().unwrap();
+        assert_eq!(hasher.finalize().to_hex().to_string(), hash_of(&whole));
+        drop(lock);
+        assert_eq!(std::fs::read(&path).unwrap(), whole);
         assert!(open_partial(&path).unwrap().is_some());
     }
 

@@ -142,6 +142,13 @@ pub trait BlobStore: Send + Sync + 'static {
     /// Every hash in the store, for consistency checks and repair.
     async fn list(&self) -> Result<Vec<String>, BlobError>;
 
+    /// Whether [`BlobStore::put`] keeps the staged file itself (a rename), so that its bytes
+    /// are not read again when stored: such files can be written around the page cache
+    /// ([`crate::direct`]). A store that uploads the file reads it back, so the default is no.
+    fn keeps_staged_file(&self) -> bool {
+        false
+    }
+
     /// A local path to the blob if the backend keeps it as a file (lets the archive parse
     /// headers without copying); `None` for remote backends.
     fn local_path(&self, hash: &str) -> Option<PathBuf>;

@@ -237,6 +237,10 @@ impl BlobStore for FolderBlobStore {
         .await
     }
 
+    fn keeps_staged_file(&self) -> bool {
+        true
+    }
+
     fn local_path(&self, hash: &str) -> Option<PathBuf> {
         self.path_of(hash).ok()
     }

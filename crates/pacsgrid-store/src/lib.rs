@@ -8,6 +8,7 @@
 pub mod blob;
 #[cfg(test)]
 mod conformance;
+pub mod direct;
 pub mod folder;
 pub mod grid_index;
 pub mod index;
