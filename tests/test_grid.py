@@ -13,6 +13,7 @@ import socket
 import ssl
 import subprocess
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -306,6 +307,63 @@ def test_a_site_lost_for_good(grid_factory, corpus, tmp_path):
         res = c_get(g[s], "STUDY", {"StudyInstanceUID": corpus.instances[0].study_uid})
         assert res.status == SUCCESS
     assert "peer site unreachable" in g["b"].log_text()
+
+
+def _http(port: int, path: str, accept: str):
+    req = urllib.request.Request(f"http://127.0.0.1:{port}{path}", headers={"Accept": accept})
+    try:
+        with urllib.request.urlopen(req, timeout=30) as r:
+            return r.status, r.headers, r.read()
+    except urllib.error.HTTPError as e:
+        return e.code, e.headers, e.read()
+
+
+def test_bytes_held_only_at_a_down_site_are_refused_up_front(grid_factory, corpus):
+    """copies = 1: a study whose instances were stored partly at A, partly at B. With A down,
+    B says before the first byte what it cannot give: C-GET fails those sub-operations,
+    WADO-RS answers 206 with the rest and a Warning, 503 problem+json when nothing is left,
+    and B keeps answering queries."""
+    g = grid_factory(sites="a,b", copies=1).start()
+    study, insts = next(iter(corpus.studies().items()))
+    at_a, at_b = insts[:4], insts[4:]
+    store_ok(g["a"], at_a)
+    store_ok(g["b"], at_b)
+    g.settle(len(insts))
+    g["a"].kill9()
+    wait_for("B sees A unreachable", lambda: not next(
+        p for p in g.status("b")["sites"] if p["name"] == "a")["reachable"], timeout=15)
+
+    res = c_get(g["b"], "STUDY", {"StudyInstanceUID": study})
+    assert set(res.received) == {i.sop_uid for i in at_b}
+    assert res.status == 0xB000, hexs(res.status)
+    assert res.final.NumberOfFailedSuboperations == len(at_a)
+
+    code, headers, body = _http(g["b"].http_port, f"/dicom-web/studies/{study}",
+                                'multipart/related; type="application/dicom"')
+    assert code == 206, body[:300]
+    assert headers["Warning"].startswith('299 pacsgrid "B000: left out 4 of 6 instances'), headers
+    assert "held only at a, unreachable now" in headers["Warning"]
+    for i in at_b:
+        assert i.data in body
+    for i in at_a:
+        assert i.data not in body
+
+    one = at_a[0]
+    base = f"/dicom-web/studies/{study}/series/{one.series_uid}/instances/{one.sop_uid}"
+    for path, accept in [(base, 'multipart/related; type="application/dicom"'),
+                         (base + "/frames/1", 'multipart/related; type="application/octet-stream"'),
+                         (base + "/rendered", "image/jpeg")]:
+        code, headers, body = _http(g["b"].http_port, path, accept)
+        assert code == 503, (path, code, body[:300])
+        assert headers["Content-Type"] == "application/problem+json"
+        detail = json.loads(body)["detail"]
+        # said up front from what B knows of A, or after B tried A
+        assert ("held only at a, unreachable now" in detail
+                or "could not be fetched: a: cannot connect" in detail), (path, detail)
+    # the grid's metadata is all here: queries answer for the whole study
+    assert found_studies(g["b"]) == {study}
+    assert len(find(g["b"], "IMAGE", {"StudyInstanceUID": study, "SOPInstanceUID": ""}).identifiers) == 6
+    assert "bytes held only at unreachable sites" in g["b"].log_text()
 
 
 def test_a_stopped_site_catches_up(grid_factory, corpus):

@@ -37,6 +37,13 @@ pub trait RemoteFetch: Send + Sync + 'static {
     fn keep_fetched(&self) -> bool {
         false
     }
+
+    /// Why no site could give the bytes of `sop_instance_uid` now (every site holding them
+    /// is unreachable, or none does), as far as this node knows without trying; `None` when
+    /// a fetch may succeed. Lets a retrieve say so before its first byte goes out.
+    async fn unreachable(&self, _sop_instance_uid: &str) -> Option<String> {
+        None
+    }
 }
 
 /// Grid operations the REST API offers (status, prefetch, scrub), answered as JSON so that

@@ -506,6 +506,17 @@ impl Archive {
         }
     }
 
+    /// Why the bytes of `inst` cannot be had now: not held here, and every site that holds
+    /// them is unreachable. `None` when they are here, when a holder is reachable, and on a
+    /// node outside a grid (its missing bytes are a fault to report, not a wait).
+    pub async fn unavailable(&self, inst: &StoredInstance) -> Option<String> {
+        let remote = self.remote.get()?;
+        if self.blobs.exists(&inst.hash).await.unwrap_or(true) {
+            return None;
+        }
+        remote.unreachable(&inst.sop_instance_uid).await
+    }
+
     /// Fetches an instance's bytes from another site for a retrieve, verified: in memory, in
     /// an unlinked file, or kept in the blob store as a cached copy.
     pub(crate) async fn fetch_remote(

@@ -23,7 +23,7 @@ pub use grid_ops::RemoteApply;
 pub use incoming::{Incoming, IncomingMeta, StoreOutcome, Subject};
 pub use pacsgrid_store::{
     AttrValues, AuditMark, BlobChunks, BlobError, BlobReader, Change, ChangeKind, DeleteTarget,
-    FeedEntry, GridConflict, Holder, HolderChange, Holdings, IndexStats, InsertOutcome,
+    FeedEntry, GridConflict, Holder, HolderChange, Holdings, IndexError, IndexStats, InsertOutcome,
     InstanceRecord, PeerChange, PeerCursor, PeerOutcome, PendingAudit, Provenance, QuarantineEntry,
     Space, StoredInstance, Tombstone, TombstoneOutcome,
 };

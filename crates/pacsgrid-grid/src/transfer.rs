@@ -369,4 +369,26 @@ impl RemoteFetch for Grid {
     fn keep_fetched(&self) -> bool {
         self.cfg.cache_retrieved
     }
+
+    async fn unreachable(&self, sop_instance_uid: &str) -> Option<String> {
+        let holders = match self.archive.grid_record(sop_instance_uid).await {
+            Ok(Some((_, holders))) => holders,
+            Ok(None) => return Some("the instance is no longer recorded".into()),
+            // the index will say more when the fetch itself is tried
+            Err(_) => return None,
+        };
+        if self.sources(&holders).iter().any(|p| p.reachable) {
+            return None;
+        }
+        let names: Vec<&str> = holders
+            .iter()
+            .filter(|h| self.holder_valid(h) && h.site != self.site)
+            .map(|h| h.site.as_str())
+            .collect();
+        Some(if names.is_empty() {
+            "no site holds its bytes".into()
+        } else {
+            format!("held only at {}, unreachable now", names.join(", "))
+        })
+    }
 }

@@ -94,7 +94,15 @@ impl IntoResponse for Problem {
 
 impl From<ArchiveError> for Problem {
     fn from(e: ArchiveError) -> Problem {
-        Problem::internal(e.to_string())
+        match e {
+            // The bytes are held at sites that cannot be reached now, or the index's database
+            // is down: the request may well succeed later, so it is not a server fault.
+            ArchiveError::Unavailable { .. }
+            | ArchiveError::Index(pacsgrid_archive::IndexError::Unreachable(_)) => {
+                Problem::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string())
+            }
+            e => Problem::internal(e.to_string()),
+        }
     }
 }
 
@@ -117,5 +125,20 @@ mod tests {
         assert_eq!(body["status"], 400);
         assert_eq!(body["title"], "Bad Request");
         assert_eq!(body["detail"], "x");
+    }
+
+    #[test]
+    fn bytes_or_an_index_out_of_reach_are_503_other_archive_faults_500() {
+        let gone = ArchiveError::Unavailable {
+            hash: "ab".into(),
+            why: "held only at a, unreachable now".into(),
+        };
+        let p = Problem::from(gone);
+        assert_eq!(p.status, StatusCode::SERVICE_UNAVAILABLE);
+        assert!(p.detail.contains("held only at a"), "{}", p.detail);
+        let db = ArchiveError::Index(pacsgrid_archive::IndexError::Unreachable("pg".into()));
+        assert_eq!(Problem::from(db).status, StatusCode::SERVICE_UNAVAILABLE);
+        let io = ArchiveError::Io(std::io::Error::other("disk"));
+        assert_eq!(Problem::from(io).status, StatusCode::INTERNAL_SERVER_ERROR);
     }
 }

@@ -467,6 +467,7 @@ async fn retrieve_as(
     framing: Framing,
 ) -> Result<Response, Problem> {
     let (found, tally) = locate_for_audit(&st.archive, &t).await?;
+    let (found, unreachable) = leave_out_unreachable(&st.archive, found).await?;
     let deid = (audit.view() == View::DeIdentified).then(|| Arc::clone(&st.deid));
     if deid.is_some() {
         refuse_withheld_instance(&st.archive, &t, &found).await?;
@@ -548,7 +549,55 @@ async fn retrieve_as(
         rsp.headers_mut()
             .insert(header::CONTENT_LENGTH, HeaderValue::from(n));
     }
+    if let Some(warning) = unreachable {
+        // PS3.18: only some of the target resources; the Warning says which are missing
+        *rsp.status_mut() = StatusCode::PARTIAL_CONTENT;
+        if let Ok(v) = HeaderValue::from_str(&warning) {
+            rsp.headers_mut().insert(header::WARNING, v);
+        }
+    }
     Ok(rsp)
+}
+
+/// Splits off the instances whose bytes are held only at sites that cannot be reached now,
+/// so that a retrieve says so before its first byte rather than breaking off in the middle
+/// of a 200. None can be had: 503. Some: the rest, and the `Warning` header value that
+/// names what was left out (the response is then a 206).
+async fn leave_out_unreachable(
+    archive: &Archive,
+    found: Vec<StoredInstance>,
+) -> Result<(Vec<StoredInstance>, Option<String>), Problem> {
+    let total = found.len();
+    let mut kept = Vec::with_capacity(total);
+    let mut missing: Vec<(String, String)> = Vec::new();
+    for inst in found {
+        match archive.unavailable(&inst).await {
+            None => kept.push(inst),
+            Some(why) => missing.push((inst.sop_instance_uid, why)),
+        }
+    }
+    let Some((first_uid, first_why)) = missing.first() else {
+        return Ok((kept, None));
+    };
+    let what = if missing.len() == 1 {
+        format!("instance {first_uid}: {first_why}")
+    } else {
+        format!(
+            "{} of {total} instances (the first, {first_uid}: {first_why})",
+            missing.len()
+        )
+    };
+    tracing::warn!(left_out = missing.len(), of = total, first = %first_uid, why = %first_why, "WADO-RS retrieve: bytes held only at unreachable sites");
+    if kept.is_empty() {
+        return Err(Problem::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("the bytes cannot be had now: {what}"),
+        ));
+    }
+    // RFC 7234 warn-code 299 (persistent warning), with the DICOM status (B000, some
+    // sub-operations failed) at the start of the text, as PS3.18 recommends
+    let text = format!("B000: left out {what}").replace(['"', '\\'], "'");
+    Ok((kept, Some(format!("299 pacsgrid \"{text}\""))))
 }
 
 fn multipart_response(content_type: &str, body: axum::body::Body) -> Response {
