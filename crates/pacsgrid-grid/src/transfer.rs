@@ -293,6 +293,9 @@ impl Grid {
             Ok(None) => return Err("the instance is no longer recorded".into()),
             Err(e) => return Err(e.to_string()),
         };
+        if let Some(why) = self.unreachable_holders(&holders) {
+            return Err(why);
+        }
         let sources = self.sources(&holders);
         let mut errors = Vec::new();
         for src in &sources {
@@ -318,17 +321,7 @@ impl Grid {
                 }
             }
         }
-        if errors.is_empty() {
-            let names: Vec<&str> = holders.iter().map(|h| h.site.as_str()).collect();
-            return Err(format!(
-                "no reachable site holds it (holders on record: {})",
-                if names.is_empty() {
-                    "none".to_string()
-                } else {
-                    names.join(", ")
-                }
-            ));
-        }
+        // not empty: unreachable_holders found a source to try
         Err(errors.join("; "))
     }
 }
@@ -371,13 +364,26 @@ impl RemoteFetch for Grid {
     }
 
     async fn unreachable(&self, sop_instance_uid: &str) -> Option<String> {
-        let holders = match self.archive.grid_record(sop_instance_uid).await {
-            Ok(Some((_, holders))) => holders,
-            Ok(None) => return Some("the instance is no longer recorded".into()),
+        match self.archive.grid_record(sop_instance_uid).await {
+            Ok(Some((_, holders))) => self.unreachable_holders(&holders),
+            Ok(None) => Some("the instance is no longer recorded".into()),
             // the index will say more when the fetch itself is tried
-            Err(_) => return None,
-        };
-        if self.sources(&holders).iter().any(|p| p.reachable) {
+            Err(_) => None,
+        }
+    }
+}
+
+impl Grid {
+    /// Why no other site can give the bytes these `holders` hold, as far as this site knows
+    /// now: every one is lost, or its last contact failed (a peer not yet contacted since
+    /// the start may well answer). Retrieves fail at once then, rather than waiting out a
+    /// connect timeout per instance on a site whose link is down.
+    fn unreachable_holders(&self, holders: &[pacsgrid_archive::Holder]) -> Option<String> {
+        let sources = self.sources(holders);
+        if sources
+            .iter()
+            .any(|p| p.reachable || p.last_error.is_none())
+        {
             return None;
         }
         let names: Vec<&str> = holders
