@@ -6,9 +6,11 @@ intervals and `lost_after` of a few seconds, so nothing here waits for long time
 from __future__ import annotations
 
 import json
+import os
 import random
 import re
 import shutil
+import signal
 import socket
 import ssl
 import subprocess
@@ -366,6 +368,35 @@ def test_bytes_held_only_at_a_down_site_are_refused_up_front(grid_factory, corpu
     assert found_studies(g["b"]) == {study}
     assert len(find(g["b"], "IMAGE", {"StudyInstanceUID": study, "SOPInstanceUID": ""}).identifiers) == 6
     assert "bytes held only at unreachable sites" in g["b"].log_text()
+
+
+def test_a_hung_site_is_not_waited_for_and_serves_again_when_it_resumes(grid_factory, corpus):
+    """A site that accepts connections but answers nothing (SIGSTOP: a frozen VM, a stalled
+    disk): a retrieve at B of bytes held only there gives up (failed sub-operations) instead
+    of hanging, B counts the site unreachable and then refuses at once; when the site
+    resumes, the same retrieve brings every byte."""
+    g = grid_factory(sites="a,b", copies=1).start()
+    study, insts = next(iter(corpus.studies().items()))
+    store_ok(g["a"], insts)
+    g.settle(len(insts))
+    pid = g["a"].proc.pid
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        res = c_get(g["b"], "STUDY", {"StudyInstanceUID": study})
+        assert res.status == 0xB000 and not res.received, hexs(res.status)
+        assert res.final.NumberOfFailedSuboperations == len(insts)
+        wait_for("B counts the hung site unreachable", lambda: not next(
+            p for p in g.status("b")["sites"] if p["name"] == "a")["reachable"], timeout=30)
+        code, _, body = _http(g["b"].http_port, f"/dicom-web/studies/{study}",
+                              'multipart/related; type="application/dicom"')
+        assert code == 503, body[:300]
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    wait_for("B sees A again", lambda: next(
+        p for p in g.status("b")["sites"] if p["name"] == "a")["reachable"], timeout=30)
+    res = c_get(g["b"], "STUDY", {"StudyInstanceUID": study})
+    assert res.status == SUCCESS, hexs(res.status)
+    assert_identical(expected(insts), res.received, "C-GET at B after A resumed")
 
 
 def test_a_stopped_site_catches_up(grid_factory, corpus):

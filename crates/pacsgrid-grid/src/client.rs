@@ -11,6 +11,9 @@ use std::time::Duration;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 const READ_TIMEOUT: Duration = Duration::from_secs(30);
+/// Most time a peer may take to start answering a blob request (its headers): a site that
+/// accepts connections but hangs holds up a retrieve this long, not a whole read timeout.
+const HEADERS_TIMEOUT: Duration = Duration::from_secs(10);
 const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
 /// HTTP/2 flow-control window of one response: a whole typical instance fits.
 const STREAM_WINDOW: u32 = 4 << 20;
@@ -183,10 +186,21 @@ impl PeerClient {
         base: &str,
         path_and_query: &str,
     ) -> Result<T, GridNetError> {
+        self.get_json_within(base, path_and_query, REQUEST_TIMEOUT)
+            .await
+    }
+
+    /// GETs `base` + `path_and_query` and decodes the JSON answer, all within `limit`.
+    pub async fn get_json_within<T: DeserializeOwned>(
+        &self,
+        base: &str,
+        path_and_query: &str,
+        limit: Duration,
+    ) -> Result<T, GridNetError> {
         let resp = self
             .http
             .get(Self::url(base, path_and_query))
-            .timeout(REQUEST_TIMEOUT)
+            .timeout(limit)
             .send()
             .await
             .map_err(GridNetError::from_reqwest)?;
@@ -238,7 +252,15 @@ impl PeerClient {
                 crate::protocol::resume_range(offset),
             );
         }
-        let resp = req.send().await.map_err(GridNetError::from_reqwest)?;
+        let resp = tokio::time::timeout(HEADERS_TIMEOUT, req.send())
+            .await
+            .map_err(|_| {
+                GridNetError::Timeout(format!(
+                    "no answer to GET {path} within {} s",
+                    HEADERS_TIMEOUT.as_secs()
+                ))
+            })?
+            .map_err(GridNetError::from_reqwest)?;
         let resp = check_status(resp).await?;
         let start = if resp.status() == reqwest::StatusCode::PARTIAL_CONTENT {
             let range = resp

@@ -12,6 +12,11 @@ use pacsgrid_archive::{
 use std::sync::Arc;
 use std::time::Duration;
 
+/// Most time a peer may take to answer its hello before it is counted unreachable: a site
+/// that hangs (accepting connections, answering nothing) is found within seconds, and the
+/// retrieves that need its bytes stop waiting on it.
+const HELLO_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// Entries asked for per request.
 const PAGE: u32 = 500;
 
@@ -66,7 +71,10 @@ async fn sync_once(grid: &Arc<Grid>, peer: &str) -> Result<bool, GridError> {
     let Some(state) = grid.peer(peer) else {
         return Ok(false);
     };
-    let hello: Hello = grid.client.get_json(&state.url, "/grid/v1/hello").await?;
+    let hello: Hello = grid
+        .client
+        .get_json_within(&state.url, "/grid/v1/hello", HELLO_TIMEOUT)
+        .await?;
     if hello.site != peer {
         return Err(GridError::Config(format!(
             "peer at {} says it is site {:?}, configured as {peer:?}",
