@@ -61,12 +61,18 @@ impl Progress {
         self.failed_uids.push(sop_instance_uid.to_string());
     }
 
-    /// The final status: cancel, success, or B000 when anything failed or warned.
+    /// The final status: cancel, success, A702 when every sub-operation failed, or B000
+    /// when some failed or warned.
     pub fn final_status(&self, cancelled: bool) -> u16 {
         if cancelled {
             status::CANCEL
         } else if self.failed == 0 && self.warning == 0 {
             status::SUCCESS
+        } else if self.completed == 0 && self.warning == 0 {
+            // PS3.4 C.4.2.3.1 / C.4.3.3.1: nothing sent is a failure, not a warning; "Refused:
+            // Out of Resources - Unable to perform sub-operations", as dcmtk's and Orthanc's
+            // SCPs answer, so that movescu and getscu report it as the failure it is
+            status::REFUSED_OUT_OF_RESOURCES_SUBOPS
         } else {
             status::WARNING_SUBOPS_FAILED
         }
@@ -230,5 +236,19 @@ mod tests {
         assert_eq!(p.final_status(false), status::WARNING_SUBOPS_FAILED);
         assert_eq!(p.final_status(true), status::CANCEL);
         assert_eq!(us(70_000), u16::MAX);
+    }
+
+    #[test]
+    fn nothing_sent_is_a_refusal_not_a_warning() {
+        let mut p = Progress::new(2);
+        p.record_failure("1.1");
+        p.record_failure("1.2");
+        assert_eq!(
+            p.final_status(false),
+            status::REFUSED_OUT_OF_RESOURCES_SUBOPS
+        );
+        // one that went with a warning is a sub-operation performed
+        p.record("1.3", 0xB000);
+        assert_eq!(p.final_status(false), status::WARNING_SUBOPS_FAILED);
     }
 }

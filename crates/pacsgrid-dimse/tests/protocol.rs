@@ -269,7 +269,8 @@ async fn get_needs_the_scp_role_and_reports_failures() {
             other => panic!("{other:?}"),
         }
     };
-    assert_eq!(st, status::WARNING_SUBOPS_FAILED);
+    // nothing could be sent: a refusal, not a warning
+    assert_eq!(st, status::REFUSED_OUT_OF_RESOURCES_SUBOPS);
     assert!(has_ds, "FailedSOPInstanceUIDList expected");
     let raw = a.read_small_dataset(pc, 1 << 16).await.unwrap();
     let obj = InMemDicomObject::read_dataset_with_ts(
