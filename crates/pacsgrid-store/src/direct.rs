@@ -41,18 +41,7 @@ impl DirectWriter {
     /// writes through the page cache (for files that are read again at once). `size_hint`,
     /// the expected size, keeps the buffer no larger than needed for small files.
     pub fn create_new(path: &Path, size_hint: u64, direct: bool) -> std::io::Result<DirectWriter> {
-        let open = |direct: bool| {
-            let mut o = OpenOptions::new();
-            o.write(true).create_new(true);
-            set_direct(&mut o, direct);
-            o.open(path)
-        };
-        let (file, direct) = match open(direct) {
-            Ok(f) => (f, direct && cfg!(target_os = "linux")),
-            // EINVAL: the file system does not do direct I/O; the failed open created nothing
-            Err(e) if e.kind() == std::io::ErrorKind::InvalidInput => (open(false)?, false),
-            Err(e) => return Err(e),
-        };
+        let (file, direct) = open(path, true, direct)?;
         Ok(DirectWriter::new(file, direct, size_hint))
     }
 
@@ -65,18 +54,7 @@ impl DirectWriter {
         size_hint: u64,
         direct: bool,
     ) -> std::io::Result<DirectWriter> {
-        let want_direct = direct && len.is_multiple_of(ALIGN as u64);
-        let open = |direct: bool| {
-            let mut o = OpenOptions::new();
-            o.write(true);
-            set_direct(&mut o, direct);
-            o.open(path)
-        };
-        let (mut file, direct) = match open(want_direct) {
-            Ok(f) => (f, want_direct && cfg!(target_os = "linux")),
-            Err(e) if e.kind() == std::io::ErrorKind::InvalidInput => (open(false)?, false),
-            Err(e) => return Err(e),
-        };
+        let (mut file, direct) = open(path, false, direct && len.is_multiple_of(ALIGN as u64))?;
         file.set_len(len)?;
         file.seek(SeekFrom::Start(len))?;
         Ok(DirectWriter::new(
@@ -87,18 +65,15 @@ impl DirectWriter {
     }
 
     fn new(file: File, direct: bool, size_hint: u64) -> DirectWriter {
-        let cap = if direct {
+        let (cap, storage, start) = if direct {
             let want = usize::try_from(size_hint).unwrap_or(CAPACITY);
-            want.clamp(ALIGN, CAPACITY).next_multiple_of(ALIGN)
+            let cap = want.clamp(ALIGN, CAPACITY).next_multiple_of(ALIGN);
+            // One allocation, never grown: `start` stays the first aligned byte of it.
+            let storage = vec![0u8; cap + ALIGN];
+            let start = storage.as_ptr().align_offset(ALIGN);
+            (cap, storage, start)
         } else {
-            0
-        };
-        // One allocation, never grown: `start` stays the first aligned byte of it.
-        let storage = vec![0u8; if direct { cap + ALIGN } else { 0 }];
-        let start = if direct {
-            storage.as_ptr().align_offset(ALIGN)
-        } else {
-            0
+            (0, Vec::new(), 0)
         };
         DirectWriter {
             file,
@@ -195,6 +170,23 @@ pub fn aligned_down(n: u64) -> u64 {
     n - n % ALIGN as u64
 }
 
+/// Opens `path` for writing (creating it, when `create_new`, where nothing may exist yet),
+/// with `O_DIRECT` if `direct` and the file system takes it; says whether it did.
+fn open(path: &Path, create_new: bool, direct: bool) -> std::io::Result<(File, bool)> {
+    let open = |direct: bool| {
+        let mut o = OpenOptions::new();
+        o.write(true).create_new(create_new);
+        set_direct(&mut o, direct);
+        o.open(path)
+    };
+    match open(direct) {
+        Ok(f) => Ok((f, direct && cfg!(target_os = "linux"))),
+        // EINVAL: the file system does not do direct I/O; the failed open created nothing
+        Err(e) if e.kind() == std::io::ErrorKind::InvalidInput => Ok((open(false)?, false)),
+        Err(e) => Err(e),
+    }
+}
+
 #[cfg(target_os = "linux")]
 fn set_direct(o: &mut OpenOptions, direct: bool) {
     use std::os::unix::fs::OpenOptionsExt;
@@ -214,11 +206,17 @@ mod tests {
         (0..n).map(|i| (i * 7 + i / 251) as u8).collect()
     }
 
-    /// Writes `data` in pieces of `piece` bytes and checks the file holds exactly `data`.
+    /// Writes `data` in pieces of `piece` bytes.
     fn write_in_pieces(w: &mut DirectWriter, data: &[u8], piece: usize) {
         for c in data.chunks(piece) {
             w.write_all(c).unwrap();
         }
+    }
+
+    /// Finishes `w` and checks the file at `path` holds exactly `data`.
+    fn finish_holds(w: DirectWriter, path: &Path, data: &[u8]) {
+        w.finish().unwrap();
+        assert_eq!(std::fs::read(path).unwrap(), data, "{}", path.display());
     }
 
     #[test]
@@ -242,8 +240,7 @@ mod tests {
             // a hint smaller than the file must not matter
             let mut w = DirectWriter::create_new(&path, (size / 2) as u64, true).unwrap();
             write_in_pieces(&mut w, &data, piece);
-            w.finish().unwrap();
-            assert_eq!(std::fs::read(&path).unwrap(), data, "size {size}");
+            finish_holds(w, &path, &data);
         }
     }
 
@@ -255,8 +252,7 @@ mod tests {
         let mut w = DirectWriter::create_new(&path, 0, false).unwrap();
         assert!(!w.is_direct());
         write_in_pieces(&mut w, &data, 1000);
-        w.finish().unwrap();
-        assert_eq!(std::fs::read(&path).unwrap(), data);
+        finish_holds(w, &path, &data);
     }
 
     #[test]
@@ -273,8 +269,7 @@ mod tests {
         let keep = aligned_down(have);
         let mut w = DirectWriter::append(&path, keep, data.len() as u64, true).unwrap();
         w.write_all(&data[keep as usize..]).unwrap();
-        w.finish().unwrap();
-        assert_eq!(std::fs::read(&path).unwrap(), data);
+        finish_holds(w, &path, &data);
     }
 
     #[test]
@@ -287,8 +282,7 @@ mod tests {
             DirectWriter::append(&path, (ALIGN + 7) as u64, data.len() as u64, true).unwrap();
         assert!(!w.is_direct());
         w.write_all(&data[ALIGN + 7..]).unwrap();
-        w.finish().unwrap();
-        assert_eq!(std::fs::read(&path).unwrap(), data);
+        finish_holds(w, &path, &data);
     }
 
     #[test]
@@ -300,8 +294,7 @@ mod tests {
         w.truncate().unwrap();
         let data = pattern(ALIGN * 3 + 1);
         w.write_all(&data).unwrap();
-        w.finish().unwrap();
-        assert_eq!(std::fs::read(&path).unwrap(), data);
+        finish_holds(w, &path, &data);
     }
 
     #[test]
@@ -313,7 +306,6 @@ mod tests {
         w.write_all(&data[..CAPACITY + 5]).unwrap();
         w.leave_direct().unwrap();
         w.write_all(&data[CAPACITY + 5..]).unwrap();
-        w.finish().unwrap();
-        assert_eq!(std::fs::read(&path).unwrap(), data);
+        finish_holds(w, &path, &data);
     }
 }
