@@ -19,6 +19,7 @@ import time
 import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
+from email.message import Message
 from pathlib import Path
 
 import pydicom
@@ -159,13 +160,16 @@ def wait_port(port: int, timeout: float = 20.0) -> None:
     raise TimeoutError(f"nothing listens on {HOST}:{port} after {timeout}s")
 
 
-def http_get(port: int, path: str, timeout: float = 5.0) -> tuple[int, dict, bytes]:
-    req = urllib.request.Request(f"http://{HOST}:{port}{path}")
+def http_get(port: int, path: str, timeout: float = 5.0, accept: str | None = None
+             ) -> tuple[int, Message, bytes]:
+    """Status, headers (looked up case-insensitively) and body, whatever the status."""
+    req = urllib.request.Request(f"http://{HOST}:{port}{path}",
+                                 headers={"Accept": accept} if accept else {})
     try:
         with urllib.request.urlopen(req, timeout=timeout) as r:
-            return r.status, dict(r.headers), r.read()
+            return r.status, r.headers, r.read()
     except urllib.error.HTTPError as e:
-        return e.code, dict(e.headers or {}), e.read()
+        return e.code, e.headers or Message(), e.read()
 
 
 # ----------------------------------------------------------------------------------- binary

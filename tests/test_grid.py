@@ -23,7 +23,8 @@ import pydicom
 import pytest
 
 from harness import (SUCCESS, Corpus, Node, RemoteAE, StoreSCP, assert_identical, c_get, c_move,
-                     dataset_bytes, dcmtk, find, gen_dataset, hexs, run_pacsgrid, store_ok)
+                     dataset_bytes, dcmtk, find, gen_dataset, hexs, http_get, run_pacsgrid,
+                     store_ok)
 
 LOST_AFTER = 4
 SETTLE = 60.0
@@ -144,6 +145,10 @@ class Grid:
         raise AssertionError(f"grid did not settle in {timeout}s: " + json.dumps(
             {s: {k: v for k, v in st.items() if k != "conflicts"} for s, st in last.items()},
             indent=1)[:4000])
+
+    def peer(self, site: str, name: str) -> dict:
+        """What `site`'s grid status says of site `name`."""
+        return next(p for p in self.status(site)["sites"] if p["name"] == name)
 
     def holders(self, site: str, sop_uid: str) -> list[str]:
         code, body = http_json(self[site].http_port, f"/api/v1/instances/{sop_uid}")
@@ -301,7 +306,7 @@ def test_a_site_lost_for_good(grid_factory, corpus, tmp_path):
     # A is counted as lost after the grace period, and the copies are re-made with no one acting
     for s in ("b", "c"):
         wait_for(f"A counted as lost at {s}",
-                 lambda s=s: next(p for p in g.status(s)["sites"] if p["name"] == "a")["lost"],
+                 lambda s=s: g.peer(s, "a")["lost"],
                  timeout=LOST_AFTER + 15)
     g.settle(len(corpus), sites=["b", "c"])
     _holders_are_k_and_verified(g, corpus, 2, ["b", "c"])
@@ -309,15 +314,6 @@ def test_a_site_lost_for_good(grid_factory, corpus, tmp_path):
         res = c_get(g[s], "STUDY", {"StudyInstanceUID": corpus.instances[0].study_uid})
         assert res.status == SUCCESS
     assert "peer site unreachable" in g["b"].log_text()
-
-
-def _http(port: int, path: str, accept: str):
-    req = urllib.request.Request(f"http://127.0.0.1:{port}{path}", headers={"Accept": accept})
-    try:
-        with urllib.request.urlopen(req, timeout=30) as r:
-            return r.status, r.headers, r.read()
-    except urllib.error.HTTPError as e:
-        return e.code, e.headers, e.read()
 
 
 def test_bytes_held_only_at_a_down_site_are_refused_up_front(grid_factory, corpus):
@@ -332,8 +328,7 @@ def test_bytes_held_only_at_a_down_site_are_refused_up_front(grid_factory, corpu
     store_ok(g["b"], at_b)
     g.settle(len(insts))
     g["a"].kill9()
-    wait_for("B sees A unreachable", lambda: not next(
-        p for p in g.status("b")["sites"] if p["name"] == "a")["reachable"], timeout=15)
+    wait_for("B sees A unreachable", lambda: not g.peer("b", "a")["reachable"], timeout=15)
 
     res = c_get(g["b"], "STUDY", {"StudyInstanceUID": study})
     assert set(res.received) == {i.sop_uid for i in at_b}
@@ -344,8 +339,8 @@ def test_bytes_held_only_at_a_down_site_are_refused_up_front(grid_factory, corpu
     assert len(failed) == len(at_a) and all("held only at a, unreachable now" in ln
                                             for ln in failed), failed
 
-    code, headers, body = _http(g["b"].http_port, f"/dicom-web/studies/{study}",
-                                'multipart/related; type="application/dicom"')
+    code, headers, body = http_get(g["b"].http_port, f"/dicom-web/studies/{study}", 30,
+                                   'multipart/related; type="application/dicom"')
     assert code == 206, body[:300]
     assert headers["Warning"].startswith('299 pacsgrid "B000: left out 4 of 6 instances'), headers
     assert "held only at a, unreachable now" in headers["Warning"]
@@ -359,7 +354,7 @@ def test_bytes_held_only_at_a_down_site_are_refused_up_front(grid_factory, corpu
     for path, accept in [(base, 'multipart/related; type="application/dicom"'),
                          (base + "/frames/1", 'multipart/related; type="application/octet-stream"'),
                          (base + "/rendered", "image/jpeg")]:
-        code, headers, body = _http(g["b"].http_port, path, accept)
+        code, headers, body = http_get(g["b"].http_port, path, 30, accept)
         assert code == 503, (path, code, body[:300])
         assert headers["Content-Type"] == "application/problem+json"
         detail = json.loads(body)["detail"]
@@ -386,15 +381,14 @@ def test_a_hung_site_is_not_waited_for_and_serves_again_when_it_resumes(grid_fac
         # nothing could be sent: refused (A702), not a warning
         assert res.status == 0xA702 and not res.received, hexs(res.status)
         assert res.final.NumberOfFailedSuboperations == len(insts)
-        wait_for("B counts the hung site unreachable", lambda: not next(
-            p for p in g.status("b")["sites"] if p["name"] == "a")["reachable"], timeout=30)
-        code, _, body = _http(g["b"].http_port, f"/dicom-web/studies/{study}",
-                              'multipart/related; type="application/dicom"')
+        wait_for("B counts the hung site unreachable",
+                 lambda: not g.peer("b", "a")["reachable"], timeout=30)
+        code, _, body = http_get(g["b"].http_port, f"/dicom-web/studies/{study}", 30,
+                                 'multipart/related; type="application/dicom"')
         assert code == 503, body[:300]
     finally:
         os.kill(pid, signal.SIGCONT)
-    wait_for("B sees A again", lambda: next(
-        p for p in g.status("b")["sites"] if p["name"] == "a")["reachable"], timeout=30)
+    wait_for("B sees A again", lambda: g.peer("b", "a")["reachable"], timeout=30)
     res = c_get(g["b"], "STUDY", {"StudyInstanceUID": study})
     assert res.status == SUCCESS, hexs(res.status)
     assert_identical(expected(insts), res.received, "C-GET at B after A resumed")
